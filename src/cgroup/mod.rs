@@ -1,0 +1,295 @@
+//! Cgroups: where each controller's hierarchy is mounted (v1 or v2), which cgroup a process is in, and
+//! the limits, usage and statistics of that cgroup. Limits are effective limits: the minimum over the
+//! cgroup and all its ancestors.
+//!
+//! Everything takes its root directories as parameters so tests run on fixture trees.
+
+mod layout;
+pub mod parse;
+mod v1;
+mod v2;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use layout::{CgroupLayout, Hierarchy};
+
+use crate::error::{Error, Result};
+
+/// The cgroup versions; a hybrid host mixes both, one per controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The controllers vproc reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Cpu,
+    Cpuacct,
+    Cpuset,
+}
+
+impl Controller {
+    /// All controllers, in a fixed order.
+    pub const ALL: [Controller; 4] = [
+        Controller::Memory,
+        Controller::Cpu,
+        Controller::Cpuacct,
+        Controller::Cpuset,
+    ];
+
+    /// The controller's name in /proc/PID/cgroup, mount options and v2 `cgroup.controllers`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+            Controller::Cpuacct => "cpuacct",
+            Controller::Cpuset => "cpuset",
+        }
+    }
+}
+
+/// One cgroup directory on disk, with the mount point of its hierarchy (where the walk up stops).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupDir {
+    pub version: Version,
+    /// The cgroup's directory, e.g. `/sys/fs/cgroup/memory/docker/abc`.
+    pub path: PathBuf,
+    /// The hierarchy's mount point, e.g. `/sys/fs/cgroup/memory`.
+    pub mount: PathBuf,
+}
+
+/// The cgroups of one process, per controller; `None` where the controller is not mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessCgroups {
+    pub memory: Option<CgroupDir>,
+    pub cpu: Option<CgroupDir>,
+    pub cpuacct: Option<CgroupDir>,
+    pub cpuset: Option<CgroupDir>,
+}
+
+impl ProcessCgroups {
+    /// The cgroup of `controller`, if that controller is mounted.
+    pub fn get(&self, controller: Controller) -> Option<&CgroupDir> {
+        match controller {
+            Controller::Memory => self.memory.as_ref(),
+            Controller::Cpu => self.cpu.as_ref(),
+            Controller::Cpuacct => self.cpuacct.as_ref(),
+            Controller::Cpuset => self.cpuset.as_ref(),
+        }
+    }
+
+    fn slot(&mut self, controller: Controller) -> &mut Option<CgroupDir> {
+        match controller {
+            Controller::Memory => &mut self.memory,
+            Controller::Cpu => &mut self.cpu,
+            Controller::Cpuacct => &mut self.cpuacct,
+            Controller::Cpuset => &mut self.cpuset,
+        }
+    }
+}
+
+/// How swap is limited for a cgroup; the view turns it into SwapTotal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapLimit {
+    /// The kernel does not account swap for this cgroup (no `memory.swap.max` / `memory.memsw.*`).
+    NotAccounted,
+    /// v2 `memory.swap.max`: a limit on swap alone (`None`: unlimited).
+    SwapOnly(Option<u64>),
+    /// v1 `memory.memsw.limit_in_bytes`: a limit on memory plus swap (`None`: unlimited).
+    MemoryPlusSwap(Option<u64>),
+}
+
+/// Effective memory limits of a cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Minimum of the memory limits over the cgroup and its ancestors; `None`: unlimited.
+    pub limit_bytes: Option<u64>,
+    pub swap: SwapLimit,
+}
+
+/// The `memory.stat` figures the views use, normalized across versions (v1: hierarchical `total_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStat {
+    pub anon: u64,
+    pub file: u64,
+    pub active_anon: u64,
+    pub inactive_anon: u64,
+    pub active_file: u64,
+    pub inactive_file: u64,
+    pub unevictable: u64,
+    pub shmem: u64,
+    pub mapped: u64,
+    pub dirty: u64,
+    pub writeback: u64,
+    /// v2 only; v1 has no per-cgroup slab breakdown.
+    pub slab_reclaimable: Option<u64>,
+    pub slab_unreclaimable: Option<u64>,
+}
+
+/// Current memory use of a cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// v2 `memory.current`, v1 `memory.usage_in_bytes`.
+    pub usage_bytes: u64,
+    /// v2 `memory.swap.current`, v1 memsw usage minus usage; `None` without swap accounting.
+    pub swap_used_bytes: Option<u64>,
+    pub stat: MemoryStat,
+}
+
+/// A CFS bandwidth limit: `quota_us` of CPU time every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+impl CpuQuota {
+    /// The number of whole CPUs the quota allows, rounded up and at least 1
+    /// (50000/100000 -> 1, 150000/100000 -> 2).
+    pub fn cpus_ceil(self) -> u32 {
+        let period = self.period_us.max(1);
+        let cpus = self.quota_us.div_ceil(period).max(1);
+        u32::try_from(cpus).unwrap_or(u32::MAX)
+    }
+
+    /// True when `self` allows less CPU time than `other` (compared as quota/period, without division).
+    pub fn is_tighter_than(self, other: CpuQuota) -> bool {
+        u128::from(self.quota_us) * u128::from(other.period_us)
+            < u128::from(other.quota_us) * u128::from(self.period_us)
+    }
+}
+
+/// CPU time a cgroup has consumed since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    pub user_ns: u64,
+    pub system_ns: u64,
+}
+
+impl CgroupDir {
+    /// True for the root of the hierarchy (the host's own cgroup, or a container's namespace root).
+    pub fn is_root(&self) -> bool {
+        self.path == self.mount
+    }
+
+    /// Effective memory and swap limits.
+    pub fn memory_limits(&self) -> Result<MemoryLimits> {
+        match self.version {
+            Version::V1 => v1::memory_limits(self),
+            Version::V2 => v2::memory_limits(self),
+        }
+    }
+
+    /// Current memory use and statistics.
+    pub fn memory_usage(&self) -> Result<MemoryUsage> {
+        match self.version {
+            Version::V1 => v1::memory_usage(self),
+            Version::V2 => v2::memory_usage(self),
+        }
+    }
+
+    /// The tightest CFS quota over the cgroup and its ancestors; `None`: unlimited.
+    pub fn cpu_quota(&self) -> Result<Option<CpuQuota>> {
+        match self.version {
+            Version::V1 => v1::cpu_quota(self),
+            Version::V2 => v2::cpu_quota(self),
+        }
+    }
+
+    /// The CPUs the cgroup may run on; `None` when no level of the hierarchy names any.
+    pub fn cpuset(&self) -> Result<Option<Vec<u32>>> {
+        match self.version {
+            Version::V1 => v1::cpuset(self),
+            Version::V2 => v2::cpuset(self),
+        }
+    }
+
+    /// CPU time consumed by the cgroup.
+    pub fn cpu_usage(&self) -> Result<CpuUsage> {
+        match self.version {
+            Version::V1 => v1::cpu_usage(self),
+            Version::V2 => v2::cpu_usage(self),
+        }
+    }
+
+    /// The cgroup's directory and each ancestor's, up to and including the hierarchy's mount point.
+    fn self_and_ancestors(&self) -> impl Iterator<Item = &Path> {
+        self.path
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&self.mount))
+    }
+
+    /// Reads `file` in this cgroup's directory.
+    fn read(&self, file: &str) -> Result<String> {
+        crate::error::read_to_string(&self.path.join(file))
+    }
+
+    /// Reads `file` in this cgroup; `Ok(None)` if the kernel does not provide it.
+    fn read_optional(&self, file: &str) -> Result<Option<String>> {
+        read_optional(&self.path.join(file))
+    }
+
+    /// The minimum of a per-level limit over this cgroup and its ancestors. `read_level` returns
+    /// `None` for "no limit at this level"; levels that lack the file (the v2 root) count as no limit.
+    fn min_over_ancestors<T>(
+        &self,
+        mut read_level: impl FnMut(&Path) -> Result<Option<T>>,
+        tighter: impl Fn(&T, &T) -> bool,
+    ) -> Result<Option<T>> {
+        let mut best: Option<T> = None;
+        for dir in self.self_and_ancestors() {
+            if let Some(level) = read_level(dir)? {
+                if best.as_ref().is_none_or(|b| tighter(&level, b)) {
+                    best = Some(level);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The first non-empty CPU list in `file`, walking up from this cgroup.
+    fn nearest_cpu_list(&self, file: &str) -> Result<Option<Vec<u32>>> {
+        for dir in self.self_and_ancestors() {
+            let path = dir.join(file);
+            if let Some(text) = read_optional(&path)? {
+                let cpus = parse::parse_cpu_list(&text).ok_or_else(|| Error::parse(&path, "cpu list", &text))?;
+                if !cpus.is_empty() {
+                    return Ok(Some(cpus));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a memory-style limit file at every level and returns the smallest limit.
+    fn min_limit_over_ancestors(&self, file: &str) -> Result<Option<u64>> {
+        self.min_over_ancestors(
+            |dir| {
+                let path = dir.join(file);
+                match read_optional(&path)? {
+                    None => Ok(None),
+                    Some(text) => parse::parse_limit(&text).ok_or_else(|| Error::parse(&path, "limit", &text)),
+                }
+            },
+            |a, b| a < b,
+        )
+    }
+}
+
+/// Reads a file; `Ok(None)` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Parses a single-number file such as `memory.current`.
+fn parse_number(path: &Path, field: &'static str, text: &str) -> Result<u64> {
+    text.trim().parse().map_err(|_| Error::parse(path, field, text))
+}

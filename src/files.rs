@@ -1,0 +1,140 @@
+//! The one table of what vproc serves: every virtual file and directory with its path below the
+//! mountpoint, inode and content. The FUSE layer, `vproc show` and the bind-mount lists read it.
+
+/// What a virtual file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Content {
+    Meminfo,
+    Cpuinfo,
+    Stat,
+    Uptime,
+    Swaps,
+    /// The host's file for now; per-container load averages are a later issue.
+    Loadavg,
+    /// The host's file for now; per-container I/O statistics are a later issue.
+    Diskstats,
+    /// `sys/devices/system/cpu/online`, `possible` and `present`: `0-(N-1)`.
+    CpuOnline,
+    CpuPossible,
+    CpuPresent,
+}
+
+/// A file below the mountpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualFile {
+    /// Path below the mountpoint, e.g. `proc/meminfo`.
+    pub path: &'static str,
+    pub ino: u64,
+    pub content: Content,
+    /// The name `vproc show` takes.
+    pub show_name: &'static str,
+    /// True when container tools bind-mount this file over the container's own (`/proc/meminfo`).
+    pub bind: bool,
+}
+
+impl VirtualFile {
+    /// The file's name in its directory.
+    pub fn name(&self) -> &'static str {
+        self.path.rsplit('/').next().unwrap_or(self.path)
+    }
+
+    /// The directory holding the file.
+    pub fn parent(&self) -> &'static str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+}
+
+/// A directory below the mountpoint; `""` is the mountpoint itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualDir {
+    pub path: &'static str,
+    pub ino: u64,
+}
+
+impl VirtualDir {
+    /// The directory's name in its parent.
+    pub fn name(&self) -> &'static str {
+        self.path.rsplit('/').next().unwrap_or(self.path)
+    }
+
+    /// The parent directory's path (`""` for top-level directories and the root).
+    pub fn parent(&self) -> &'static str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+}
+
+/// The FUSE root inode.
+pub const ROOT_INO: u64 = 1;
+
+/// The directory that also lists `cpu0..cpu(N-1)` and passes the host's other entries through.
+pub const CPU_DIR: &str = "sys/devices/system/cpu";
+
+/// Every virtual directory, parents before children.
+pub const DIRS: &[VirtualDir] = &[
+    VirtualDir { path: "", ino: ROOT_INO },
+    VirtualDir { path: "proc", ino: 2 },
+    VirtualDir { path: "sys", ino: 3 },
+    VirtualDir { path: "sys/devices", ino: 4 },
+    VirtualDir { path: "sys/devices/system", ino: 5 },
+    VirtualDir { path: CPU_DIR, ino: 6 },
+];
+
+/// Every virtual file.
+pub const FILES: &[VirtualFile] = &[
+    VirtualFile { path: "proc/meminfo", ino: 16, content: Content::Meminfo, show_name: "meminfo", bind: true },
+    VirtualFile { path: "proc/cpuinfo", ino: 17, content: Content::Cpuinfo, show_name: "cpuinfo", bind: true },
+    VirtualFile { path: "proc/stat", ino: 18, content: Content::Stat, show_name: "stat", bind: true },
+    VirtualFile { path: "proc/uptime", ino: 19, content: Content::Uptime, show_name: "uptime", bind: true },
+    VirtualFile { path: "proc/swaps", ino: 20, content: Content::Swaps, show_name: "swaps", bind: true },
+    VirtualFile { path: "proc/loadavg", ino: 21, content: Content::Loadavg, show_name: "loadavg", bind: true },
+    VirtualFile { path: "proc/diskstats", ino: 22, content: Content::Diskstats, show_name: "diskstats", bind: true },
+    VirtualFile { path: "sys/devices/system/cpu/online", ino: 23, content: Content::CpuOnline, show_name: "cpu-online", bind: true },
+    VirtualFile { path: "sys/devices/system/cpu/possible", ino: 24, content: Content::CpuPossible, show_name: "cpu-possible", bind: false },
+    VirtualFile { path: "sys/devices/system/cpu/present", ino: 25, content: Content::CpuPresent, show_name: "cpu-present", bind: false },
+];
+
+/// Inodes from here up are handed out at run time (`cpuN` slots and host entries passed through).
+pub const FIRST_DYNAMIC_INO: u64 = 1 << 16;
+
+/// The file with this inode.
+pub fn file_by_ino(ino: u64) -> Option<&'static VirtualFile> {
+    FILES.iter().find(|f| f.ino == ino)
+}
+
+/// The directory with this inode.
+pub fn dir_by_ino(ino: u64) -> Option<&'static VirtualDir> {
+    DIRS.iter().find(|d| d.ino == ino)
+}
+
+/// The directory at this path.
+pub fn dir_by_path(path: &str) -> Option<&'static VirtualDir> {
+    DIRS.iter().find(|d| d.path == path)
+}
+
+/// The file `vproc show` calls `name`.
+pub fn file_by_show_name(name: &str) -> Option<&'static VirtualFile> {
+    FILES.iter().find(|f| f.show_name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn inodes_are_unique_and_below_the_dynamic_range() {
+        let inos: Vec<u64> = DIRS.iter().map(|d| d.ino).chain(FILES.iter().map(|f| f.ino)).collect();
+        assert_eq!(inos.iter().collect::<HashSet<_>>().len(), inos.len());
+        assert!(inos.iter().all(|&i| i < FIRST_DYNAMIC_INO));
+    }
+
+    #[test]
+    fn every_file_has_a_parent_directory() {
+        for file in FILES {
+            assert!(dir_by_path(file.parent()).is_some(), "{}", file.path);
+        }
+        for dir in &DIRS[1..] {
+            assert!(dir_by_path(dir.parent()).is_some(), "{}", dir.path);
+        }
+    }
+}

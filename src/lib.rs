@@ -1,0 +1,15 @@
+//! vproc: per-container views of /proc and /sys/devices/system/cpu, served over FUSE.
+//!
+//! The data path of one read: [`fs`] (FUSE request with the reader's pid) -> [`reader`] (pid -> cgroups,
+//! cached) -> [`cgroup`] and [`host`] (limits, usage, the host's file) -> [`view`] (pure rendering) ->
+//! back to [`fs`]. [`render`] ties these together; [`files`] is the table of what is served.
+
+pub mod cgroup;
+pub mod daemon;
+pub mod error;
+pub mod files;
+pub mod fs;
+pub mod host;
+pub mod reader;
+pub mod render;
+pub mod view;

@@ -1,0 +1,151 @@
+//! The pid namespace of a reader and the start time of that namespace's init, which is where the
+//! container's uptime counts from.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result, read_to_string};
+use crate::host::{HostRoots, proc_path};
+
+/// Where a reader's pid namespace stands relative to the daemon's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PidNamespace {
+    /// The daemon's own (the host's): the reader gets the host's uptime.
+    Host,
+    /// A container's: its init started `init_start_secs` after boot (CLOCK_BOOTTIME).
+    Container { init_start_secs: f64 },
+}
+
+/// Finds pid-namespace inits, caching them per namespace (validated by the init's start time, since the
+/// init's pid can be reused once the namespace is gone).
+#[derive(Debug)]
+pub struct PidNamespaces {
+    roots: HostRoots,
+    /// `pid:[4026531836]`, the daemon's own namespace.
+    own: String,
+    inits: Mutex<HashMap<String, Init>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Init {
+    pid: u32,
+    start_ticks: u64,
+}
+
+/// Bound on remembered namespaces; past it the map starts afresh (entries are cheap to rebuild).
+const MAX_NAMESPACES: usize = 4096;
+
+impl PidNamespaces {
+    /// Reads the daemon's own namespace from `<proc>/self/ns/pid`.
+    pub fn new(roots: HostRoots) -> Result<Self> {
+        let own = ns_link(&roots.proc.join("self/ns/pid"))?;
+        Ok(PidNamespaces {
+            roots,
+            own,
+            inits: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The pid namespace of `pid` and, for a container, when its init started.
+    pub fn of(&self, pid: u32) -> Result<PidNamespace> {
+        let ns = ns_link(&proc_path(&self.roots, pid, "ns/pid"))?;
+        if ns == self.own {
+            return Ok(PidNamespace::Host);
+        }
+        let cached = self.inits.lock().get(&ns).copied();
+        if let Some(init) = cached {
+            if self.start_ticks(init.pid).ok() == Some(init.start_ticks)
+                && ns_link(&proc_path(&self.roots, init.pid, "ns/pid")).ok().as_ref() == Some(&ns)
+            {
+                return Ok(container(init.start_ticks));
+            }
+        }
+        let init_pid = self.find_init(pid)?;
+        let start_ticks = self.start_ticks(init_pid)?;
+        let mut inits = self.inits.lock();
+        if inits.len() >= MAX_NAMESPACES {
+            inits.clear();
+        }
+        inits.insert(ns, Init { pid: init_pid, start_ticks });
+        Ok(container(start_ticks))
+    }
+
+    /// Walks up the parents of `pid` to the process that is pid 1 in the same namespace: the last
+    /// `NSpid` entry is the pid in the innermost namespace, and the entry count is the nesting depth.
+    fn find_init(&self, pid: u32) -> Result<u32> {
+        let (depth, _) = self.ns_pids(pid)?;
+        let mut current = pid;
+        for _ in 0..4096 {
+            let (level, innermost) = self.ns_pids(current)?;
+            if level != depth {
+                break;
+            }
+            if innermost == 1 {
+                return Ok(current);
+            }
+            current = self.parent(current)?;
+            if current == 0 {
+                break;
+            }
+        }
+        Err(Error::MissingField {
+            path: proc_path(&self.roots, pid, "status"),
+            field: "pid namespace init",
+        })
+    }
+
+    /// (nesting depth, pid in the innermost namespace) from `NSpid:\t4242\t7`.
+    fn ns_pids(&self, pid: u32) -> Result<(usize, u32)> {
+        let path = proc_path(&self.roots, pid, "status");
+        let status = read_to_string(&path)?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .ok_or_else(|| Error::MissingField { path: path.clone(), field: "NSpid" })?;
+        let pids: Vec<&str> = line.split_whitespace().collect();
+        let innermost = pids.last().and_then(|p| p.parse().ok()).ok_or_else(|| Error::parse(&path, "NSpid", line))?;
+        Ok((pids.len(), innermost))
+    }
+
+    fn parent(&self, pid: u32) -> Result<u32> {
+        let path = proc_path(&self.roots, pid, "status");
+        let status = read_to_string(&path)?;
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .ok_or_else(|| Error::MissingField { path: path.clone(), field: "PPid" })?;
+        value.trim().parse().map_err(|_| Error::parse(&path, "PPid", value))
+    }
+
+    /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot. The command name (field 2)
+    /// may hold spaces and parentheses, so fields are counted after its last `)`.
+    fn start_ticks(&self, pid: u32) -> Result<u64> {
+        let path = proc_path(&self.roots, pid, "stat");
+        let stat = read_to_string(&path)?;
+        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let field = after_comm.split_whitespace().nth(19).unwrap_or("");
+        field.parse().map_err(|_| Error::parse(&path, "starttime", field))
+    }
+}
+
+fn container(start_ticks: u64) -> PidNamespace {
+    PidNamespace::Container {
+        init_start_secs: start_ticks as f64 / clock_ticks_per_second(),
+    }
+}
+
+/// sysconf(_SC_CLK_TCK), the unit of /proc/PID/stat times (100 everywhere in practice).
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// The target of a /proc/PID/ns/* link, `pid:[4026531836]`, which identifies the namespace.
+fn ns_link(path: &Path) -> Result<String> {
+    std::fs::read_link(path)
+        .map(|target| target.to_string_lossy().into_owned())
+        .map_err(|e| Error::io(path, e))
+}

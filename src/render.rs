@@ -1,0 +1,269 @@
+//! One read, end to end: resolve the reader (cached), read its cgroup's limits and usage and the host's
+//! file, and hand both to the view. The FUSE layer and `vproc show` both call [`Renderer::render`].
+//!
+//! A reader that cannot be resolved (pid 0, gone, in an unknown cgroup) gets the host's own file, what it
+//! would have read without us, and the cause is logged once rather than on every read.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::cgroup::{CgroupLayout, MemoryLimits, ProcessCgroups};
+use crate::error::{Error, Result};
+use crate::files::Content;
+use crate::host::{Host, HostFile, HostRoots, boottime_now, uptime_seconds};
+use crate::reader::{PidNamespace, PidNamespaces, ReaderCache, process_cgroups};
+use crate::view::cpuinfo::render_cpuinfo;
+use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
+use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
+use crate::view::stat::{CpuTimes, render_stat};
+use crate::view::swaps::render_swaps;
+use crate::view::uptime::render_uptime;
+
+/// How the daemon renders, from its command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cpu_rule: CpuCountRule,
+    /// False with `--disable-swap`.
+    pub swap_enabled: bool,
+    /// How long a resolved reader (cgroups, limits, pid-namespace init) is reused; zero: never.
+    pub reader_ttl: Duration,
+    /// How old a host file may be; zero: read it on every render.
+    pub host_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cpu_rule: CpuCountRule::default(),
+            swap_enabled: true,
+            reader_ttl: Duration::from_millis(250),
+            host_ttl: Duration::ZERO,
+        }
+    }
+}
+
+/// A resolved reader: its cgroups and the limits that apply to it. Limits are cached with the reader
+/// (they change rarely); usage is read on every render.
+#[derive(Debug)]
+struct Container {
+    cgroups: ProcessCgroups,
+    /// `None` when the reader's memory cgroup is the root: it gets the host's meminfo.
+    memory_limits: Option<MemoryLimits>,
+    /// The host CPUs it sees; `None` when its cpu and cpuset cgroups are the root: host CPU files.
+    cpus: Option<Vec<u32>>,
+    pidns: PidNamespace,
+}
+
+/// Bound on remembered per-cgroup /proc/stat counters.
+const MAX_STAT_HISTORY: usize = 4096;
+/// Bound on remembered log causes.
+const MAX_LOGGED_CAUSES: usize = 1024;
+
+/// Renders virtual files for readers.
+#[derive(Debug)]
+pub struct Renderer {
+    host: Host,
+    layout: CgroupLayout,
+    pidns: PidNamespaces,
+    readers: ReaderCache<Container>,
+    options: Options,
+    /// Last /proc/stat counters per cpuacct cgroup, so they never go backwards.
+    stat_history: Mutex<HashMap<PathBuf, CpuTimes>>,
+    logged_causes: Mutex<HashSet<String>>,
+}
+
+impl Renderer {
+    /// A renderer over the given host roots and cgroup layout.
+    pub fn new(roots: HostRoots, layout: CgroupLayout, options: Options) -> Result<Self> {
+        Ok(Renderer {
+            pidns: PidNamespaces::new(roots.clone())?,
+            host: Host::new(roots, options.host_ttl),
+            layout,
+            readers: ReaderCache::new(options.reader_ttl),
+            options,
+            stat_history: Mutex::new(HashMap::new()),
+            logged_causes: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The host files this renderer reads.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable.
+    pub fn render(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
+        if pid != 0 {
+            let rendered = self.container(pid).and_then(|c| self.render_for(content, &c));
+            match rendered {
+                Ok(Some(bytes)) => return Ok(bytes),
+                Ok(None) => {}
+                Err(e) => self.log_once(&e),
+            }
+        }
+        self.render_host(content)
+    }
+
+    /// The host CPUs process `pid` sees (the host's online CPUs when it is not limited or not resolvable).
+    pub fn visible_cpus(&self, pid: u32) -> Vec<u32> {
+        let cpus = self.container(pid).map(|c| c.cpus.clone());
+        match cpus {
+            Ok(Some(cpus)) => cpus,
+            Ok(None) => self.host.online_cpus().unwrap_or_default(),
+            Err(e) => {
+                self.log_once(&e);
+                self.host.online_cpus().unwrap_or_default()
+            }
+        }
+    }
+
+    fn container(&self, pid: u32) -> Result<Arc<Container>> {
+        self.readers.get_or_resolve(pid, || self.resolve(pid))
+    }
+
+    fn resolve(&self, pid: u32) -> Result<Container> {
+        let cgroups = process_cgroups(self.host.roots(), &self.layout, pid)?;
+        let memory_limits = match &cgroups.memory {
+            Some(memory) if !memory.is_root() => Some(memory.memory_limits()?),
+            _ => None,
+        };
+        let cpu_root = cgroups.cpu.as_ref().is_none_or(|c| c.is_root());
+        let cpuset_root = cgroups.cpuset.as_ref().is_none_or(|c| c.is_root());
+        let cpus = if cpu_root && cpuset_root {
+            None
+        } else {
+            let quota = match &cgroups.cpu {
+                Some(cpu) => cpu.cpu_quota()?,
+                None => None,
+            };
+            let cpuset = match &cgroups.cpuset {
+                Some(cpuset) => cpuset.cpuset()?,
+                None => None,
+            };
+            let online = self.host.online_cpus()?;
+            Some(visible_cpus(cpuset.as_deref(), quota, &online, self.options.cpu_rule))
+        };
+        let pidns = self.pidns.of(pid)?;
+        Ok(Container {
+            cgroups,
+            memory_limits,
+            cpus,
+            pidns,
+        })
+    }
+
+    /// The container's view of `content`; `Ok(None)` where it is the host's.
+    fn render_for(&self, content: Content, container: &Container) -> Result<Option<Vec<u8>>> {
+        let text = match content {
+            Content::Meminfo | Content::Swaps => {
+                let (Some(limits), Some(memory)) = (container.memory_limits, &container.cgroups.memory) else {
+                    return Ok(None);
+                };
+                let facts = MemoryFacts {
+                    limits,
+                    usage: memory.memory_usage()?,
+                    swap_enabled: self.options.swap_enabled,
+                };
+                let meminfo = self.host.read(HostFile::Meminfo)?;
+                if content == Content::Meminfo {
+                    render_meminfo(&meminfo, &facts)
+                } else {
+                    render_swaps(&self.host.read(HostFile::Swaps)?, swap_view(&meminfo, &facts))
+                }
+            }
+            Content::Cpuinfo => {
+                let Some(cpus) = &container.cpus else { return Ok(None) };
+                render_cpuinfo(&self.host.read(HostFile::Cpuinfo)?, cpus)
+            }
+            Content::Stat => {
+                let Some(cpus) = &container.cpus else { return Ok(None) };
+                let Some(cpuacct) = &container.cgroups.cpuacct else { return Ok(None) };
+                let uptime = self.uptime_secs(container)?;
+                let times = CpuTimes::spread(cpuacct.cpu_usage()?, cpus.len(), uptime);
+                let times = self.monotonic(cpuacct.path.clone(), times);
+                render_stat(&self.host.read(HostFile::Stat)?, &times)
+            }
+            Content::Uptime => {
+                if container.pidns == PidNamespace::Host {
+                    return Ok(None);
+                }
+                let uptime = self.uptime_secs(container)?;
+                let cpu_count = match &container.cpus {
+                    Some(cpus) => cpus.len(),
+                    None => self.host.online_cpus()?.len(),
+                };
+                let used = match &container.cgroups.cpuacct {
+                    Some(cpuacct) if !cpuacct.is_root() => {
+                        let usage = cpuacct.cpu_usage()?;
+                        usage.user_ns.saturating_add(usage.system_ns) as f64 / 1e9
+                    }
+                    _ => 0.0,
+                };
+                render_uptime(uptime, cpu_count, used)
+            }
+            Content::CpuOnline | Content::CpuPossible | Content::CpuPresent => {
+                let Some(cpus) = &container.cpus else { return Ok(None) };
+                render_cpu_range(cpus.len())
+            }
+            Content::Loadavg | Content::Diskstats => return Ok(None),
+        };
+        Ok(Some(text.into_bytes()))
+    }
+
+    /// The host's own file for `content`.
+    fn render_host(&self, content: Content) -> Result<Vec<u8>> {
+        let file = match content {
+            Content::Meminfo => HostFile::Meminfo,
+            Content::Cpuinfo => HostFile::Cpuinfo,
+            Content::Stat => HostFile::Stat,
+            Content::Uptime => HostFile::Uptime,
+            Content::Swaps => HostFile::Swaps,
+            Content::Loadavg => HostFile::Loadavg,
+            Content::Diskstats => HostFile::Diskstats,
+            Content::CpuOnline => HostFile::CpuOnline,
+            Content::CpuPossible => HostFile::CpuPossible,
+            Content::CpuPresent => HostFile::CpuPresent,
+        };
+        Ok(self.host.read(file)?.as_bytes().to_vec())
+    }
+
+    /// Seconds since the reader's pid-namespace init started; the host's uptime in the host namespace.
+    fn uptime_secs(&self, container: &Container) -> Result<f64> {
+        match container.pidns {
+            PidNamespace::Container { init_start_secs } => Ok(boottime_now() - init_start_secs),
+            PidNamespace::Host => {
+                let text = self.host.read(HostFile::Uptime)?;
+                uptime_seconds(&text).ok_or_else(|| Error::parse(&self.host.roots().proc.join("uptime"), "uptime", &text))
+            }
+        }
+    }
+
+    fn monotonic(&self, cgroup: PathBuf, times: CpuTimes) -> CpuTimes {
+        let mut history = self.stat_history.lock();
+        let times = match history.get(&cgroup) {
+            Some(previous) => times.at_least(previous),
+            None => times,
+        };
+        if history.len() >= MAX_STAT_HISTORY && !history.contains_key(&cgroup) {
+            history.clear();
+        }
+        history.insert(cgroup, times.clone());
+        times
+    }
+
+    /// Logs an error the first time its cause is seen; a vanished process is routine and logged at debug.
+    fn log_once(&self, error: &Error) {
+        if error.is_not_found() {
+            log::debug!("reader gone, serving the host's file: {error}");
+            return;
+        }
+        let mut logged = self.logged_causes.lock();
+        if logged.len() < MAX_LOGGED_CAUSES && logged.insert(error.cause_key()) {
+            log::warn!("serving the host's file: {error} (logged once per cause)");
+        }
+    }
+}
