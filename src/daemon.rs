@@ -1,1 +1,221 @@
+//! vprocd's life: lock the pidfile, see the host's cgroups, clear a stale mountpoint, mount, serve until
+//! SIGTERM/SIGINT (or until someone unmounts us), then unmount, detaching if the mount is busy.
 
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::mount::{MntFlags, umount2};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::cgroup::CgroupLayout;
+use crate::fs::VprocFs;
+use crate::host::HostRoots;
+use crate::render::{Options, Renderer};
+
+/// What the daemon is asked to do.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub mountpoint: PathBuf,
+    pub pidfile: PathBuf,
+    /// FUSE worker threads (at least 2: one slow host read must not stall every container).
+    pub threads: usize,
+    pub options: Options,
+}
+
+/// Why the daemon could not start or run, with what to do about it.
+#[derive(Debug)]
+pub enum DaemonError {
+    Pidfile { path: PathBuf, source: io::Error },
+    AlreadyRunning { path: PathBuf, pid: String },
+    CgroupNamespace { source: io::Error },
+    Mountpoint { path: PathBuf, source: io::Error },
+    Mount { path: PathBuf, source: io::Error },
+    Setup(crate::error::Error),
+    Signals(nix::Error),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Pidfile { path, source } => write!(f, "cannot open pidfile {}: {source}", path.display()),
+            DaemonError::AlreadyRunning { path, pid } => write!(
+                f,
+                "another vprocd (pid {pid}) holds {}; stop it first, or give this one its own --pidfile and mountpoint",
+                path.display()
+            ),
+            DaemonError::CgroupNamespace { source } => write!(
+                f,
+                "vprocd runs in a private cgroup namespace and cannot join the host's (/proc/1/ns/cgroup): {source}; \
+                 run it with the host's pid namespace and CAP_SYS_ADMIN (Kubernetes: hostPID: true, privileged)"
+            ),
+            DaemonError::Mountpoint { path, source } => write!(f, "cannot prepare mountpoint {}: {source}", path.display()),
+            DaemonError::Mount { path, source } => write!(
+                f,
+                "cannot mount FUSE at {}: {source} (is /dev/fuse present and are we root?)",
+                path.display()
+            ),
+            DaemonError::Setup(e) => write!(f, "{e}"),
+            DaemonError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT or until the mount goes away.
+pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
+    // Block the stop signals before any thread exists, so every thread inherits the mask and only our
+    // waiting thread receives them.
+    let mut stop_signals = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop_signals.add(signal);
+    }
+    stop_signals.thread_block().map_err(DaemonError::Signals)?;
+
+    let pidfile = Pidfile::lock(&config.pidfile)?;
+    let roots = HostRoots::default();
+    join_host_cgroup_namespace(&roots.proc)?;
+    let layout = CgroupLayout::detect(&roots.proc).map_err(DaemonError::Setup)?;
+    log::info!("cgroup layout: {layout:?}");
+    let renderer = Arc::new(Renderer::new(roots, layout, config.options.clone()).map_err(DaemonError::Setup)?);
+
+    prepare_mountpoint(&config.mountpoint)?;
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = vec![
+        MountOption::FSName("vprocd".into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+    ];
+    fuse_config.acl = SessionACL::All;
+    fuse_config.n_threads = Some(config.threads.max(2));
+    let mount_error = |source| DaemonError::Mount { path: config.mountpoint.clone(), source };
+    let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config).map_err(mount_error)?;
+    let mut background = session.spawn().map_err(mount_error)?;
+    log::info!("serving {} with {} threads", config.mountpoint.display(), config.threads.max(2));
+
+    let (events, stop) = mpsc::channel();
+    let signal_events = events.clone();
+    std::thread::spawn(move || {
+        if let Ok(signal) = stop_signals.wait() {
+            let _ = signal_events.send(Some(signal));
+        }
+    });
+    // Watch the session thread alone: fuser's mount guard, dropped after a join, would unmount again
+    // (possibly a successor's mount at the same path), so the guard is never dropped.
+    let session_thread = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+    std::thread::spawn(move || {
+        match session_thread.join() {
+            Ok(Err(e)) => log::error!("FUSE session ended: {e}"),
+            Err(_) => log::error!("FUSE session thread panicked"),
+            Ok(Ok(())) => {}
+        }
+        let _ = events.send(None);
+    });
+    match stop.recv() {
+        Ok(Some(signal)) => {
+            log::info!("{signal}: unmounting {}", config.mountpoint.display());
+            unmount(&config.mountpoint);
+        }
+        _ => log::warn!("{} was unmounted from outside; exiting", config.mountpoint.display()),
+    }
+    std::mem::forget(background);
+    pidfile.remove();
+    Ok(())
+}
+
+/// Unmounts, detaching the mount if readers still hold it open (they get ENOTCONN once we exit).
+fn unmount(mountpoint: &Path) {
+    match umount2(mountpoint, MntFlags::empty()) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EBUSY) => {
+            if let Err(e) = umount2(mountpoint, MntFlags::MNT_DETACH) {
+                log::error!("cannot detach {}: {e}", mountpoint.display());
+            }
+        }
+        Err(e) => log::error!("cannot unmount {}: {e}", mountpoint.display()),
+    }
+}
+
+/// Creates the mountpoint if missing; detaches a dead FUSE mount a crashed daemon left there (ENOTCONN).
+pub fn prepare_mountpoint(mountpoint: &Path) -> Result<(), DaemonError> {
+    let error = |source| DaemonError::Mountpoint { path: mountpoint.to_path_buf(), source };
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!("{} is a dead FUSE mount (a previous daemon crashed); detaching it", mountpoint.display());
+            umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| error(e.into()))?;
+            prepare_mountpoint(mountpoint)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(mountpoint).map_err(error),
+        Err(e) => Err(error(e)),
+    }
+}
+
+/// The inode of the initial cgroup namespace, fixed by the kernel (`PROC_CGROUP_INIT_INO`).
+const INITIAL_CGROUP_NS: &str = "cgroup:[4026531835]";
+
+/// /proc/PID/cgroup paths are relative to the reader of /proc's cgroup namespace; a daemon started in a
+/// private one (Kubernetes on cgroup v2) must join the host's (pid 1's) to resolve other containers.
+fn join_host_cgroup_namespace(proc_root: &Path) -> Result<(), DaemonError> {
+    let error = |source| DaemonError::CgroupNamespace { source };
+    let own = std::fs::read_link(proc_root.join("self/ns/cgroup")).map_err(error)?;
+    if own == Path::new(INITIAL_CGROUP_NS) {
+        return Ok(());
+    }
+    let host_path = proc_root.join("1/ns/cgroup");
+    if std::fs::read_link(&host_path).map_err(error)? == own {
+        return Ok(());
+    }
+    let ns = File::open(&host_path).map_err(error)?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| error(e.into()))?;
+    log::info!("joined the host's cgroup namespace (was {})", own.display());
+    Ok(())
+}
+
+/// An exclusively locked pidfile holding our pid; the lock dies with the process, so a crash never
+/// leaves a stale lock behind.
+struct Pidfile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Pidfile {
+    fn lock(path: &Path) -> Result<Self, DaemonError> {
+        let error = |source| DaemonError::Pidfile { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(error)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(error)?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+                return Err(DaemonError::AlreadyRunning { path: path.to_path_buf(), pid });
+            }
+            return Err(error(err));
+        }
+        file.set_len(0).map_err(error)?;
+        writeln!(file, "{}", std::process::id()).map_err(error)?;
+        Ok(Pidfile { path: path.to_path_buf(), _file: file })
+    }
+
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,1 +1,390 @@
+//! The FUSE adapter (fuser 0.18): translates requests into calls of [`Renderer`] and the node table, and
+//! results back into replies. It never panics on a request and never fails a read of a virtual file
+//! while the host's file is readable (unresolvable readers get the host's file).
 
+mod handles;
+mod nodes;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
+use crate::render::Renderer;
+use handles::{HandleSource, Handles};
+pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
+
+/// Names and attributes of fixed nodes never change: let the kernel cache them for a day, so an
+/// open+read+close costs three requests, not five.
+const FIXED_TTL: Duration = Duration::from_secs(86400);
+/// `cpuK` and what lies below it differ per reader, and the dentry cache is shared by all readers.
+const PER_READER_TTL: Duration = Duration::ZERO;
+/// Host sysfs entries passed through unchanged; they may appear and vanish (CPU hotplug).
+const HOST_TTL: Duration = Duration::from_secs(1);
+
+/// The vproc filesystem.
+#[derive(Debug)]
+pub struct VprocFs {
+    renderer: Arc<Renderer>,
+    nodes: NodeTable,
+    handles: Handles,
+    /// Timestamps of the fixed nodes: when the daemon started.
+    started: SystemTime,
+}
+
+impl VprocFs {
+    /// A filesystem that renders through `renderer`.
+    pub fn new(renderer: Arc<Renderer>) -> Self {
+        VprocFs {
+            renderer,
+            nodes: NodeTable::default(),
+            handles: Handles::default(),
+            started: SystemTime::now(),
+        }
+    }
+
+    fn host_cpu_dir(&self) -> PathBuf {
+        self.renderer.host().cpu_dir()
+    }
+
+    fn fixed_attr(&self, ino: u64, kind: FileType) -> FileAttr {
+        let (perm, nlink) = match kind {
+            FileType::Directory => (0o555, 2),
+            _ => (0o444, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            // Like /proc: content is rendered per read, so no size is promised (direct I/O reads it all).
+            size: 0,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Attributes of an inode for the reader `pid`, with how long the kernel may keep them.
+    fn attr(&self, ino: u64, pid: u32) -> Result<(FileAttr, Duration), Errno> {
+        match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
+            Node::Dir(_) => Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL)),
+            Node::File(_) => Ok((self.fixed_attr(ino, FileType::RegularFile), FIXED_TTL)),
+            Node::CpuSlot(k) => {
+                if (k as usize) < self.renderer.visible_cpus(pid).len() {
+                    Ok((self.fixed_attr(ino, FileType::Directory), PER_READER_TTL))
+                } else {
+                    Err(Errno::ENOENT)
+                }
+            }
+            Node::Host(entry) => {
+                let path = self.host_path(&entry, pid)?;
+                let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
+                let ttl = if entry.per_reader() { PER_READER_TTL } else { HOST_TTL };
+                Ok((host_attr(ino, &meta), ttl))
+            }
+        }
+    }
+
+    fn host_path(&self, entry: &HostEntry, pid: u32) -> Result<PathBuf, Errno> {
+        let visible = if entry.per_reader() { self.renderer.visible_cpus(pid) } else { Vec::new() };
+        entry.host_path(&self.host_cpu_dir(), &visible).ok_or(Errno::ENOENT)
+    }
+
+    /// The inode of `name` in directory `parent`, as reader `pid` sees it.
+    fn lookup_ino(&self, parent: u64, name: &str, pid: u32) -> Result<u64, Errno> {
+        match self.nodes.node(parent).ok_or(Errno::ENOENT)? {
+            Node::Dir(dir) => {
+                let child_path = if dir.path.is_empty() { name.to_string() } else { format!("{}/{name}", dir.path) };
+                if let Some(child) = files::dir_by_path(&child_path) {
+                    return Ok(child.ino);
+                }
+                if let Some(file) = FILES.iter().find(|f| f.path == child_path) {
+                    return Ok(file.ino);
+                }
+                if dir.path != CPU_DIR {
+                    return Err(Errno::ENOENT);
+                }
+                if let Some(k) = cpu_slot_number(name) {
+                    return Ok(NodeTable::slot_ino(k));
+                }
+                self.existing_host_ino(HostEntry { slot: None, relative: PathBuf::from(name) }, pid)
+            }
+            Node::CpuSlot(k) => self.existing_host_ino(HostEntry { slot: Some(k), relative: PathBuf::from(name) }, pid),
+            Node::Host(entry) => {
+                let relative = entry.relative.join(name);
+                self.existing_host_ino(HostEntry { slot: entry.slot, relative }, pid)
+            }
+            Node::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// The inode of a host entry that exists for reader `pid`; names that do not exist get no inode,
+    /// so lookups of random names cannot grow the table.
+    fn existing_host_ino(&self, entry: HostEntry, pid: u32) -> Result<u64, Errno> {
+        std::fs::symlink_metadata(self.host_path(&entry, pid)?).map_err(Errno::from)?;
+        Ok(self.nodes.host_ino(entry))
+    }
+
+    /// The entries of directory `ino` for reader `pid`, without `.` and `..`.
+    fn list(&self, ino: u64, pid: u32) -> Result<Vec<(u64, FileType, String)>, Errno> {
+        let mut entries = Vec::new();
+        match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
+            Node::Dir(dir) => {
+                for child in files::DIRS.iter().filter(|d| d.ino != ROOT_INO && d.parent() == dir.path) {
+                    entries.push((child.ino, FileType::Directory, child.name().to_string()));
+                }
+                for file in FILES.iter().filter(|f| f.parent() == dir.path) {
+                    entries.push((file.ino, FileType::RegularFile, file.name().to_string()));
+                }
+                if dir.path == CPU_DIR {
+                    for k in 0..self.renderer.visible_cpus(pid).len() as u32 {
+                        entries.push((NodeTable::slot_ino(k), FileType::Directory, format!("cpu{k}")));
+                    }
+                    let host_dir = self.host_cpu_dir();
+                    for (name, kind) in read_host_dir(&host_dir)? {
+                        if cpu_slot_number(&name).is_none() && !nodes::is_virtual_cpu_file(&name) {
+                            let ino = self.nodes.host_ino(HostEntry { slot: None, relative: PathBuf::from(&name) });
+                            entries.push((ino, kind, name));
+                        }
+                    }
+                }
+            }
+            Node::CpuSlot(_) | Node::Host(_) => {
+                let (slot, relative) = match self.nodes.node(ino) {
+                    Some(Node::CpuSlot(k)) => (Some(k), PathBuf::new()),
+                    Some(Node::Host(entry)) => (entry.slot, entry.relative),
+                    _ => return Err(Errno::ENOENT),
+                };
+                let path = self.host_path(&HostEntry { slot, relative: relative.clone() }, pid)?;
+                for (name, kind) in read_host_dir(&path)? {
+                    let ino = self.nodes.host_ino(HostEntry { slot, relative: relative.join(&name) });
+                    entries.push((ino, kind, name));
+                }
+            }
+            Node::File(_) => return Err(Errno::ENOTDIR),
+        }
+        Ok(entries)
+    }
+
+    /// Renders or reads what handle `fh` shows, for reader `pid`.
+    fn produce(&self, source: &HandleSource, pid: u32) -> Result<Vec<u8>, Errno> {
+        match source {
+            HandleSource::Virtual(content) => self.renderer.render(*content, pid).map_err(|e| {
+                log::error!("cannot read the host's file: {e}");
+                Errno::EIO
+            }),
+            HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),
+        }
+    }
+}
+
+impl Filesystem for VprocFs {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        match self.lookup_ino(parent.0, name, req.pid()).and_then(|ino| self.attr(ino, req.pid())) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0, req.pid()) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = match self.nodes.node(ino.0) {
+            Some(Node::Host(entry)) => self.host_path(&entry, req.pid()).and_then(|p| std::fs::read_link(p).map_err(Errno::from)),
+            _ => Err(Errno::EINVAL),
+        };
+        match target {
+            Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let source = match self.nodes.node(ino.0) {
+            Some(Node::File(file)) => Ok(HandleSource::Virtual(file.content)),
+            Some(Node::Host(entry)) => self.host_path(&entry, req.pid()).map(HandleSource::Host),
+            Some(_) => Err(Errno::EISDIR),
+            None => Err(Errno::ENOENT),
+        };
+        match source {
+            // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
+            Ok(source) => reply.opened(FileHandle(self.handles.open(source)), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // A read at offset 0 renders afresh (tools like top rewind and re-read); reads at other offsets
+        // slice what the handle rendered last, so a reader reading in chunks sees one consistent file.
+        let content = match self.handles.buffer(fh.0, offset == 0) {
+            Err(()) => Err(Errno::EBADF),
+            Ok(Some(buffer)) => Ok(buffer),
+            Ok(None) => match self.handles.source(fh.0) {
+                Some(source) => self.produce(&source, req.pid()).map(|bytes| self.handles.store(fh.0, bytes)),
+                None => Err(Errno::EBADF),
+            },
+        };
+        match content {
+            Ok(buffer) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(buffer.len());
+                let end = start.saturating_add(size as usize).min(buffer.len());
+                reply.data(&buffer[start..end]);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.release(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let parent = match self.nodes.node(ino.0) {
+            Some(Node::Dir(dir)) => files::dir_by_path(dir.parent()).map_or(ROOT_INO, |d| d.ino),
+            _ => ino.0,
+        };
+        let listed = match self.list(ino.0, req.pid()) {
+            Ok(listed) => listed,
+            Err(e) => {
+                reply.error(e);
+                return;
+            }
+        };
+        let dots = [(ino.0, FileType::Directory, ".".to_string()), (parent, FileType::Directory, "..".to_string())];
+        let all = dots.into_iter().chain(listed);
+        for (i, (child, kind, name)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permissions are the modes we report; the kernel checks them itself (it only asks here for
+        // access(2) and chdir). Write access is refused by the read-only mount.
+        reply.ok();
+    }
+}
+
+/// Attributes of a host entry, with our inode number.
+fn host_attr(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
+    let kind = file_type(meta.file_type());
+    let time = |secs: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    FileAttr {
+        ino: INodeNo(ino),
+        size: if kind == FileType::Symlink { meta.size() } else { 0 },
+        blocks: 0,
+        atime: time(meta.atime()),
+        mtime: time(meta.mtime()),
+        ctime: time(meta.ctime()),
+        crtime: time(meta.ctime()),
+        kind,
+        // Read-only view: drop the write bits.
+        perm: (meta.mode() & 0o7555) as u16,
+        nlink: meta.nlink() as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: std::fs::FileType) -> FileType {
+    if kind.is_dir() {
+        FileType::Directory
+    } else if kind.is_symlink() {
+        FileType::Symlink
+    } else if kind.is_block_device() {
+        FileType::BlockDevice
+    } else if kind.is_char_device() {
+        FileType::CharDevice
+    } else if kind.is_fifo() {
+        FileType::NamedPipe
+    } else if kind.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}
+
+/// The entries of a host directory, sorted by name so listings are stable.
+fn read_host_dir(path: &Path) -> Result<Vec<(String, FileType)>, Errno> {
+    let mut entries: Vec<(String, FileType)> = std::fs::read_dir(path)
+        .map_err(Errno::from)?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, file_type(e.file_type().ok()?))))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
