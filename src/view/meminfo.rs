@@ -92,7 +92,7 @@ pub fn render_meminfo(host_meminfo: &str, facts: &MemoryFacts) -> String {
             "Mapped" => kb(stat.mapped),
             "Shmem" => kb(stat.shmem),
             "Slab" => slab_reclaimable.saturating_add(slab_unreclaimable),
-            "SReclaimable" => slab_reclaimable,
+            "SReclaimable" | "KReclaimable" => slab_reclaimable,
             "SUnreclaim" => slab_unreclaimable,
             _ => {
                 out.push_str(line);
