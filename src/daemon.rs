@@ -144,19 +144,21 @@ fn unmount(mountpoint: &Path) {
     }
 }
 
-/// Creates the mountpoint if missing; detaches a dead FUSE mount a crashed daemon left there (ENOTCONN).
+/// Creates the mountpoint if missing; detaches a dead FUSE mount a crashed daemon left there. The check
+/// is statfs: stat would be answered from the kernel's attribute cache even on a dead connection, while
+/// statfs always asks the (dead) daemon and fails with ENOTCONN.
 pub fn prepare_mountpoint(mountpoint: &Path) -> Result<(), DaemonError> {
     let error = |source| DaemonError::Mountpoint { path: mountpoint.to_path_buf(), source };
-    match std::fs::metadata(mountpoint) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!("{} is a dead FUSE mount (a previous daemon crashed); detaching it", mountpoint.display());
+    match nix::sys::statfs::statfs(mountpoint) {
+        Err(nix::errno::Errno::ENOTCONN) => {
+            log::warn!("{} is a dead FUSE mount (a previous daemon died); detaching it", mountpoint.display());
             umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| error(e.into()))?;
             prepare_mountpoint(mountpoint)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(mountpoint).map_err(error),
-        Err(e) => Err(error(e)),
+        Err(nix::errno::Errno::ENOENT) => std::fs::create_dir_all(mountpoint).map_err(error),
+        Err(e) => Err(error(e.into())),
+        Ok(_) if !mountpoint.is_dir() => Err(error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"))),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -1,0 +1,247 @@
+//! Test harness for real-kernel tests: a vprocd on a private mountpoint and cgroup v1 groups, both
+//! removed when the guard drops, also when the test panics. Names carry the test process's pid and a
+//! counter so tests can run in parallel.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A running vprocd.
+pub struct Daemon {
+    pub mountpoint: PathBuf,
+    pub pidfile: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts vprocd with `args` on a fresh mountpoint and waits until it serves.
+    pub fn start(args: &[&str]) -> Daemon {
+        let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
+        let pidfile = std::env::temp_dir().join(format!("{}.pid", mountpoint.file_name().unwrap().to_string_lossy()));
+        Daemon::start_at(&mountpoint, &pidfile, args)
+    }
+
+    /// Starts vprocd at a given mountpoint and pidfile.
+    pub fn start_at(mountpoint: &Path, pidfile: &Path, args: &[&str]) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_vprocd"))
+            .args(args)
+            .arg("--pidfile")
+            .arg(pidfile)
+            .arg(mountpoint)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn vprocd");
+        let mut daemon = Daemon { mountpoint: mountpoint.to_path_buf(), pidfile: pidfile.to_path_buf(), child: Some(child) };
+        daemon.wait_until_serving();
+        daemon
+    }
+
+    fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            // A real request: stat of a dead mount is answered from the kernel's attribute cache.
+            if is_mounted(&self.mountpoint) && std::fs::File::open(self.path("proc/meminfo")).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vprocd exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("vprocd did not mount {}", self.mountpoint.display());
+    }
+
+    /// A path below the mountpoint.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: kill on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop_with(libc::SIGTERM);
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir(&self.mountpoint);
+        let _ = std::fs::remove_file(&self.pidfile);
+    }
+}
+
+/// True when `path` is a mount point in /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*path))
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "cpuset"];
+
+/// Limits for a test cgroup; `None` leaves the kernel's default (unlimited / inherited).
+#[derive(Default, Clone)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub quota_us: Option<u64>,
+    pub cpus: Option<&'static str>,
+}
+
+/// A cgroup v1 group in memory, cpu, cpuacct and cpuset, removed (children first) on drop.
+pub struct TestCgroup {
+    /// Path relative to each controller's root, e.g. `vproc-test-12-3/child`.
+    pub relative: String,
+    owns_root: bool,
+}
+
+impl TestCgroup {
+    /// A new top-level group.
+    pub fn new(limits: Limits) -> TestCgroup {
+        let group = TestCgroup { relative: unique("vproc-test"), owns_root: true };
+        group.create(&limits);
+        group
+    }
+
+    /// A child of this group.
+    pub fn child(&self, limits: Limits) -> TestCgroup {
+        let group = TestCgroup { relative: format!("{}/child", self.relative), owns_root: false };
+        group.create(&limits);
+        group
+    }
+
+    fn dir(&self, controller: &str) -> PathBuf {
+        Path::new(CGROUP_ROOT).join(controller).join(&self.relative)
+    }
+
+    fn create(&self, limits: &Limits) {
+        for controller in CONTROLLERS {
+            std::fs::create_dir(self.dir(controller)).unwrap_or_else(|e| panic!("mkdir {controller}: {e}"));
+        }
+        // A v1 cpuset needs cpus and mems before a task may join; inherit the parent's unless told.
+        let parent = self.dir("cpuset").parent().unwrap().to_path_buf();
+        let cpus = limits.cpus.map(str::to_string).unwrap_or_else(|| std::fs::read_to_string(parent.join("cpuset.cpus")).unwrap());
+        let mems = std::fs::read_to_string(parent.join("cpuset.mems")).unwrap();
+        write(&self.dir("cpuset").join("cpuset.cpus"), cpus.trim());
+        write(&self.dir("cpuset").join("cpuset.mems"), mems.trim());
+        if let Some(bytes) = limits.memory_bytes {
+            write(&self.dir("memory").join("memory.limit_in_bytes"), &bytes.to_string());
+        }
+        if let Some(quota) = limits.quota_us {
+            write(&self.dir("cpu").join("cpu.cfs_quota_us"), &quota.to_string());
+        }
+    }
+
+    /// A shell prefix that moves the shell into this group.
+    fn join_script(&self) -> String {
+        CONTROLLERS
+            .iter()
+            .map(|c| format!("echo $$ > {}/cgroup.procs", self.dir(c).display()))
+            .collect::<Vec<_>>()
+            .join(" && ")
+    }
+
+    /// Runs `script` with sh inside this group, in a fresh pid and mount namespace with its own /proc.
+    pub fn run(&self, script: &str) -> Output {
+        self.run_with(&["unshare", "-fpm", "--mount-proc", "sh", "-c", script])
+    }
+
+    /// Runs `script` with sh inside this group, in the host's pid namespace.
+    pub fn run_in_host_pidns(&self, script: &str) -> Output {
+        self.run_with(&["sh", "-c", script])
+    }
+
+    fn run_with(&self, argv: &[&str]) -> Output {
+        let quoted: Vec<String> = argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        let script = format!("{} && exec {}", self.join_script(), quoted.join(" "));
+        Command::new("sh").arg("-c").arg(script).output().expect("run sh")
+    }
+
+    /// Starts `sh -c script` in this group (host pid namespace) and returns the child.
+    pub fn spawn(&self, script: &str) -> Child {
+        let script = format!("{} && exec sh -c '{}'", self.join_script(), script.replace('\'', "'\\''"));
+        Command::new("sh").arg("-c").arg(script).stdout(Stdio::piped()).spawn().expect("spawn sh")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Children first: the root guard removes its `child` directory too, in case the child guard leaked.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut dirs: Vec<String> = Vec::new();
+        if self.owns_root {
+            dirs.push(format!("{}/child", self.relative));
+        }
+        dirs.push(self.relative.clone());
+        for relative in dirs {
+            for controller in CONTROLLERS {
+                let dir = Path::new(CGROUP_ROOT).join(controller).join(&relative);
+                while dir.exists() {
+                    // Only processes the test started live in its own uniquely named group.
+                    for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            // SAFETY: kill on a pid in our own test cgroup.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                    if std::fs::remove_dir(&dir).is_ok() || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
+}
+
+/// stdout of a command that must succeed.
+pub fn stdout(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub const MIB: u64 = 1 << 20;
