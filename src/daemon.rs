@@ -96,6 +96,8 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     ];
     fuse_config.acl = SessionACL::All;
     fuse_config.n_threads = Some(config.threads.max(2));
+    // One /dev/fuse fd per worker (FUSE_DEV_IOC_CLONE): workers do not contend on one fd.
+    fuse_config.clone_fd = true;
     let mount_error = |source| DaemonError::Mount { path: config.mountpoint.clone(), source };
     let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config).map_err(mount_error)?;
     let mut background = session.spawn().map_err(mount_error)?;

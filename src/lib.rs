@@ -12,4 +12,5 @@ pub mod fs;
 pub mod host;
 pub mod reader;
 pub mod render;
+pub mod ttl;
 pub mod view;

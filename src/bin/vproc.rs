@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 cpu_rule: if cpuset_only { CpuCountRule::Cpuset } else { CpuCountRule::QuotaAndCpuset },
                 swap_enabled: !disable_swap,
                 reader_ttl: std::time::Duration::ZERO,
-                host_ttl: std::time::Duration::ZERO,
+                usage_ttl: std::time::Duration::ZERO,
             };
             let pid = pid.unwrap_or_else(std::process::id);
             show(&file, pid, HostRoots { proc: proc_root, sys: sys_root }, cgroup_root, options)

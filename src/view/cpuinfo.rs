@@ -28,8 +28,9 @@ pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
         return host_cpuinfo.to_string();
     }
     for block in blocks.iter().filter(|b| !b.lines().any(|l| processor_number(l).is_some())) {
-        out.push_str(block.trim_start_matches('\n'));
-        out.push_str("\n\n");
+        // Kernel layout: the trailer ends with a single newline.
+        out.push_str(block.trim_matches('\n'));
+        out.push('\n');
     }
     out
 }
@@ -61,7 +62,7 @@ mod tests {
     #[test]
     fn arm_trailer_passes_through() {
         let host = "processor\t: 0\nBogoMIPS\t: 50\n\nprocessor\t: 1\nBogoMIPS\t: 50\n\nHardware\t: X\n";
-        assert_eq!(render_cpuinfo(host, &[1]), "processor\t: 0\nBogoMIPS\t: 50\n\nHardware\t: X\n\n");
+        assert_eq!(render_cpuinfo(host, &[1]), "processor\t: 0\nBogoMIPS\t: 50\n\nHardware\t: X\n");
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn render_meminfo(host_meminfo: &str, facts: &MemoryFacts) -> String {
 
     let mut out = String::with_capacity(host_meminfo.len());
     for line in host_meminfo.lines() {
-        let key = line.split_once(':').map_or("", |(k, _)| k);
+        let key = line.as_bytes().iter().position(|&b| b == b':').map_or("", |colon| &line[..colon]);
         let value = match key {
             "MemTotal" => total,
             "MemFree" => free,

@@ -38,7 +38,6 @@ impl Daemon {
             .arg("--pidfile")
             .arg(pidfile)
             .arg(mountpoint)
-            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -120,6 +119,45 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub quota_us: Option<u64>,
     pub cpus: Option<&'static str>,
+}
+
+/// Moves the calling process into `group` until dropped, then back to where it was.
+pub struct Entered {
+    original: Vec<(&'static str, String)>,
+}
+
+impl TestCgroup {
+    /// Moves this whole process (all threads) into the group.
+    pub fn enter(&self) -> Entered {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let original = CONTROLLERS
+            .iter()
+            .map(|c| {
+                let path = own
+                    .lines()
+                    .find_map(|l| {
+                        let mut f = l.splitn(3, ':');
+                        let (_, names, path) = (f.next()?, f.next()?, f.next()?);
+                        names.split(',').any(|n| n == *c).then(|| path.to_string())
+                    })
+                    .unwrap_or_else(|| "/".into());
+                (*c, path)
+            })
+            .collect();
+        for controller in CONTROLLERS {
+            write(&self.dir(controller).join("cgroup.procs"), &std::process::id().to_string());
+        }
+        Entered { original }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        for (controller, path) in &self.original {
+            let dir = Path::new(CGROUP_ROOT).join(controller).join(path.trim_start_matches('/'));
+            let _ = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string());
+        }
+    }
 }
 
 /// A cgroup v1 group in memory, cpu, cpuacct and cpuset, removed (children first) on drop.
