@@ -20,7 +20,9 @@ struct Lxcfs {
 
 impl Lxcfs {
     fn start() -> Option<Lxcfs> {
-        let binary = ["/usr/bin/lxcfs", "/usr/local/bin/lxcfs"].into_iter().find(|p| Path::new(p).exists())?;
+        let binary = ["/usr/bin/lxcfs", "/usr/local/bin/lxcfs"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
         let mountpoint = std::env::temp_dir().join(common::unique("vproc-bench-lxcfs"));
         std::fs::create_dir_all(&mountpoint).ok()?;
         let pidfile = mountpoint.with_extension("pid");
@@ -36,7 +38,9 @@ impl Lxcfs {
         let lxcfs = Lxcfs { mountpoint, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if common::is_mounted(&lxcfs.mountpoint) && std::fs::File::open(lxcfs.mountpoint.join("proc/meminfo")).is_ok() {
+            if common::is_mounted(&lxcfs.mountpoint)
+                && std::fs::File::open(lxcfs.mountpoint.join("proc/meminfo")).is_ok()
+            {
                 return Some(lxcfs);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -80,7 +84,10 @@ fn run(path: &Path, readers: usize, seconds: f64) -> (f64, Vec<u64>) {
             })
         })
         .collect();
-    let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
     (all.len() as f64 / elapsed, all)
@@ -98,27 +105,46 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let seconds: f64 = std::env::var("VPROC_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let seconds: f64 = std::env::var("VPROC_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
     let rounds = 3;
     let vprocd = Daemon::start(&[]);
     let lxcfs = Lxcfs::start();
     if lxcfs.is_none() {
-        println!("lxcfs is not installed (apt-get install lxcfs): measuring vprocd and the kernel only");
+        println!(
+            "lxcfs is not installed (apt-get install lxcfs): measuring vprocd and the kernel only"
+        );
     }
     // 256 MiB and two CPUs of quota: limited, so both daemons do their full work, yet not throttled.
-    let group = TestCgroup::new(Limits { memory_bytes: Some(256 * MIB), quota_us: Some(200_000), cpus: None });
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(256 * MIB),
+        quota_us: Some(200_000),
+        cpus: None,
+    });
     let entered = group.enter();
 
-    let mut targets: Vec<(&str, PathBuf)> =
-        vec![("kernel /proc", PathBuf::from("/proc/meminfo")), ("vprocd", vprocd.path("proc/meminfo"))];
+    let mut targets: Vec<(&str, PathBuf)> = vec![
+        ("kernel /proc", PathBuf::from("/proc/meminfo")),
+        ("vprocd", vprocd.path("proc/meminfo")),
+    ];
     if let Some(lxcfs) = &lxcfs {
         targets.push(("lxcfs 5.0.3", lxcfs.mountpoint.join("proc/meminfo")));
     }
     let check = std::fs::read_to_string(vprocd.path("proc/meminfo")).unwrap();
-    assert!(check.contains("MemTotal:         262144 kB"), "the reader is not in the limited cgroup:\n{check}");
+    assert!(
+        check.contains("MemTotal:         262144 kB"),
+        "the reader is not in the limited cgroup:\n{check}"
+    );
 
-    println!("open+read+close of meminfo, {rounds} interleaved rounds of {seconds} s; the median round is shown");
-    println!("{:<14} {:>7} {:>10} {:>9} {:>9}", "target", "readers", "ops/s", "p50 us", "p99 us");
+    println!(
+        "open+read+close of meminfo, {rounds} interleaved rounds of {seconds} s; the median round is shown"
+    );
+    println!(
+        "{:<14} {:>7} {:>10} {:>9} {:>9}",
+        "target", "readers", "ops/s", "p50 us", "p99 us"
+    );
     let mut results = Vec::new();
     for readers in [1, 2] {
         let mut per_target: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
@@ -137,11 +163,19 @@ fn main() {
         }
     }
     drop(entered);
-    let ops = |name: &str, readers: usize| results.iter().find(|r| r.0 == name && r.1 == readers).map(|r| r.2);
+    let ops = |name: &str, readers: usize| {
+        results
+            .iter()
+            .find(|r| r.0 == name && r.1 == readers)
+            .map(|r| r.2)
+    };
     for readers in [1, 2] {
         let vprocd = ops("vprocd", readers).unwrap();
         let kernel = ops("kernel /proc", readers).unwrap();
-        print!("ratios, {readers} reader(s): vprocd/kernel {:.2}", vprocd / kernel);
+        print!(
+            "ratios, {readers} reader(s): vprocd/kernel {:.2}",
+            vprocd / kernel
+        );
         if let Some(lxcfs) = ops("lxcfs 5.0.3", readers) {
             print!(", vprocd/lxcfs {:.2}", vprocd / lxcfs);
         }

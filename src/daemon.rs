@@ -43,7 +43,9 @@ pub enum DaemonError {
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DaemonError::Pidfile { path, source } => write!(f, "cannot open pidfile {}: {source}", path.display()),
+            DaemonError::Pidfile { path, source } => {
+                write!(f, "cannot open pidfile {}: {source}", path.display())
+            }
             DaemonError::AlreadyRunning { path, pid } => write!(
                 f,
                 "another vprocd (pid {pid}) holds {}; stop it first, or give this one its own --pidfile and mountpoint",
@@ -54,7 +56,9 @@ impl fmt::Display for DaemonError {
                 "vprocd runs in a private cgroup namespace and cannot join the host's (/proc/1/ns/cgroup): {source}; \
                  run it with the host's pid namespace and CAP_SYS_ADMIN (Kubernetes: hostPID: true, privileged)"
             ),
-            DaemonError::Mountpoint { path, source } => write!(f, "cannot prepare mountpoint {}: {source}", path.display()),
+            DaemonError::Mountpoint { path, source } => {
+                write!(f, "cannot prepare mountpoint {}: {source}", path.display())
+            }
             DaemonError::Mount { path, source } => write!(
                 f,
                 "cannot mount FUSE at {}: {source} (is /dev/fuse present and are we root?)",
@@ -83,7 +87,8 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     join_host_cgroup_namespace(&roots.proc)?;
     let layout = CgroupLayout::detect(&roots.proc).map_err(DaemonError::Setup)?;
     log::info!("cgroup layout: {layout:?}");
-    let renderer = Arc::new(Renderer::new(roots, layout, config.options.clone()).map_err(DaemonError::Setup)?);
+    let renderer =
+        Arc::new(Renderer::new(roots, layout, config.options.clone()).map_err(DaemonError::Setup)?);
 
     prepare_mountpoint(&config.mountpoint)?;
     let mut fuse_config = Config::default();
@@ -98,10 +103,18 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     fuse_config.n_threads = Some(config.threads.max(2));
     // One /dev/fuse fd per worker (FUSE_DEV_IOC_CLONE): workers do not contend on one fd.
     fuse_config.clone_fd = true;
-    let mount_error = |source| DaemonError::Mount { path: config.mountpoint.clone(), source };
-    let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config).map_err(mount_error)?;
+    let mount_error = |source| DaemonError::Mount {
+        path: config.mountpoint.clone(),
+        source,
+    };
+    let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config)
+        .map_err(mount_error)?;
     let mut background = session.spawn().map_err(mount_error)?;
-    log::info!("serving {} with {} threads", config.mountpoint.display(), config.threads.max(2));
+    log::info!(
+        "serving {} with {} threads",
+        config.mountpoint.display(),
+        config.threads.max(2)
+    );
 
     let (events, stop) = mpsc::channel();
     let signal_events = events.clone();
@@ -126,7 +139,10 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
             log::info!("{signal}: unmounting {}", config.mountpoint.display());
             unmount(&config.mountpoint);
         }
-        _ => log::warn!("{} was unmounted from outside; exiting", config.mountpoint.display()),
+        _ => log::warn!(
+            "{} was unmounted from outside; exiting",
+            config.mountpoint.display()
+        ),
     }
     std::mem::forget(background);
     pidfile.remove();
@@ -150,16 +166,25 @@ fn unmount(mountpoint: &Path) {
 /// is statfs: stat would be answered from the kernel's attribute cache even on a dead connection, while
 /// statfs always asks the (dead) daemon and fails with ENOTCONN.
 pub fn prepare_mountpoint(mountpoint: &Path) -> Result<(), DaemonError> {
-    let error = |source| DaemonError::Mountpoint { path: mountpoint.to_path_buf(), source };
+    let error = |source| DaemonError::Mountpoint {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
     match nix::sys::statfs::statfs(mountpoint) {
         Err(nix::errno::Errno::ENOTCONN) => {
-            log::warn!("{} is a dead FUSE mount (a previous daemon died); detaching it", mountpoint.display());
+            log::warn!(
+                "{} is a dead FUSE mount (a previous daemon died); detaching it",
+                mountpoint.display()
+            );
             umount2(mountpoint, MntFlags::MNT_DETACH).map_err(|e| error(e.into()))?;
             prepare_mountpoint(mountpoint)
         }
         Err(nix::errno::Errno::ENOENT) => std::fs::create_dir_all(mountpoint).map_err(error),
         Err(e) => Err(error(e.into())),
-        Ok(_) if !mountpoint.is_dir() => Err(error(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"))),
+        Ok(_) if !mountpoint.is_dir() => Err(error(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        ))),
         Ok(_) => Ok(()),
     }
 }
@@ -194,7 +219,10 @@ struct Pidfile {
 
 impl Pidfile {
     fn lock(path: &Path) -> Result<Self, DaemonError> {
-        let error = |source| DaemonError::Pidfile { path: path.to_path_buf(), source };
+        let error = |source| DaemonError::Pidfile {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(error)?;
         }
@@ -209,14 +237,23 @@ impl Pidfile {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
-                return Err(DaemonError::AlreadyRunning { path: path.to_path_buf(), pid });
+                let pid = std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Err(DaemonError::AlreadyRunning {
+                    path: path.to_path_buf(),
+                    pid,
+                });
             }
             return Err(error(err));
         }
         file.set_len(0).map_err(error)?;
         writeln!(file, "{}", std::process::id()).map_err(error)?;
-        Ok(Pidfile { path: path.to_path_buf(), _file: file })
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+            _file: file,
+        })
     }
 
     fn remove(self) {

@@ -71,26 +71,104 @@ pub const CPU_DIR: &str = "sys/devices/system/cpu";
 
 /// Every virtual directory, parents before children.
 pub const DIRS: &[VirtualDir] = &[
-    VirtualDir { path: "", ino: ROOT_INO },
-    VirtualDir { path: "proc", ino: 2 },
-    VirtualDir { path: "sys", ino: 3 },
-    VirtualDir { path: "sys/devices", ino: 4 },
-    VirtualDir { path: "sys/devices/system", ino: 5 },
-    VirtualDir { path: CPU_DIR, ino: 6 },
+    VirtualDir {
+        path: "",
+        ino: ROOT_INO,
+    },
+    VirtualDir {
+        path: "proc",
+        ino: 2,
+    },
+    VirtualDir {
+        path: "sys",
+        ino: 3,
+    },
+    VirtualDir {
+        path: "sys/devices",
+        ino: 4,
+    },
+    VirtualDir {
+        path: "sys/devices/system",
+        ino: 5,
+    },
+    VirtualDir {
+        path: CPU_DIR,
+        ino: 6,
+    },
 ];
 
 /// Every virtual file.
 pub const FILES: &[VirtualFile] = &[
-    VirtualFile { path: "proc/meminfo", ino: 16, content: Content::Meminfo, show_name: "meminfo", bind: true },
-    VirtualFile { path: "proc/cpuinfo", ino: 17, content: Content::Cpuinfo, show_name: "cpuinfo", bind: true },
-    VirtualFile { path: "proc/stat", ino: 18, content: Content::Stat, show_name: "stat", bind: true },
-    VirtualFile { path: "proc/uptime", ino: 19, content: Content::Uptime, show_name: "uptime", bind: true },
-    VirtualFile { path: "proc/swaps", ino: 20, content: Content::Swaps, show_name: "swaps", bind: true },
-    VirtualFile { path: "proc/loadavg", ino: 21, content: Content::Loadavg, show_name: "loadavg", bind: true },
-    VirtualFile { path: "proc/diskstats", ino: 22, content: Content::Diskstats, show_name: "diskstats", bind: true },
-    VirtualFile { path: "sys/devices/system/cpu/online", ino: 23, content: Content::CpuOnline, show_name: "cpu-online", bind: true },
-    VirtualFile { path: "sys/devices/system/cpu/possible", ino: 24, content: Content::CpuPossible, show_name: "cpu-possible", bind: false },
-    VirtualFile { path: "sys/devices/system/cpu/present", ino: 25, content: Content::CpuPresent, show_name: "cpu-present", bind: false },
+    VirtualFile {
+        path: "proc/meminfo",
+        ino: 16,
+        content: Content::Meminfo,
+        show_name: "meminfo",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/cpuinfo",
+        ino: 17,
+        content: Content::Cpuinfo,
+        show_name: "cpuinfo",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/stat",
+        ino: 18,
+        content: Content::Stat,
+        show_name: "stat",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/uptime",
+        ino: 19,
+        content: Content::Uptime,
+        show_name: "uptime",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/swaps",
+        ino: 20,
+        content: Content::Swaps,
+        show_name: "swaps",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/loadavg",
+        ino: 21,
+        content: Content::Loadavg,
+        show_name: "loadavg",
+        bind: true,
+    },
+    VirtualFile {
+        path: "proc/diskstats",
+        ino: 22,
+        content: Content::Diskstats,
+        show_name: "diskstats",
+        bind: true,
+    },
+    VirtualFile {
+        path: "sys/devices/system/cpu/online",
+        ino: 23,
+        content: Content::CpuOnline,
+        show_name: "cpu-online",
+        bind: true,
+    },
+    VirtualFile {
+        path: "sys/devices/system/cpu/possible",
+        ino: 24,
+        content: Content::CpuPossible,
+        show_name: "cpu-possible",
+        bind: false,
+    },
+    VirtualFile {
+        path: "sys/devices/system/cpu/present",
+        ino: 25,
+        content: Content::CpuPresent,
+        show_name: "cpu-present",
+        bind: false,
+    },
 ];
 
 /// Inodes from here up are handed out at run time (`cpuN` slots and host entries passed through).
@@ -123,7 +201,11 @@ mod tests {
 
     #[test]
     fn inodes_are_unique_and_below_the_dynamic_range() {
-        let inos: Vec<u64> = DIRS.iter().map(|d| d.ino).chain(FILES.iter().map(|f| f.ino)).collect();
+        let inos: Vec<u64> = DIRS
+            .iter()
+            .map(|d| d.ino)
+            .chain(FILES.iter().map(|f| f.ino))
+            .collect();
         assert_eq!(inos.iter().collect::<HashSet<_>>().len(), inos.len());
         assert!(inos.iter().all(|&i| i < FIRST_DYNAMIC_INO));
     }

@@ -110,7 +110,9 @@ impl Renderer {
     /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable.
     pub fn render(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
         if pid != 0 {
-            let rendered = self.container(pid).and_then(|c| self.render_for(content, &c));
+            let rendered = self
+                .container(pid)
+                .and_then(|c| self.render_for(content, &c));
             match rendered {
                 Ok(Some(bytes)) => return Ok(bytes),
                 Ok(None) => {}
@@ -157,7 +159,12 @@ impl Renderer {
                 None => None,
             };
             let online = self.host.online_cpus()?;
-            Some(visible_cpus(cpuset.as_deref(), quota, &online, self.options.cpu_rule))
+            Some(visible_cpus(
+                cpuset.as_deref(),
+                quota,
+                &online,
+                self.options.cpu_rule,
+            ))
         };
         let pidns = self.pidns.of(pid)?;
         Ok(Container {
@@ -172,28 +179,41 @@ impl Renderer {
     fn render_for(&self, content: Content, container: &Container) -> Result<Option<Vec<u8>>> {
         let text = match content {
             Content::Meminfo | Content::Swaps => {
-                let (Some(limits), Some(memory)) = (container.memory_limits, &container.cgroups.memory) else {
+                let (Some(limits), Some(memory)) =
+                    (container.memory_limits, &container.cgroups.memory)
+                else {
                     return Ok(None);
                 };
                 let facts = MemoryFacts {
                     limits,
-                    usage: self.memory_usage.get_or_try_insert(&memory.path, || memory.memory_usage())?,
+                    usage: self
+                        .memory_usage
+                        .get_or_try_insert(&memory.path, || memory.memory_usage())?,
                     swap_enabled: self.options.swap_enabled,
                 };
                 let meminfo = self.host.read(HostFile::Meminfo)?;
                 if content == Content::Meminfo {
                     render_meminfo(&meminfo, &facts)
                 } else {
-                    render_swaps(&self.host.read(HostFile::Swaps)?, swap_view(&meminfo, &facts))
+                    render_swaps(
+                        &self.host.read(HostFile::Swaps)?,
+                        swap_view(&meminfo, &facts),
+                    )
                 }
             }
             Content::Cpuinfo => {
-                let Some(cpus) = &container.cpus else { return Ok(None) };
+                let Some(cpus) = &container.cpus else {
+                    return Ok(None);
+                };
                 render_cpuinfo(&self.host.read(HostFile::Cpuinfo)?, cpus)
             }
             Content::Stat => {
-                let Some(cpus) = &container.cpus else { return Ok(None) };
-                let Some(cpuacct) = &container.cgroups.cpuacct else { return Ok(None) };
+                let Some(cpus) = &container.cpus else {
+                    return Ok(None);
+                };
+                let Some(cpuacct) = &container.cgroups.cpuacct else {
+                    return Ok(None);
+                };
                 let uptime = self.uptime_secs(container)?;
                 let times = CpuTimes::spread(self.cpu_usage_of(cpuacct)?, cpus.len(), uptime);
                 let times = self.monotonic(cpuacct.path.clone(), times);
@@ -218,7 +238,9 @@ impl Renderer {
                 render_uptime(uptime, cpu_count, used)
             }
             Content::CpuOnline | Content::CpuPossible | Content::CpuPresent => {
-                let Some(cpus) = &container.cpus else { return Ok(None) };
+                let Some(cpus) = &container.cpus else {
+                    return Ok(None);
+                };
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg | Content::Diskstats => return Ok(None),
@@ -227,7 +249,8 @@ impl Renderer {
     }
 
     fn cpu_usage_of(&self, cpuacct: &CgroupDir) -> Result<CpuUsage> {
-        self.cpu_usage.get_or_try_insert(&cpuacct.path, || cpuacct.cpu_usage())
+        self.cpu_usage
+            .get_or_try_insert(&cpuacct.path, || cpuacct.cpu_usage())
     }
 
     /// The host's own file for `content`.
@@ -253,7 +276,9 @@ impl Renderer {
             PidNamespace::Container { init_start_secs } => Ok(boottime_now() - init_start_secs),
             PidNamespace::Host => {
                 let text = self.host.read(HostFile::Uptime)?;
-                uptime_seconds(&text).ok_or_else(|| Error::parse(&self.host.roots().proc.join("uptime"), "uptime", &text))
+                uptime_seconds(&text).ok_or_else(|| {
+                    Error::parse(&self.host.roots().proc.join("uptime"), "uptime", &text)
+                })
             }
         }
     }

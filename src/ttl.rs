@@ -17,12 +17,20 @@ pub struct TtlCache<K, V> {
 impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     /// A cache of at most `capacity` keys (past it, expired entries go, then everything).
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        TtlCache { ttl, capacity, entries: Mutex::new(HashMap::new()) }
+        TtlCache {
+            ttl,
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The value for `key` if younger than the TTL, else `compute()`, which is then kept. The lock is
     /// not held while computing, so a slow kernel read never blocks readers of other keys.
-    pub fn get_or_try_insert<E>(&self, key: &K, compute: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+    pub fn get_or_try_insert<E>(
+        &self,
+        key: &K,
+        compute: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E> {
         if self.ttl.is_zero() {
             return compute();
         }
@@ -61,7 +69,10 @@ mod tests {
     #[test]
     fn errors_are_not_kept_and_capacity_is_bounded() {
         let cache = TtlCache::new(Duration::from_secs(60), 2);
-        assert_eq!(cache.get_or_try_insert(&1, || Err::<u8, _>("gone")), Err("gone"));
+        assert_eq!(
+            cache.get_or_try_insert(&1, || Err::<u8, _>("gone")),
+            Err("gone")
+        );
         for key in 0..10 {
             cache.get_or_try_insert(&key, || Ok::<_, ()>(key)).unwrap();
         }

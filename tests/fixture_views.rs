@@ -14,17 +14,28 @@ fn fixtures() -> PathBuf {
 }
 
 fn renderer(cgroup_tree: &str, options: Options) -> Renderer {
-    let roots = HostRoots { proc: fixtures().join("proc"), sys: fixtures().join("sys") };
+    let roots = HostRoots {
+        proc: fixtures().join("proc"),
+        sys: fixtures().join("sys"),
+    };
     let layout = CgroupLayout::from_root_dir(&fixtures().join(cgroup_tree));
     Renderer::new(roots, layout, options).unwrap()
 }
 
 fn uncached() -> Options {
-    Options { reader_ttl: Duration::ZERO, ..Options::default() }
+    Options {
+        reader_ttl: Duration::ZERO,
+        ..Options::default()
+    }
 }
 
 fn render(cgroup_tree: &str, content: Content, pid: u32) -> String {
-    String::from_utf8(renderer(cgroup_tree, uncached()).render(content, pid).unwrap()).unwrap()
+    String::from_utf8(
+        renderer(cgroup_tree, uncached())
+            .render(content, pid)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn host_file(name: &str) -> String {
@@ -35,7 +46,10 @@ fn host_file(name: &str) -> String {
 fn meminfo(text: &str, keys: &[&str]) -> Vec<(String, u64)> {
     keys.iter()
         .map(|key| {
-            let line = text.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap_or_else(|| panic!("no {key}"));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key}:")))
+                .unwrap_or_else(|| panic!("no {key}"));
             let value = line.split_whitespace().nth(1).unwrap().parse().unwrap();
             (key.to_string(), value)
         })
@@ -46,7 +60,14 @@ fn pairs(values: &[(&str, u64)]) -> Vec<(String, u64)> {
     values.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-const MEMORY_KEYS: &[&str] = &["MemTotal", "MemFree", "MemAvailable", "Cached", "SwapTotal", "SwapFree"];
+const MEMORY_KEYS: &[&str] = &[
+    "MemTotal",
+    "MemFree",
+    "MemAvailable",
+    "Cached",
+    "SwapTotal",
+    "SwapFree",
+];
 
 #[test]
 fn v1_unlimited_child_of_a_64m_parent() {
@@ -63,8 +84,15 @@ fn v1_unlimited_child_of_a_64m_parent() {
             ("SwapFree", 65536)
         ])
     );
-    assert_eq!(text.lines().count(), host_file("meminfo").lines().count(), "every host line is kept");
-    assert!(text.contains("MemTotal:          65536 kB\n"), "kernel field widths");
+    assert_eq!(
+        text.lines().count(),
+        host_file("meminfo").lines().count(),
+        "every host line is kept"
+    );
+    assert!(
+        text.contains("MemTotal:          65536 kB\n"),
+        "kernel field widths"
+    );
 }
 
 #[test]
@@ -78,19 +106,36 @@ fn v1_cpu_files_follow_quota_and_cpuset() {
     let cpu_lines: Vec<&str> = stat.lines().filter(|l| l.starts_with("cpu")).collect();
     // cpuacct.usage_all: 732705593 ns user, 116000000 ns system -> 73 and 11 ticks.
     assert_eq!(cpu_lines.len(), 2);
-    assert!(cpu_lines[0].starts_with("cpu  73 0 11 "), "{}", cpu_lines[0]);
-    assert!(cpu_lines[1].starts_with("cpu0 73 0 11 "), "{}", cpu_lines[1]);
+    assert!(
+        cpu_lines[0].starts_with("cpu  73 0 11 "),
+        "{}",
+        cpu_lines[0]
+    );
+    assert!(
+        cpu_lines[1].starts_with("cpu0 73 0 11 "),
+        "{}",
+        cpu_lines[1]
+    );
     assert!(stat.lines().any(|l| l.starts_with("btime ")));
     let host_stat = host_file("stat");
-    let host_other: Vec<&str> = host_stat.lines().filter(|l| !l.starts_with("cpu")).collect();
+    let host_other: Vec<&str> = host_stat
+        .lines()
+        .filter(|l| !l.starts_with("cpu"))
+        .collect();
     let ours_other: Vec<&str> = stat.lines().filter(|l| !l.starts_with("cpu")).collect();
-    assert_eq!(ours_other, host_other, "non-cpu lines are the host's, in order");
+    assert_eq!(
+        ours_other, host_other,
+        "non-cpu lines are the host's, in order"
+    );
 }
 
 #[test]
 fn v1_unlimited_cgroup_sees_host_totals() {
     let text = render("cgroup-v1", Content::Meminfo, 101);
-    assert_eq!(meminfo(&text, &["MemTotal"]), meminfo(&host_file("meminfo"), &["MemTotal"]));
+    assert_eq!(
+        meminfo(&text, &["MemTotal"]),
+        meminfo(&host_file("meminfo"), &["MemTotal"])
+    );
     assert_eq!(render("cgroup-v1", Content::CpuOnline, 101), "0-1\n");
 }
 
@@ -106,8 +151,14 @@ fn root_cgroup_reader_gets_the_host_files_verbatim() {
 
 #[test]
 fn unknown_and_zero_pids_get_the_host_files() {
-    assert_eq!(render("cgroup-v1", Content::Meminfo, 0), host_file("meminfo"));
-    assert_eq!(render("cgroup-v1", Content::Meminfo, 999_999), host_file("meminfo"));
+    assert_eq!(
+        render("cgroup-v1", Content::Meminfo, 0),
+        host_file("meminfo")
+    );
+    assert_eq!(
+        render("cgroup-v1", Content::Meminfo, 999_999),
+        host_file("meminfo")
+    );
 }
 
 #[test]
@@ -127,7 +178,17 @@ fn v2_limited_cgroup() {
         ])
     );
     assert_eq!(
-        meminfo(&text, &["Slab", "SReclaimable", "SUnreclaim", "AnonPages", "Mapped", "Buffers"]),
+        meminfo(
+            &text,
+            &[
+                "Slab",
+                "SReclaimable",
+                "SUnreclaim",
+                "AnonPages",
+                "Mapped",
+                "Buffers"
+            ]
+        ),
         pairs(&[
             ("Slab", 700),
             ("SReclaimable", 400),
@@ -155,7 +216,12 @@ fn v2_nested_child_takes_the_tighter_ancestor() {
         ])
     );
     assert_eq!(render("cgroup-v2", Content::CpuOnline, 200), "0\n");
-    assert_eq!(render("cgroup-v2", Content::Cpuinfo, 200).matches("processor\t: ").count(), 1);
+    assert_eq!(
+        render("cgroup-v2", Content::Cpuinfo, 200)
+            .matches("processor\t: ")
+            .count(),
+        1
+    );
     // cpu.stat: user 2 s, system 0.5 s.
     let stat = render("cgroup-v2", Content::Stat, 200);
     assert!(stat.starts_with("cpu  200 0 50 "), "{stat}");
@@ -165,11 +231,19 @@ fn v2_nested_child_takes_the_tighter_ancestor() {
 fn v2_uptime_counts_from_the_pid_namespace_init() {
     // Reader 200 is pid 5 in a namespace whose init (host pid 199) started 1199 ticks after boot.
     let text = render("cgroup-v2", Content::Uptime, 200);
-    let fields: Vec<f64> = text.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
     let expected = boottime_now() - 11.99;
     assert!((fields[0] - expected).abs() < 1.0, "{text} vs {expected}");
     assert!(fields[1] >= 0.0);
-    assert!(text.ends_with('\n') && text.split(' ').all(|f| f.trim().split('.').nth(1).map(str::len) == Some(2)));
+    assert!(
+        text.ends_with('\n')
+            && text
+                .split(' ')
+                .all(|f| f.trim().split('.').nth(1).map(str::len) == Some(2))
+    );
 }
 
 #[test]
@@ -177,18 +251,42 @@ fn v2_unlimited_swap_is_the_hosts() {
     let text = render("cgroup-v2", Content::Meminfo, 201);
     assert_eq!(
         meminfo(&text, &["MemTotal", "SwapTotal", "SwapFree"]),
-        pairs(&[("MemTotal", 131072), ("SwapTotal", 2097148), ("SwapFree", 2096124)])
+        pairs(&[
+            ("MemTotal", 131072),
+            ("SwapTotal", 2097148),
+            ("SwapFree", 2096124)
+        ])
     );
     let swaps = render("cgroup-v2", Content::Swaps, 201);
-    assert_eq!(swaps.lines().nth(1), Some("none                                    virtual\t2097148\t\t1024\t\t0"));
+    assert_eq!(
+        swaps.lines().nth(1),
+        Some("none                                    virtual\t2097148\t\t1024\t\t0")
+    );
 }
 
 #[test]
 fn disabled_swap_shows_none() {
-    let options = Options { swap_enabled: false, ..uncached() };
-    let text = String::from_utf8(renderer("cgroup-v2", options).render(Content::Meminfo, 201).unwrap()).unwrap();
-    assert_eq!(meminfo(&text, &["SwapTotal", "SwapFree"]), pairs(&[("SwapTotal", 0), ("SwapFree", 0)]));
-    let no_swap = renderer("cgroup-v2", Options { swap_enabled: false, ..uncached() });
+    let options = Options {
+        swap_enabled: false,
+        ..uncached()
+    };
+    let text = String::from_utf8(
+        renderer("cgroup-v2", options)
+            .render(Content::Meminfo, 201)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        meminfo(&text, &["SwapTotal", "SwapFree"]),
+        pairs(&[("SwapTotal", 0), ("SwapFree", 0)])
+    );
+    let no_swap = renderer(
+        "cgroup-v2",
+        Options {
+            swap_enabled: false,
+            ..uncached()
+        },
+    );
     let swaps = String::from_utf8(no_swap.render(Content::Swaps, 201).unwrap()).unwrap();
     assert_eq!(swaps.lines().count(), 1);
 }
@@ -216,13 +314,28 @@ fn quota_of_one_and_a_half_with_two_cpus_shows_two() {
     assert_eq!(render("cgroup-v2", Content::CpuPresent, 203), "0-1\n");
     let cpuinfo = render("cgroup-v2", Content::Cpuinfo, 203);
     assert_eq!(cpuinfo.matches("processor\t: ").count(), 2);
-    assert_eq!(render("cgroup-v2", Content::Stat, 203).lines().filter(|l| l.starts_with("cpu")).count(), 3);
+    assert_eq!(
+        render("cgroup-v2", Content::Stat, 203)
+            .lines()
+            .filter(|l| l.starts_with("cpu"))
+            .count(),
+        3
+    );
 }
 
 #[test]
 fn stat_counters_never_go_backwards() {
     let renderer = renderer("cgroup-v2", uncached());
-    let idle = |text: &str| -> u64 { text.lines().next().unwrap().split_whitespace().nth(4).unwrap().parse().unwrap() };
+    let idle = |text: &str| -> u64 {
+        text.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     let first = String::from_utf8(renderer.render(Content::Stat, 200).unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(30));
     let second = String::from_utf8(renderer.render(Content::Stat, 200).unwrap()).unwrap();

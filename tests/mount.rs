@@ -10,7 +10,11 @@ use common::{Daemon, Limits, MIB, TestCgroup, stdout};
 
 /// The box of the issue: 64 MiB, half a CPU, cpuset 0.
 fn small_box() -> Limits {
-    Limits { memory_bytes: Some(64 * MIB), quota_us: Some(50_000), cpus: Some("0") }
+    Limits {
+        memory_bytes: Some(64 * MIB),
+        quota_us: Some(50_000),
+        cpus: Some("0"),
+    }
 }
 
 #[test]
@@ -23,15 +27,27 @@ fn limited_container_sees_its_box() {
          cat {m}/sys/devices/system/cpu/online; echo ---; cat {m}/proc/stat"
     )));
     let parts: Vec<&str> = out.split("---\n").collect();
-    let [uptime, meminfo, cpuinfo, online, stat] = parts[..] else { panic!("{out}") };
+    let [uptime, meminfo, cpuinfo, online, stat] = parts[..] else {
+        panic!("{out}")
+    };
 
     let uptime_re = uptime.split(' ').next().unwrap();
-    assert!(uptime_re.starts_with("0.") && uptime_re.len() == 4, "uptime right after start: {uptime}");
-    assert!(meminfo.contains("MemTotal:          65536 kB\n"), "{meminfo}");
+    assert!(
+        uptime_re.starts_with("0.") && uptime_re.len() == 4,
+        "uptime right after start: {uptime}"
+    );
+    assert!(
+        meminfo.contains("MemTotal:          65536 kB\n"),
+        "{meminfo}"
+    );
     assert_eq!(cpuinfo.matches("processor\t: ").count(), 1, "{cpuinfo}");
     assert!(cpuinfo.contains("processor\t: 0\n"));
     assert_eq!(online, "0\n");
-    let cpu_labels: Vec<&str> = stat.lines().filter(|l| l.starts_with("cpu")).map(|l| l.split(' ').next().unwrap()).collect();
+    let cpu_labels: Vec<&str> = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
     assert_eq!(cpu_labels, ["cpu", "cpu0"], "{stat}");
     assert!(stat.lines().any(|l| l.starts_with("btime ")), "{stat}");
 }
@@ -39,28 +55,48 @@ fn limited_container_sees_its_box() {
 #[test]
 fn unlimited_child_of_a_limited_parent_sees_the_parent_limit() {
     let daemon = Daemon::start(&[]);
-    let parent = TestCgroup::new(Limits { memory_bytes: Some(64 * MIB), ..Limits::default() });
+    let parent = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
     let child = parent.child(Limits::default());
-    let out = stdout(child.run(&format!("grep MemTotal {}/proc/meminfo", daemon.mountpoint.display())));
+    let out = stdout(child.run(&format!(
+        "grep MemTotal {}/proc/meminfo",
+        daemon.mountpoint.display()
+    )));
     assert_eq!(out, "MemTotal:          65536 kB\n");
 }
 
 #[test]
 fn quota_of_one_and_a_half_on_two_cpus_shows_two() {
     let daemon = Daemon::start(&[]);
-    let group = TestCgroup::new(Limits { quota_us: Some(150_000), cpus: Some("0-1"), ..Limits::default() });
+    let group = TestCgroup::new(Limits {
+        quota_us: Some(150_000),
+        cpus: Some("0-1"),
+        ..Limits::default()
+    });
     let m = daemon.mountpoint.display();
     let out = stdout(group.run(&format!(
         "cat {m}/sys/devices/system/cpu/online; grep -c ^processor {m}/proc/cpuinfo; grep -c ^cpu {m}/proc/stat; ls -d {m}/sys/devices/system/cpu/cpu[0-9]*"
     )));
-    assert_eq!(out, format!("0-1\n2\n3\n{m}/sys/devices/system/cpu/cpu0\n{m}/sys/devices/system/cpu/cpu1\n"));
+    assert_eq!(
+        out,
+        format!("0-1\n2\n3\n{m}/sys/devices/system/cpu/cpu0\n{m}/sys/devices/system/cpu/cpu1\n")
+    );
 }
 
 #[test]
 fn cpuset_view_ignores_the_quota() {
     let daemon = Daemon::start(&["--cpu-view", "cpuset"]);
-    let group = TestCgroup::new(Limits { quota_us: Some(50_000), cpus: Some("0-1"), ..Limits::default() });
-    let out = stdout(group.run(&format!("cat {}/sys/devices/system/cpu/online", daemon.mountpoint.display())));
+    let group = TestCgroup::new(Limits {
+        quota_us: Some(50_000),
+        cpus: Some("0-1"),
+        ..Limits::default()
+    });
+    let out = stdout(group.run(&format!(
+        "cat {}/sys/devices/system/cpu/online",
+        daemon.mountpoint.display()
+    )));
     assert_eq!(out, "0-1\n");
 }
 
@@ -124,10 +160,21 @@ fn real_consumers_see_the_container() {
 fn reader_outside_any_limit_sees_the_host() {
     let daemon = Daemon::start(&[]);
     let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
-    let mem_total = |text: &str| text.lines().find(|l| l.starts_with("MemTotal:")).unwrap().to_string();
-    assert_eq!(mem_total(&read(&daemon.path("proc/meminfo"))), mem_total(&read("/proc/meminfo".as_ref())));
+    let mem_total = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        mem_total(&read(&daemon.path("proc/meminfo"))),
+        mem_total(&read("/proc/meminfo".as_ref()))
+    );
     let processors = |text: &str| text.matches("processor\t: ").count();
-    assert_eq!(processors(&read(&daemon.path("proc/cpuinfo"))), processors(&read("/proc/cpuinfo".as_ref())));
+    assert_eq!(
+        processors(&read(&daemon.path("proc/cpuinfo"))),
+        processors(&read("/proc/cpuinfo".as_ref()))
+    );
     assert_eq!(
         read(&daemon.path("sys/devices/system/cpu/online")),
         read("/sys/devices/system/cpu/online".as_ref())
@@ -138,28 +185,79 @@ fn reader_outside_any_limit_sees_the_host() {
 fn tree_lists_exactly_what_exists_and_refuses_writes() {
     let daemon = Daemon::start(&[]);
     let names = |dir: &str| {
-        let mut names: Vec<String> = std::fs::read_dir(daemon.path(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(daemon.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         names
     };
     assert_eq!(names(""), ["proc", "sys"]);
-    assert_eq!(names("proc"), ["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"]);
+    assert_eq!(
+        names("proc"),
+        [
+            "cpuinfo",
+            "diskstats",
+            "loadavg",
+            "meminfo",
+            "stat",
+            "swaps",
+            "uptime"
+        ]
+    );
     assert_eq!(names("sys/devices/system"), ["cpu"]);
     let cpu_dir = names("sys/devices/system/cpu");
     for name in ["online", "possible", "present", "cpu0"] {
         assert!(cpu_dir.contains(&name.to_string()), "{cpu_dir:?}");
     }
-    assert_eq!(std::fs::read_to_string(daemon.path("proc/loadavg")).unwrap().split(' ').count(), 5);
-    assert!(!std::fs::read_to_string(daemon.path("sys/devices/system/cpu/cpu0/topology/core_id")).unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(daemon.path("proc/loadavg"))
+            .unwrap()
+            .split(' ')
+            .count(),
+        5
+    );
+    assert!(
+        !std::fs::read_to_string(daemon.path("sys/devices/system/cpu/cpu0/topology/core_id"))
+            .unwrap()
+            .is_empty()
+    );
 
-    let write = std::fs::OpenOptions::new().write(true).open(daemon.path("proc/meminfo"));
-    assert!(matches!(write.unwrap_err().raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)));
-    let create = std::fs::OpenOptions::new().write(true).create(true).mode(0o644).open(daemon.path("proc/new"));
-    assert!(matches!(create.unwrap_err().raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)));
-    assert_eq!(std::fs::metadata(daemon.path("proc/nothing")).unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(std::fs::metadata(daemon.path("proc/meminfo")).unwrap().len(), 0, "st_size 0 like /proc");
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(daemon.path("proc/meminfo"));
+    assert!(matches!(
+        write.unwrap_err().raw_os_error(),
+        Some(libc::EROFS) | Some(libc::EACCES)
+    ));
+    let create = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(daemon.path("proc/new"));
+    assert!(matches!(
+        create.unwrap_err().raw_os_error(),
+        Some(libc::EROFS) | Some(libc::EACCES)
+    ));
+    assert_eq!(
+        std::fs::metadata(daemon.path("proc/nothing"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        std::fs::metadata(daemon.path("proc/meminfo"))
+            .unwrap()
+            .len(),
+        0,
+        "st_size 0 like /proc"
+    );
     let mut meminfo = String::new();
-    std::fs::File::open(daemon.path("proc/meminfo")).unwrap().read_to_string(&mut meminfo).unwrap();
+    std::fs::File::open(daemon.path("proc/meminfo"))
+        .unwrap()
+        .read_to_string(&mut meminfo)
+        .unwrap();
     assert!(meminfo.starts_with("MemTotal:"));
 }
 
@@ -169,9 +267,21 @@ fn show_prints_what_the_mount_serves() {
     let group = TestCgroup::new(small_box());
     let mut reader = group.spawn("echo ready; exec sleep 30");
     let mut ready = [0u8; 6];
-    reader.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    reader
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
     let pid = reader.id().to_string();
-    let show = |file: &str| stdout(std::process::Command::new(env!("CARGO_BIN_EXE_vproc")).args(["show", file, "--pid", &pid]).output().unwrap());
+    let show = |file: &str| {
+        stdout(
+            std::process::Command::new(env!("CARGO_BIN_EXE_vproc"))
+                .args(["show", file, "--pid", &pid])
+                .output()
+                .unwrap(),
+        )
+    };
     assert_eq!(show("cpu-online"), "0\n");
     assert_eq!(show("cpuinfo").matches("processor\t: ").count(), 1);
     assert!(show("meminfo").contains("MemTotal:          65536 kB\n"));
@@ -205,7 +315,11 @@ fn stale_mountpoint_of_a_killed_daemon_is_reused() {
     let err = std::fs::File::open(first.path("proc/meminfo")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
     let second = Daemon::start_at(&first.mountpoint.clone(), &first.pidfile.clone(), &[]);
-    assert!(std::fs::read_to_string(second.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
+    assert!(
+        std::fs::read_to_string(second.path("proc/meminfo"))
+            .unwrap()
+            .starts_with("MemTotal:")
+    );
     drop(second);
     drop(first);
 }
@@ -222,7 +336,10 @@ fn second_daemon_with_the_same_pidfile_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another vprocd") && stderr.contains(&daemon.pid().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("another vprocd") && stderr.contains(&daemon.pid().to_string()),
+        "{stderr}"
+    );
     assert!(!common::is_mounted(&other));
     let _ = std::fs::remove_dir(&other);
 }
@@ -238,4 +355,44 @@ fn non_empty_mountpoint_still_mounts() {
     drop(daemon);
     std::fs::remove_file(dir.join("leftover")).unwrap();
     std::fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
+fn a_process_that_moves_cgroups_is_seen_within_half_a_second() {
+    let daemon = Daemon::start(&[]);
+    let small = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let large = TestCgroup::new(Limits {
+        memory_bytes: Some(128 * MIB),
+        ..Limits::default()
+    });
+    // One long-lived reader polls MemTotal; we move it and time how long the old view survives.
+    let m = daemon.mountpoint.display();
+    let mut reader = small.spawn(&format!(
+        "echo ready; while :; do grep MemTotal {m}/proc/meminfo; sleep 0.01; done"
+    ));
+    let mut out = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "MemTotal:          65536 kB\n");
+    let moved_at = std::time::Instant::now();
+    large.adopt(reader.id());
+    loop {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        if line == "MemTotal:         131072 kB\n" {
+            break;
+        }
+        assert!(
+            moved_at.elapsed() < std::time::Duration::from_millis(500),
+            "still the old view: {line}"
+        );
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
 }

@@ -51,25 +51,59 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match Args::parse().command {
-        Command::Show { file, pid, proc_root, sys_root, cgroup_root, cpuset_only, disable_swap } => {
+        Command::Show {
+            file,
+            pid,
+            proc_root,
+            sys_root,
+            cgroup_root,
+            cpuset_only,
+            disable_swap,
+        } => {
             let options = Options {
-                cpu_rule: if cpuset_only { CpuCountRule::Cpuset } else { CpuCountRule::QuotaAndCpuset },
+                cpu_rule: if cpuset_only {
+                    CpuCountRule::Cpuset
+                } else {
+                    CpuCountRule::QuotaAndCpuset
+                },
                 swap_enabled: !disable_swap,
                 reader_ttl: std::time::Duration::ZERO,
                 usage_ttl: std::time::Duration::ZERO,
             };
             let pid = pid.unwrap_or_else(std::process::id);
-            show(&file, pid, HostRoots { proc: proc_root, sys: sys_root }, cgroup_root, options)
+            show(
+                &file,
+                pid,
+                HostRoots {
+                    proc: proc_root,
+                    sys: sys_root,
+                },
+                cgroup_root,
+                options,
+            )
         }
     }
 }
 
 /// `vproc show`: renders one file for `pid` and prints it.
-fn show(name: &str, pid: u32, roots: HostRoots, cgroup_root: Option<PathBuf>, options: Options) -> ExitCode {
+fn show(
+    name: &str,
+    pid: u32,
+    roots: HostRoots,
+    cgroup_root: Option<PathBuf>,
+    options: Options,
+) -> ExitCode {
     let Some(file) = file_by_show_name(name) else {
         eprintln!("vproc show: unknown file {name:?}");
         return ExitCode::from(2);
     };
+    if pid != 0 && !roots.proc.join(pid.to_string()).exists() {
+        eprintln!(
+            "vproc show: no process {pid} in {} (give --pid of a running process)",
+            roots.proc.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let layout = match cgroup_root {
         Some(root) => CgroupLayout::from_root_dir(&root),
         None => match CgroupLayout::detect(&roots.proc) {

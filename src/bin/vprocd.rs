@@ -60,18 +60,21 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = if args.debug { "debug" } else { "info" };
     // fuser logs "[Not Implemented]" once for flush, which vprocd leaves unimplemented on purpose.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("{default_level},fuser=error")))
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("{default_level},fuser=error")),
+    )
+    .init();
     for opts in &args.mount_options {
         log::info!("ignoring -o {opts} (LXCFS mount options do not apply to vprocd)");
     }
     if args.enable_loadavg {
         log::info!("--enable-loadavg: proc/loadavg shows the host's load averages for now");
     }
-    let threads = args
-        .threads
-        .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).max(2));
+    let threads = args.threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2)
+    });
     let config = DaemonConfig {
         mountpoint: args.mountpoint,
         pidfile: args.pidfile,

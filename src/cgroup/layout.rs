@@ -48,7 +48,11 @@ impl CgroupLayout {
             match mount.fstype {
                 "cgroup" => {
                     for controller in Controller::ALL {
-                        if mount.super_options.split(',').any(|o| o == controller.name()) {
+                        if mount
+                            .super_options
+                            .split(',')
+                            .any(|o| o == controller.name())
+                        {
                             let hierarchy = Hierarchy {
                                 version: Version::V1,
                                 mount: PathBuf::from(&mount.mount_point),
@@ -95,7 +99,10 @@ impl CgroupLayout {
             for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if entry.path().is_dir() {
-                    lines += &format!("1 0 0:1 / {} rw - cgroup cgroup rw,{name}\n", escape(&entry.path()));
+                    lines += &format!(
+                        "1 0 0:1 / {} rw - cgroup cgroup rw,{name}\n",
+                        escape(&entry.path())
+                    );
                 }
             }
             lines
@@ -123,7 +130,10 @@ impl CgroupLayout {
             Controller::Cpuacct => &mut self.cpuacct,
             Controller::Cpuset => &mut self.cpuset,
         };
-        if slot.as_ref().is_none_or(|h| h.root != "/" && hierarchy.root == "/") {
+        if slot
+            .as_ref()
+            .is_none_or(|h| h.root != "/" && hierarchy.root == "/")
+        {
             *slot = Some(hierarchy);
         }
     }
@@ -134,7 +144,9 @@ impl CgroupLayout {
         let mut cgroups = ProcessCgroups::default();
         for line in proc_cgroup.lines() {
             let mut fields = line.splitn(3, ':');
-            let (Some(_id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            let (Some(_id), Some(controllers), Some(path)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
                 return Err(Error::parse(source, "hierarchy line", line));
             };
             for controller in Controller::ALL {
@@ -162,7 +174,10 @@ impl Hierarchy {
     /// or is not a plain absolute path.
     fn directory_of(&self, path: &str) -> Option<CgroupDir> {
         let relative = Path::new(path).strip_prefix(&self.root).ok()?;
-        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
             return None;
         }
         Some(CgroupDir {
@@ -208,7 +223,9 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -241,6 +258,8 @@ mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
 
+    pub(super) const HYBRID_FOR_PROPERTIES: &str = HYBRID;
+
     const PURE_V2: &str = "\
 30 23 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
@@ -251,15 +270,22 @@ mod tests {
         let memory = layout.hierarchy(Controller::Memory).unwrap();
         assert_eq!(memory.version, Version::V1);
         assert_eq!(memory.mount, PathBuf::from("/sys/fs/cgroup/memory"));
-        assert_eq!(layout.hierarchy(Controller::Cpuacct).unwrap().mount, PathBuf::from("/sys/fs/cgroup/cpuacct"));
+        assert_eq!(
+            layout.hierarchy(Controller::Cpuacct).unwrap().mount,
+            PathBuf::from("/sys/fs/cgroup/cpuacct")
+        );
     }
 
     #[test]
     fn pure_v2_serves_enabled_controllers() {
-        let layout = CgroupLayout::from_mountinfo(PURE_V2, |_| "cpuset cpu io memory pids\n".into());
+        let layout =
+            CgroupLayout::from_mountinfo(PURE_V2, |_| "cpuset cpu io memory pids\n".into());
         for controller in Controller::ALL {
             let h = layout.hierarchy(controller).unwrap();
-            assert_eq!((h.version, h.mount.as_path()), (Version::V2, Path::new("/sys/fs/cgroup")));
+            assert_eq!(
+                (h.version, h.mount.as_path()),
+                (Version::V2, Path::new("/sys/fs/cgroup"))
+            );
         }
     }
 
@@ -269,7 +295,10 @@ mod tests {
         let text = "9:name=systemd:/\n4:memory:/docker/abc\n3:cpuset:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/\n0::/\n";
         let cgroups = layout.resolve(text, Path::new("/proc/7/cgroup")).unwrap();
         let memory = cgroups.memory.unwrap();
-        assert_eq!(memory.path, PathBuf::from("/sys/fs/cgroup/memory/docker/abc"));
+        assert_eq!(
+            memory.path,
+            PathBuf::from("/sys/fs/cgroup/memory/docker/abc")
+        );
         assert!(!memory.is_root());
         assert!(cgroups.cpu.unwrap().is_root());
     }
@@ -278,15 +307,45 @@ mod tests {
     fn mount_of_a_subtree_strips_its_root() {
         let mountinfo = "30 23 0:27 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let layout = CgroupLayout::from_mountinfo(mountinfo, |_| "memory cpu".into());
-        let cgroups = layout.resolve("0::/kubepods/pod1/c1\n", Path::new("x")).unwrap();
-        assert_eq!(cgroups.memory.unwrap().path, PathBuf::from("/sys/fs/cgroup/c1"));
+        let cgroups = layout
+            .resolve("0::/kubepods/pod1/c1\n", Path::new("x"))
+            .unwrap();
+        assert_eq!(
+            cgroups.memory.unwrap().path,
+            PathBuf::from("/sys/fs/cgroup/c1")
+        );
         assert!(layout.resolve("0::/elsewhere\n", Path::new("x")).is_err());
-        assert!(layout.resolve("0::/kubepods/pod1/../../x\n", Path::new("x")).is_err());
+        assert!(
+            layout
+                .resolve("0::/kubepods/pod1/../../x\n", Path::new("x"))
+                .is_err()
+        );
     }
 
     #[test]
     fn unescapes_mount_points() {
         assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape("/plain\\"), "/plain\\");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn discovery_and_resolution_never_panic(mountinfo in "\\PC*", proc_cgroup in "\\PC*") {
+            let layout = CgroupLayout::from_mountinfo(&mountinfo, |_| "memory cpu cpuset".into());
+            let _ = layout.resolve(&proc_cgroup, Path::new("x"));
+            let hybrid = CgroupLayout::from_mountinfo(tests::HYBRID_FOR_PROPERTIES, |_| String::new());
+            if let Ok(cgroups) = hybrid.resolve(&proc_cgroup, Path::new("x")) {
+                // Whatever the kernel wrote, a resolved directory never escapes its hierarchy.
+                for dir in [cgroups.memory, cgroups.cpu, cgroups.cpuacct, cgroups.cpuset].into_iter().flatten() {
+                    prop_assert!(dir.path.starts_with(&dir.mount));
+                }
+            }
+        }
     }
 }

@@ -256,7 +256,8 @@ impl CgroupDir {
         for dir in self.self_and_ancestors() {
             let path = dir.join(file);
             if let Some(text) = read_optional(&path)? {
-                let cpus = parse::parse_cpu_list(&text).ok_or_else(|| Error::parse(&path, "cpu list", &text))?;
+                let cpus = parse::parse_cpu_list(&text)
+                    .ok_or_else(|| Error::parse(&path, "cpu list", &text))?;
                 if !cpus.is_empty() {
                     return Ok(Some(cpus));
                 }
@@ -272,7 +273,9 @@ impl CgroupDir {
                 let path = dir.join(file);
                 match read_optional(&path)? {
                     None => Ok(None),
-                    Some(text) => parse::parse_limit(&text).ok_or_else(|| Error::parse(&path, "limit", &text)),
+                    Some(text) => {
+                        parse::parse_limit(&text).ok_or_else(|| Error::parse(&path, "limit", &text))
+                    }
                 }
             },
             |a, b| a < b,
@@ -291,5 +294,7 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 
 /// Parses a single-number file such as `memory.current`.
 fn parse_number(path: &Path, field: &'static str, text: &str) -> Result<u64> {
-    text.trim().parse().map_err(|_| Error::parse(path, field, text))
+    text.trim()
+        .parse()
+        .map_err(|_| Error::parse(path, field, text))
 }

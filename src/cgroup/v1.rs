@@ -1,7 +1,9 @@
 //! cgroup v1: the memory, cpu, cpuacct and cpuset controllers, each in its own hierarchy (or co-mounted).
 
 use super::parse::keyed_value;
-use super::{CgroupDir, CpuQuota, CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit, parse_number};
+use super::{
+    CgroupDir, CpuQuota, CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit, parse_number,
+};
 use crate::error::{Error, Result};
 
 const MEMORY_LIMIT: &str = "memory.limit_in_bytes";
@@ -77,11 +79,16 @@ pub(super) fn cpu_quota(cgroup: &CgroupDir) -> Result<Option<CpuQuota>> {
             if quota == "-1" {
                 return Ok(None);
             }
-            let quota_us = quota.parse().map_err(|_| Error::parse(&quota_path, "quota", quota))?;
+            let quota_us = quota
+                .parse()
+                .map_err(|_| Error::parse(&quota_path, "quota", quota))?;
             let period_path = dir.join(CFS_PERIOD);
             let period = crate::error::read_to_string(&period_path)?;
             let period_us = parse_number(&period_path, "period", &period)?;
-            Ok(Some(CpuQuota { quota_us, period_us }))
+            Ok(Some(CpuQuota {
+                quota_us,
+                period_us,
+            }))
         },
         |a, b| a.is_tighter_than(*b),
     )
@@ -113,7 +120,10 @@ pub(super) fn cpu_usage(cgroup: &CgroupDir) -> Result<CpuUsage> {
     let path = cgroup.path.join(CPUACCT_STAT);
     let text = cgroup.read(CPUACCT_STAT)?;
     let ticks = |field: &'static str| {
-        keyed_value(&text, field).ok_or_else(|| Error::MissingField { path: path.clone(), field })
+        keyed_value(&text, field).ok_or_else(|| Error::MissingField {
+            path: path.clone(),
+            field,
+        })
     };
     let ns_per_tick = 1_000_000_000 / USER_HZ;
     Ok(CpuUsage {

@@ -1,7 +1,9 @@
 //! cgroup v2: one unified hierarchy; the root cgroup has no limit files.
 
 use super::parse::keyed_value;
-use super::{CgroupDir, CpuQuota, CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit, parse_number};
+use super::{
+    CgroupDir, CpuQuota, CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit, parse_number,
+};
 use crate::error::{Error, Result};
 
 const MEMORY_MAX: &str = "memory.max";
@@ -29,7 +31,11 @@ pub(super) fn memory_usage(cgroup: &CgroupDir) -> Result<MemoryUsage> {
     let current_path = cgroup.path.join(MEMORY_CURRENT);
     let usage_bytes = parse_number(&current_path, "usage", &cgroup.read(MEMORY_CURRENT)?)?;
     let swap_used_bytes = match cgroup.read_optional(MEMORY_SWAP_CURRENT)? {
-        Some(text) => Some(parse_number(&cgroup.path.join(MEMORY_SWAP_CURRENT), "swap usage", &text)?),
+        Some(text) => Some(parse_number(
+            &cgroup.path.join(MEMORY_SWAP_CURRENT),
+            "swap usage",
+            &text,
+        )?),
         None => None,
     };
     let stat = cgroup.read(MEMORY_STAT)?;
@@ -71,9 +77,16 @@ pub(super) fn cpu_quota(cgroup: &CgroupDir) -> Result<Option<CpuQuota>> {
             if quota == "max" {
                 return Ok(None);
             }
-            let quota_us = quota.parse().map_err(|_| Error::parse(&path, "quota", &text))?;
-            let period_us = period.parse().map_err(|_| Error::parse(&path, "period", &text))?;
-            Ok(Some(CpuQuota { quota_us, period_us }))
+            let quota_us = quota
+                .parse()
+                .map_err(|_| Error::parse(&path, "quota", &text))?;
+            let period_us = period
+                .parse()
+                .map_err(|_| Error::parse(&path, "period", &text))?;
+            Ok(Some(CpuQuota {
+                quota_us,
+                period_us,
+            }))
         },
         |a, b| a.is_tighter_than(*b),
     )
@@ -93,7 +106,10 @@ pub(super) fn cpu_usage(cgroup: &CgroupDir) -> Result<CpuUsage> {
     let path = cgroup.path.join(CPU_STAT);
     let text = cgroup.read(CPU_STAT)?;
     let usec = |field: &'static str| {
-        keyed_value(&text, field).ok_or_else(|| Error::MissingField { path: path.clone(), field })
+        keyed_value(&text, field).ok_or_else(|| Error::MissingField {
+            path: path.clone(),
+            field,
+        })
     };
     Ok(CpuUsage {
         user_ns: usec("user_usec")?.saturating_mul(1000),

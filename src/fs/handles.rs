@@ -34,7 +34,13 @@ impl Handles {
     /// Registers a new handle.
     pub fn open(&self, source: HandleSource) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.open.lock().insert(fh, Handle { source, buffer: None });
+        self.open.lock().insert(
+            fh,
+            Handle {
+                source,
+                buffer: None,
+            },
+        );
         fh
     }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, Request,
 };
 
 use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
@@ -94,22 +95,36 @@ impl VprocFs {
             Node::Host(entry) => {
                 let path = self.host_path(&entry, pid)?;
                 let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
-                let ttl = if entry.per_reader() { PER_READER_TTL } else { HOST_TTL };
+                let ttl = if entry.per_reader() {
+                    PER_READER_TTL
+                } else {
+                    HOST_TTL
+                };
                 Ok((host_attr(ino, &meta), ttl))
             }
         }
     }
 
     fn host_path(&self, entry: &HostEntry, pid: u32) -> Result<PathBuf, Errno> {
-        let visible = if entry.per_reader() { self.renderer.visible_cpus(pid) } else { Vec::new() };
-        entry.host_path(&self.host_cpu_dir(), &visible).ok_or(Errno::ENOENT)
+        let visible = if entry.per_reader() {
+            self.renderer.visible_cpus(pid)
+        } else {
+            Vec::new()
+        };
+        entry
+            .host_path(&self.host_cpu_dir(), &visible)
+            .ok_or(Errno::ENOENT)
     }
 
     /// The inode of `name` in directory `parent`, as reader `pid` sees it.
     fn lookup_ino(&self, parent: u64, name: &str, pid: u32) -> Result<u64, Errno> {
         match self.nodes.node(parent).ok_or(Errno::ENOENT)? {
             Node::Dir(dir) => {
-                let child_path = if dir.path.is_empty() { name.to_string() } else { format!("{}/{name}", dir.path) };
+                let child_path = if dir.path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{}/{name}", dir.path)
+                };
                 if let Some(child) = files::dir_by_path(&child_path) {
                     return Ok(child.ino);
                 }
@@ -122,12 +137,30 @@ impl VprocFs {
                 if let Some(k) = cpu_slot_number(name) {
                     return Ok(NodeTable::slot_ino(k));
                 }
-                self.existing_host_ino(HostEntry { slot: None, relative: PathBuf::from(name) }, pid)
+                self.existing_host_ino(
+                    HostEntry {
+                        slot: None,
+                        relative: PathBuf::from(name),
+                    },
+                    pid,
+                )
             }
-            Node::CpuSlot(k) => self.existing_host_ino(HostEntry { slot: Some(k), relative: PathBuf::from(name) }, pid),
+            Node::CpuSlot(k) => self.existing_host_ino(
+                HostEntry {
+                    slot: Some(k),
+                    relative: PathBuf::from(name),
+                },
+                pid,
+            ),
             Node::Host(entry) => {
                 let relative = entry.relative.join(name);
-                self.existing_host_ino(HostEntry { slot: entry.slot, relative }, pid)
+                self.existing_host_ino(
+                    HostEntry {
+                        slot: entry.slot,
+                        relative,
+                    },
+                    pid,
+                )
             }
             Node::File(_) => Err(Errno::ENOTDIR),
         }
@@ -145,7 +178,10 @@ impl VprocFs {
         let mut entries = Vec::new();
         match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
             Node::Dir(dir) => {
-                for child in files::DIRS.iter().filter(|d| d.ino != ROOT_INO && d.parent() == dir.path) {
+                for child in files::DIRS
+                    .iter()
+                    .filter(|d| d.ino != ROOT_INO && d.parent() == dir.path)
+                {
                     entries.push((child.ino, FileType::Directory, child.name().to_string()));
                 }
                 for file in FILES.iter().filter(|f| f.parent() == dir.path) {
@@ -153,12 +189,19 @@ impl VprocFs {
                 }
                 if dir.path == CPU_DIR {
                     for k in 0..self.renderer.visible_cpus(pid).len() as u32 {
-                        entries.push((NodeTable::slot_ino(k), FileType::Directory, format!("cpu{k}")));
+                        entries.push((
+                            NodeTable::slot_ino(k),
+                            FileType::Directory,
+                            format!("cpu{k}"),
+                        ));
                     }
                     let host_dir = self.host_cpu_dir();
                     for (name, kind) in read_host_dir(&host_dir)? {
                         if cpu_slot_number(&name).is_none() && !nodes::is_virtual_cpu_file(&name) {
-                            let ino = self.nodes.host_ino(HostEntry { slot: None, relative: PathBuf::from(&name) });
+                            let ino = self.nodes.host_ino(HostEntry {
+                                slot: None,
+                                relative: PathBuf::from(&name),
+                            });
                             entries.push((ino, kind, name));
                         }
                     }
@@ -170,9 +213,18 @@ impl VprocFs {
                     Some(Node::Host(entry)) => (entry.slot, entry.relative),
                     _ => return Err(Errno::ENOENT),
                 };
-                let path = self.host_path(&HostEntry { slot, relative: relative.clone() }, pid)?;
+                let path = self.host_path(
+                    &HostEntry {
+                        slot,
+                        relative: relative.clone(),
+                    },
+                    pid,
+                )?;
                 for (name, kind) in read_host_dir(&path)? {
-                    let ino = self.nodes.host_ino(HostEntry { slot, relative: relative.join(&name) });
+                    let ino = self.nodes.host_ino(HostEntry {
+                        slot,
+                        relative: relative.join(&name),
+                    });
                     entries.push((ino, kind, name));
                 }
             }
@@ -199,7 +251,10 @@ impl Filesystem for VprocFs {
             reply.error(Errno::ENOENT);
             return;
         };
-        match self.lookup_ino(parent.0, name, req.pid()).and_then(|ino| self.attr(ino, req.pid())) {
+        match self
+            .lookup_ino(parent.0, name, req.pid())
+            .and_then(|ino| self.attr(ino, req.pid()))
+        {
             Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -214,7 +269,9 @@ impl Filesystem for VprocFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let target = match self.nodes.node(ino.0) {
-            Some(Node::Host(entry)) => self.host_path(&entry, req.pid()).and_then(|p| std::fs::read_link(p).map_err(Errno::from)),
+            Some(Node::Host(entry)) => self
+                .host_path(&entry, req.pid())
+                .and_then(|p| std::fs::read_link(p).map_err(Errno::from)),
             _ => Err(Errno::EINVAL),
         };
         match target {
@@ -236,7 +293,10 @@ impl Filesystem for VprocFs {
         };
         match source {
             // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
-            Ok(source) => reply.opened(FileHandle(self.handles.open(source)), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(source) => reply.opened(
+                FileHandle(self.handles.open(source)),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -258,13 +318,17 @@ impl Filesystem for VprocFs {
             Err(()) => Err(Errno::EBADF),
             Ok(Some(buffer)) => Ok(buffer),
             Ok(None) => match self.handles.source(fh.0) {
-                Some(source) => self.produce(&source, req.pid()).map(|bytes| self.handles.store(fh.0, bytes)),
+                Some(source) => self
+                    .produce(&source, req.pid())
+                    .map(|bytes| self.handles.store(fh.0, bytes)),
                 None => Err(Errno::EBADF),
             },
         };
         match content {
             Ok(buffer) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(buffer.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(buffer.len());
                 let end = start.saturating_add(size as usize).min(buffer.len());
                 reply.data(&buffer[start..end]);
             }
@@ -286,7 +350,14 @@ impl Filesystem for VprocFs {
         reply.ok();
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let parent = match self.nodes.node(ino.0) {
             Some(Node::Dir(dir)) => files::dir_by_path(dir.parent()).map_or(ROOT_INO, |d| d.ino),
             _ => ino.0,
@@ -298,9 +369,15 @@ impl Filesystem for VprocFs {
                 return;
             }
         };
-        let dots = [(ino.0, FileType::Directory, ".".to_string()), (parent, FileType::Directory, "..".to_string())];
+        let dots = [
+            (ino.0, FileType::Directory, ".".to_string()),
+            (parent, FileType::Directory, "..".to_string()),
+        ];
         let all = dots.into_iter().chain(listed);
-        for (i, (child, kind, name)) in all.enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+        for (i, (child, kind, name)) in all
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        {
             if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
                 break;
             }
@@ -342,7 +419,11 @@ fn host_attr(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
     let time = |secs: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     FileAttr {
         ino: INodeNo(ino),
-        size: if kind == FileType::Symlink { meta.size() } else { 0 },
+        size: if kind == FileType::Symlink {
+            meta.size()
+        } else {
+            0
+        },
         blocks: 0,
         atime: time(meta.atime()),
         mtime: time(meta.mtime()),
@@ -383,7 +464,12 @@ fn read_host_dir(path: &Path) -> Result<Vec<(String, FileType)>, Errno> {
     let mut entries: Vec<(String, FileType)> = std::fs::read_dir(path)
         .map_err(Errno::from)?
         .flatten()
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, file_type(e.file_type().ok()?))))
+        .filter_map(|e| {
+            Some((
+                e.file_name().into_string().ok()?,
+                file_type(e.file_type().ok()?),
+            ))
+        })
         .collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(entries)

@@ -102,7 +102,10 @@ impl NodeTable {
 /// `cpu17` -> 17; other names (`cpufreq`, `cpuidle`) -> None.
 pub fn cpu_slot_number(name: &str) -> Option<u32> {
     let digits = name.strip_prefix("cpu")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     digits.parse().ok().filter(|&k| u64::from(k) < CPU_SLOTS)
@@ -110,9 +113,14 @@ pub fn cpu_slot_number(name: &str) -> Option<u32> {
 
 /// True for names in sys/devices/system/cpu that vproc serves itself (online, possible, present).
 pub fn is_virtual_cpu_file(name: &str) -> bool {
-    files::FILES
-        .iter()
-        .any(|f| f.parent() == files::CPU_DIR && f.name() == name && matches!(f.content, Content::CpuOnline | Content::CpuPossible | Content::CpuPresent))
+    files::FILES.iter().any(|f| {
+        f.parent() == files::CPU_DIR
+            && f.name() == name
+            && matches!(
+                f.content,
+                Content::CpuOnline | Content::CpuPossible | Content::CpuPresent
+            )
+    })
 }
 
 #[cfg(test)]
@@ -132,7 +140,10 @@ mod tests {
     #[test]
     fn host_inodes_are_stable() {
         let table = NodeTable::default();
-        let entry = HostEntry { slot: Some(0), relative: PathBuf::from("topology") };
+        let entry = HostEntry {
+            slot: Some(0),
+            relative: PathBuf::from("topology"),
+        };
         let ino = table.host_ino(entry.clone());
         assert_eq!(table.host_ino(entry.clone()), ino);
         assert_eq!(table.node(ino), Some(Node::Host(entry)));
@@ -141,9 +152,15 @@ mod tests {
 
     #[test]
     fn slot_paths_follow_the_reader() {
-        let entry = HostEntry { slot: Some(0), relative: PathBuf::from("topology/core_id") };
+        let entry = HostEntry {
+            slot: Some(0),
+            relative: PathBuf::from("topology/core_id"),
+        };
         let base = Path::new("/sys/devices/system/cpu");
-        assert_eq!(entry.host_path(base, &[3]), Some(base.join("cpu3/topology/core_id")));
+        assert_eq!(
+            entry.host_path(base, &[3]),
+            Some(base.join("cpu3/topology/core_id"))
+        );
         assert_eq!(entry.host_path(base, &[]), None);
     }
 }

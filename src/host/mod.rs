@@ -4,15 +4,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
+use std::time::Duration;
 
 use crate::cgroup::parse::parse_cpu_list;
 use crate::error::{Error, Result, read_to_string};
+use crate::ttl::TtlCache;
 
 /// A host file that views start from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostFile {
     Meminfo,
     Cpuinfo,
@@ -27,13 +26,7 @@ pub enum HostFile {
     CpuPresent,
 }
 
-const HOST_FILE_COUNT: usize = 10;
-
 impl HostFile {
-    fn index(self) -> usize {
-        self as usize
-    }
-
     /// The file's path below the proc or sys root.
     fn path(self, roots: &HostRoots) -> PathBuf {
         match self {
@@ -71,8 +64,7 @@ impl Default for HostRoots {
 #[derive(Debug)]
 pub struct Host {
     roots: HostRoots,
-    ttl: Duration,
-    cache: Mutex<[Option<(Instant, Arc<str>)>; HOST_FILE_COUNT]>,
+    cache: TtlCache<HostFile, Arc<str>>,
 }
 
 impl Host {
@@ -80,8 +72,7 @@ impl Host {
     pub fn new(roots: HostRoots, ttl: Duration) -> Self {
         Host {
             roots,
-            ttl,
-            cache: Mutex::new(Default::default()),
+            cache: TtlCache::new(ttl, 16),
         }
     }
 
@@ -92,24 +83,16 @@ impl Host {
 
     /// The content of `file`, at most `ttl` old.
     pub fn read(&self, file: HostFile) -> Result<Arc<str>> {
-        if !self.ttl.is_zero() {
-            if let Some((at, text)) = &self.cache.lock()[file.index()] {
-                if at.elapsed() < self.ttl {
-                    return Ok(Arc::clone(text));
-                }
-            }
-        }
-        let text: Arc<str> = read_to_string(&file.path(&self.roots))?.into();
-        if !self.ttl.is_zero() {
-            self.cache.lock()[file.index()] = Some((Instant::now(), Arc::clone(&text)));
-        }
-        Ok(text)
+        self.cache.get_or_try_insert(&file, || {
+            read_to_string(&file.path(&self.roots)).map(Arc::from)
+        })
     }
 
     /// The host's online CPUs.
     pub fn online_cpus(&self) -> Result<Vec<u32>> {
         let text = self.read(HostFile::CpuOnline)?;
-        parse_cpu_list(&text).ok_or_else(|| Error::parse(&HostFile::CpuOnline.path(&self.roots), "cpu list", &text))
+        parse_cpu_list(&text)
+            .ok_or_else(|| Error::parse(&HostFile::CpuOnline.path(&self.roots), "cpu list", &text))
     }
 
     /// The path of `name` in the host's `/sys/devices/system/cpu`.
@@ -122,7 +105,9 @@ impl Host {
 pub fn meminfo_kb(meminfo: &str, key: &str) -> Option<u64> {
     meminfo.lines().find_map(|line| {
         let (k, rest) = line.split_once(':')?;
-        (k == key).then(|| rest.split_whitespace().next()?.parse().ok()).flatten()
+        (k == key)
+            .then(|| rest.split_whitespace().next()?.parse().ok())
+            .flatten()
     })
 }
 
@@ -143,14 +128,14 @@ pub fn proc_path(roots: &HostRoots, pid: u32, file: &str) -> PathBuf {
     roots.proc.join(pid.to_string()).join(file)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn meminfo_values() {
-        let text = "MemTotal:       24576000 kB\nMemFree:        1000 kB\nHugePages_Total:       0\n";
+        let text =
+            "MemTotal:       24576000 kB\nMemFree:        1000 kB\nHugePages_Total:       0\n";
         assert_eq!(meminfo_kb(text, "MemTotal"), Some(24576000));
         assert_eq!(meminfo_kb(text, "HugePages_Total"), Some(0));
         assert_eq!(meminfo_kb(text, "Mem"), None);

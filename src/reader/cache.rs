@@ -29,7 +29,9 @@ pub struct ReaderCache<T> {
 
 impl<T> std::fmt::Debug for ReaderCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReaderCache").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("ReaderCache")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,7 +45,11 @@ impl<T> ReaderCache<T> {
     }
 
     /// The cached value for `pid`, or the result of `resolve`, which is then cached.
-    pub fn get_or_resolve<E>(&self, pid: u32, resolve: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
+    pub fn get_or_resolve<E>(
+        &self,
+        pid: u32,
+        resolve: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
         if self.ttl.is_zero() {
             return resolve().map(Arc::new);
         }

@@ -14,7 +14,11 @@ use crate::error::{Result, read_to_string};
 use crate::host::{HostRoots, proc_path};
 
 /// Reads and resolves /proc/PID/cgroup.
-pub fn process_cgroups(roots: &HostRoots, layout: &CgroupLayout, pid: u32) -> Result<ProcessCgroups> {
+pub fn process_cgroups(
+    roots: &HostRoots,
+    layout: &CgroupLayout,
+    pid: u32,
+) -> Result<ProcessCgroups> {
     let path = proc_path(roots, pid, "cgroup");
     let text = read_to_string(&path)?;
     layout.resolve(&text, &path)

@@ -57,7 +57,10 @@ impl PidNamespaces {
         let cached = self.inits.lock().get(&ns).copied();
         if let Some(init) = cached {
             if self.start_ticks(init.pid).ok() == Some(init.start_ticks)
-                && ns_link(&proc_path(&self.roots, init.pid, "ns/pid")).ok().as_ref() == Some(&ns)
+                && ns_link(&proc_path(&self.roots, init.pid, "ns/pid"))
+                    .ok()
+                    .as_ref()
+                    == Some(&ns)
             {
                 return Ok(container(init.start_ticks));
             }
@@ -68,7 +71,13 @@ impl PidNamespaces {
         if inits.len() >= MAX_NAMESPACES {
             inits.clear();
         }
-        inits.insert(ns, Init { pid: init_pid, start_ticks });
+        inits.insert(
+            ns,
+            Init {
+                pid: init_pid,
+                start_ticks,
+            },
+        );
         Ok(container(start_ticks))
     }
 
@@ -103,9 +112,15 @@ impl PidNamespaces {
         let line = status
             .lines()
             .find_map(|l| l.strip_prefix("NSpid:"))
-            .ok_or_else(|| Error::MissingField { path: path.clone(), field: "NSpid" })?;
+            .ok_or_else(|| Error::MissingField {
+                path: path.clone(),
+                field: "NSpid",
+            })?;
         let pids: Vec<&str> = line.split_whitespace().collect();
-        let innermost = pids.last().and_then(|p| p.parse().ok()).ok_or_else(|| Error::parse(&path, "NSpid", line))?;
+        let innermost = pids
+            .last()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Error::parse(&path, "NSpid", line))?;
         Ok((pids.len(), innermost))
     }
 
@@ -115,8 +130,14 @@ impl PidNamespaces {
         let value = status
             .lines()
             .find_map(|l| l.strip_prefix("PPid:"))
-            .ok_or_else(|| Error::MissingField { path: path.clone(), field: "PPid" })?;
-        value.trim().parse().map_err(|_| Error::parse(&path, "PPid", value))
+            .ok_or_else(|| Error::MissingField {
+                path: path.clone(),
+                field: "PPid",
+            })?;
+        value
+            .trim()
+            .parse()
+            .map_err(|_| Error::parse(&path, "PPid", value))
     }
 
     /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot. The command name (field 2)
@@ -126,7 +147,9 @@ impl PidNamespaces {
         let stat = read_to_string(&path)?;
         let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let field = after_comm.split_whitespace().nth(19).unwrap_or("");
-        field.parse().map_err(|_| Error::parse(&path, "starttime", field))
+        field
+            .parse()
+            .map_err(|_| Error::parse(&path, "starttime", field))
     }
 }
 

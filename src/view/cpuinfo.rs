@@ -5,7 +5,10 @@
 /// `Hardware` block on some ARM kernels) pass through. Returns the host's text if no visible CPU has
 /// a block, rather than an empty file.
 pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
-    let blocks: Vec<&str> = host_cpuinfo.split("\n\n").filter(|b| !b.trim().is_empty()).collect();
+    let blocks: Vec<&str> = host_cpuinfo
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
     let mut out = String::with_capacity(host_cpuinfo.len());
     let mut emitted = 0usize;
     for &cpu in visible {
@@ -27,7 +30,10 @@ pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
     if emitted == 0 {
         return host_cpuinfo.to_string();
     }
-    for block in blocks.iter().filter(|b| !b.lines().any(|l| processor_number(l).is_some())) {
+    for block in blocks
+        .iter()
+        .filter(|b| !b.lines().any(|l| processor_number(l).is_some()))
+    {
         // Kernel layout: the trailer ends with a single newline.
         out.push_str(block.trim_matches('\n'));
         out.push('\n');
@@ -39,7 +45,9 @@ pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
 fn processor_number(text: &str) -> Option<u32> {
     text.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
-        (key.trim_end() == "processor").then(|| value.trim().parse().ok()).flatten()
+        (key.trim_end() == "processor")
+            .then(|| value.trim().parse().ok())
+            .flatten()
     })
 }
 
@@ -51,7 +59,10 @@ mod tests {
 
     #[test]
     fn second_cpu_becomes_processor_zero() {
-        assert_eq!(render_cpuinfo(HOST, &[1]), "processor\t: 0\nmodel name\t: B\n\n");
+        assert_eq!(
+            render_cpuinfo(HOST, &[1]),
+            "processor\t: 0\nmodel name\t: B\n\n"
+        );
     }
 
     #[test]
@@ -61,12 +72,19 @@ mod tests {
 
     #[test]
     fn arm_trailer_passes_through() {
-        let host = "processor\t: 0\nBogoMIPS\t: 50\n\nprocessor\t: 1\nBogoMIPS\t: 50\n\nHardware\t: X\n";
-        assert_eq!(render_cpuinfo(host, &[1]), "processor\t: 0\nBogoMIPS\t: 50\n\nHardware\t: X\n");
+        let host =
+            "processor\t: 0\nBogoMIPS\t: 50\n\nprocessor\t: 1\nBogoMIPS\t: 50\n\nHardware\t: X\n";
+        assert_eq!(
+            render_cpuinfo(host, &[1]),
+            "processor\t: 0\nBogoMIPS\t: 50\n\nHardware\t: X\n"
+        );
     }
 
     #[test]
     fn unknown_format_falls_back_to_host() {
-        assert_eq!(render_cpuinfo("vendor_id : IBM/S390\n", &[0]), "vendor_id : IBM/S390\n");
+        assert_eq!(
+            render_cpuinfo("vendor_id : IBM/S390\n", &[0]),
+            "vendor_id : IBM/S390\n"
+        );
     }
 }

@@ -21,7 +21,11 @@ pub fn visible_cpus(
     rule: CpuCountRule,
 ) -> Vec<u32> {
     let mut cpus: Vec<u32> = match cpuset {
-        Some(set) => set.iter().copied().filter(|c| host_online.contains(c)).collect(),
+        Some(set) => set
+            .iter()
+            .copied()
+            .filter(|c| host_online.contains(c))
+            .collect(),
         None => host_online.to_vec(),
     };
     if cpus.is_empty() {
@@ -45,25 +49,61 @@ pub fn render_cpu_range(count: usize) -> String {
 mod tests {
     use super::*;
 
-    const HALF: CpuQuota = CpuQuota { quota_us: 50000, period_us: 100000 };
-    const ONE_AND_HALF: CpuQuota = CpuQuota { quota_us: 150000, period_us: 100000 };
+    const HALF: CpuQuota = CpuQuota {
+        quota_us: 50000,
+        period_us: 100000,
+    };
+    const ONE_AND_HALF: CpuQuota = CpuQuota {
+        quota_us: 150000,
+        period_us: 100000,
+    };
 
     #[test]
     fn quota_cuts_the_cpuset() {
         let online = [0, 1, 2, 3];
-        assert_eq!(visible_cpus(Some(&[2, 3]), Some(HALF), &online, CpuCountRule::QuotaAndCpuset), vec![2]);
-        assert_eq!(visible_cpus(None, Some(ONE_AND_HALF), &online, CpuCountRule::QuotaAndCpuset), vec![0, 1]);
-        assert_eq!(visible_cpus(Some(&[1]), Some(ONE_AND_HALF), &online, CpuCountRule::QuotaAndCpuset), vec![1]);
+        assert_eq!(
+            visible_cpus(
+                Some(&[2, 3]),
+                Some(HALF),
+                &online,
+                CpuCountRule::QuotaAndCpuset
+            ),
+            vec![2]
+        );
+        assert_eq!(
+            visible_cpus(
+                None,
+                Some(ONE_AND_HALF),
+                &online,
+                CpuCountRule::QuotaAndCpuset
+            ),
+            vec![0, 1]
+        );
+        assert_eq!(
+            visible_cpus(
+                Some(&[1]),
+                Some(ONE_AND_HALF),
+                &online,
+                CpuCountRule::QuotaAndCpuset
+            ),
+            vec![1]
+        );
     }
 
     #[test]
     fn cpuset_rule_ignores_quota() {
-        assert_eq!(visible_cpus(Some(&[0, 1]), Some(HALF), &[0, 1], CpuCountRule::Cpuset), vec![0, 1]);
+        assert_eq!(
+            visible_cpus(Some(&[0, 1]), Some(HALF), &[0, 1], CpuCountRule::Cpuset),
+            vec![0, 1]
+        );
     }
 
     #[test]
     fn offline_cpuset_falls_back_to_host() {
-        assert_eq!(visible_cpus(Some(&[7]), None, &[0, 1], CpuCountRule::QuotaAndCpuset), vec![0, 1]);
+        assert_eq!(
+            visible_cpus(Some(&[7]), None, &[0, 1], CpuCountRule::QuotaAndCpuset),
+            vec![0, 1]
+        );
     }
 
     #[test]

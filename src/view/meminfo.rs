@@ -23,7 +23,9 @@ pub struct SwapView {
 
 /// The container's MemTotal in kB: min(limit, host MemTotal).
 pub fn mem_total_kb(host_total_kb: u64, limits: &MemoryLimits) -> u64 {
-    limits.limit_bytes.map_or(host_total_kb, |limit| (limit / 1024).min(host_total_kb))
+    limits
+        .limit_bytes
+        .map_or(host_total_kb, |limit| (limit / 1024).min(host_total_kb))
 }
 
 /// SwapTotal and used swap: v2 min(swap.max, host); v1 memsw limit minus memory limit; 0 without
@@ -36,7 +38,9 @@ pub fn swap_view(host_meminfo: &str, facts: &MemoryFacts) -> SwapView {
     } else {
         match facts.limits.swap {
             SwapLimit::NotAccounted => 0,
-            SwapLimit::SwapOnly(limit) => limit.map_or(host_swap_kb, |l| (l / 1024).min(host_swap_kb)),
+            SwapLimit::SwapOnly(limit) => {
+                limit.map_or(host_swap_kb, |l| (l / 1024).min(host_swap_kb))
+            }
             SwapLimit::MemoryPlusSwap(None) => host_swap_kb,
             SwapLimit::MemoryPlusSwap(Some(memsw)) => {
                 let memory_kb = mem_total_kb(host_total_kb, &facts.limits);
@@ -70,7 +74,11 @@ pub fn render_meminfo(host_meminfo: &str, facts: &MemoryFacts) -> String {
 
     let mut out = String::with_capacity(host_meminfo.len());
     for line in host_meminfo.lines() {
-        let key = line.as_bytes().iter().position(|&b| b == b':').map_or("", |colon| &line[..colon]);
+        let key = line
+            .as_bytes()
+            .iter()
+            .position(|&b| b == b':')
+            .map_or("", |colon| &line[..colon]);
         let value = match key {
             "MemTotal" => total,
             "MemFree" => free,

@@ -58,3 +58,82 @@ VmallocTotal:   18446744073709551615 kB\n"
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::cgroup::{CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit};
+    use crate::view::cpuinfo::render_cpuinfo;
+    use crate::view::meminfo::{MemoryFacts, render_meminfo};
+    use crate::view::stat::{CpuTimes, render_stat};
+    use crate::view::swaps::render_swaps;
+
+    fn facts(limit: Option<u64>, usage: u64, swap: SwapLimit, stat: [u64; 4]) -> MemoryFacts {
+        MemoryFacts {
+            limits: MemoryLimits {
+                limit_bytes: limit,
+                swap,
+            },
+            usage: MemoryUsage {
+                usage_bytes: usage,
+                swap_used_bytes: Some(usage),
+                stat: MemoryStat {
+                    file: stat[0],
+                    active_file: stat[1],
+                    inactive_file: stat[2],
+                    slab_reclaimable: Some(stat[3]),
+                    ..MemoryStat::default()
+                },
+            },
+            swap_enabled: true,
+        }
+    }
+
+    fn value(text: &str, key: &str) -> u64 {
+        crate::host::meminfo_kb(text, key).unwrap()
+    }
+
+    proptest! {
+        /// Whatever the host's files hold, renderers return text and never panic.
+        #[test]
+        fn renderers_never_panic_on_any_host_text(host in "\\PC*", cpus in proptest::collection::vec(0u32..64, 0..8)) {
+            let f = facts(Some(1 << 26), 1 << 25, SwapLimit::MemoryPlusSwap(Some(1 << 27)), [1, 2, 3, 4]);
+            let _ = render_meminfo(&host, &f);
+            let _ = render_cpuinfo(&host, &cpus);
+            let _ = render_stat(&host, &CpuTimes::spread(CpuUsage { user_ns: 5, system_ns: 7 }, cpus.len(), 1.0));
+            let _ = render_swaps(&host, crate::view::meminfo::swap_view(&host, &f));
+        }
+
+        /// For any limits and usage: MemFree <= MemAvailable <= MemTotal <= host, SwapFree <= SwapTotal.
+        #[test]
+        fn meminfo_figures_are_ordered_and_never_underflow(
+            limit in proptest::option::of(any::<u64>()),
+            usage in any::<u64>(),
+            swap in prop_oneof![
+                Just(SwapLimit::NotAccounted),
+                proptest::option::of(any::<u64>()).prop_map(SwapLimit::SwapOnly),
+                proptest::option::of(any::<u64>()).prop_map(SwapLimit::MemoryPlusSwap),
+            ],
+            stat in proptest::array::uniform4(any::<u64>()),
+        ) {
+            let host = "MemTotal:       24683656 kB\nMemFree:        1000 kB\nMemAvailable:   2000 kB\nSwapTotal:       2097148 kB\nSwapFree:        2097148 kB\n";
+            let text = render_meminfo(host, &facts(limit, usage, swap, stat));
+            let (total, free, available) = (value(&text, "MemTotal"), value(&text, "MemFree"), value(&text, "MemAvailable"));
+            prop_assert!(free <= available && available <= total && total <= 24683656);
+            prop_assert!(value(&text, "SwapFree") <= value(&text, "SwapTotal"));
+            prop_assert!(value(&text, "SwapTotal") <= 2097148);
+        }
+
+        /// Spreading keeps the total and is monotonic in the usage.
+        #[test]
+        fn spread_keeps_totals_and_grows(user in 0u64..1 << 50, more in 0u64..1 << 40, count in 1usize..64) {
+            let before = CpuTimes::spread(CpuUsage { user_ns: user, system_ns: 0 }, count, 1e6);
+            let after = CpuTimes::spread(CpuUsage { user_ns: user + more, system_ns: 0 }, count, 1e6);
+            prop_assert_eq!(before.per_cpu.iter().map(|t| t.user).sum::<u64>(), user / 10_000_000);
+            for (b, a) in before.per_cpu.iter().zip(&after.per_cpu) {
+                prop_assert!(a.user >= b.user);
+            }
+        }
+    }
+}

@@ -59,11 +59,13 @@ impl CpuTimes {
     }
 
     fn total(&self) -> CpuTicks {
-        self.per_cpu.iter().fold(CpuTicks::default(), |sum, t| CpuTicks {
-            user: sum.user.saturating_add(t.user),
-            system: sum.system.saturating_add(t.system),
-            idle: sum.idle.saturating_add(t.idle),
-        })
+        self.per_cpu
+            .iter()
+            .fold(CpuTicks::default(), |sum, t| CpuTicks {
+                user: sum.user.saturating_add(t.user),
+                system: sum.system.saturating_add(t.system),
+                idle: sum.idle.saturating_add(t.idle),
+            })
     }
 }
 
@@ -91,7 +93,11 @@ pub fn render_stat(host_stat: &str, times: &CpuTimes) -> String {
 /// `cpu0 user nice system idle iowait irq softirq steal guest guest_nice`; the aggregate line's label
 /// is `cpu ` so that it is followed by two spaces, as the kernel writes it.
 fn write_cpu_line(out: &mut String, label: &str, t: CpuTicks) {
-    let _ = writeln!(out, "{label} {} 0 {} {} 0 0 0 0 0 0", t.user, t.system, t.idle);
+    let _ = writeln!(
+        out,
+        "{label} {} 0 {} {} 0 0 0 0 0 0",
+        t.user, t.system, t.idle
+    );
 }
 
 #[cfg(test)]
@@ -103,7 +109,10 @@ intr 1 2\nctxt 3\nbtime 1700000000\nprocesses 9\nprocs_running 1\nprocs_blocked 
 
     #[test]
     fn one_cpu_container() {
-        let usage = CpuUsage { user_ns: 1_500_000_000, system_ns: 500_000_000 };
+        let usage = CpuUsage {
+            user_ns: 1_500_000_000,
+            system_ns: 500_000_000,
+        };
         let times = CpuTimes::spread(usage, 1, 10.0);
         assert_eq!(
             render_stat(HOST, &times),
@@ -114,16 +123,52 @@ intr 1 2\nctxt 3\nbtime 1700000000\nprocesses 9\nprocs_running 1\nprocs_blocked 
 
     #[test]
     fn spread_keeps_the_total_and_never_underflows() {
-        let usage = CpuUsage { user_ns: 30_000_000, system_ns: 0 };
+        let usage = CpuUsage {
+            user_ns: 30_000_000,
+            system_ns: 0,
+        };
         let times = CpuTimes::spread(usage, 2, 0.0);
-        assert_eq!(times.per_cpu[0], CpuTicks { user: 2, system: 0, idle: 0 });
-        assert_eq!(times.per_cpu[1], CpuTicks { user: 1, system: 0, idle: 0 });
+        assert_eq!(
+            times.per_cpu[0],
+            CpuTicks {
+                user: 2,
+                system: 0,
+                idle: 0
+            }
+        );
+        assert_eq!(
+            times.per_cpu[1],
+            CpuTicks {
+                user: 1,
+                system: 0,
+                idle: 0
+            }
+        );
     }
 
     #[test]
     fn counters_never_go_back() {
-        let before = CpuTimes { per_cpu: vec![CpuTicks { user: 5, system: 5, idle: 90 }] };
-        let now = CpuTimes { per_cpu: vec![CpuTicks { user: 6, system: 5, idle: 89 }] };
-        assert_eq!(now.at_least(&before).per_cpu[0], CpuTicks { user: 6, system: 5, idle: 90 });
+        let before = CpuTimes {
+            per_cpu: vec![CpuTicks {
+                user: 5,
+                system: 5,
+                idle: 90,
+            }],
+        };
+        let now = CpuTimes {
+            per_cpu: vec![CpuTicks {
+                user: 6,
+                system: 5,
+                idle: 89,
+            }],
+        };
+        assert_eq!(
+            now.at_least(&before).per_cpu[0],
+            CpuTicks {
+                user: 6,
+                system: 5,
+                idle: 90
+            }
+        );
     }
 }

@@ -13,7 +13,11 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this test process and call.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running vprocd.
@@ -27,7 +31,10 @@ impl Daemon {
     /// Starts vprocd with `args` on a fresh mountpoint and waits until it serves.
     pub fn start(args: &[&str]) -> Daemon {
         let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
-        let pidfile = std::env::temp_dir().join(format!("{}.pid", mountpoint.file_name().unwrap().to_string_lossy()));
+        let pidfile = std::env::temp_dir().join(format!(
+            "{}.pid",
+            mountpoint.file_name().unwrap().to_string_lossy()
+        ));
         Daemon::start_at(&mountpoint, &pidfile, args)
     }
 
@@ -42,7 +49,11 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn vprocd");
-        let mut daemon = Daemon { mountpoint: mountpoint.to_path_buf(), pidfile: pidfile.to_path_buf(), child: Some(child) };
+        let mut daemon = Daemon {
+            mountpoint: mountpoint.to_path_buf(),
+            pidfile: pidfile.to_path_buf(),
+            child: Some(child),
+        };
         daemon.wait_until_serving();
         daemon
     }
@@ -51,7 +62,9 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             // A real request: stat of a dead mount is answered from the kernel's attribute cache.
-            if is_mounted(&self.mountpoint) && std::fs::File::open(self.path("proc/meminfo")).is_ok() {
+            if is_mounted(&self.mountpoint)
+                && std::fs::File::open(self.path("proc/meminfo")).is_ok()
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -145,7 +158,10 @@ impl TestCgroup {
             })
             .collect();
         for controller in CONTROLLERS {
-            write(&self.dir(controller).join("cgroup.procs"), &std::process::id().to_string());
+            write(
+                &self.dir(controller).join("cgroup.procs"),
+                &std::process::id().to_string(),
+            );
         }
         Entered { original }
     }
@@ -154,7 +170,9 @@ impl TestCgroup {
 impl Drop for Entered {
     fn drop(&mut self) {
         for (controller, path) in &self.original {
-            let dir = Path::new(CGROUP_ROOT).join(controller).join(path.trim_start_matches('/'));
+            let dir = Path::new(CGROUP_ROOT)
+                .join(controller)
+                .join(path.trim_start_matches('/'));
             let _ = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string());
         }
     }
@@ -170,14 +188,20 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// A new top-level group.
     pub fn new(limits: Limits) -> TestCgroup {
-        let group = TestCgroup { relative: unique("vproc-test"), owns_root: true };
+        let group = TestCgroup {
+            relative: unique("vproc-test"),
+            owns_root: true,
+        };
         group.create(&limits);
         group
     }
 
     /// A child of this group.
     pub fn child(&self, limits: Limits) -> TestCgroup {
-        let group = TestCgroup { relative: format!("{}/child", self.relative), owns_root: false };
+        let group = TestCgroup {
+            relative: format!("{}/child", self.relative),
+            owns_root: false,
+        };
         group.create(&limits);
         group
     }
@@ -188,19 +212,36 @@ impl TestCgroup {
 
     fn create(&self, limits: &Limits) {
         for controller in CONTROLLERS {
-            std::fs::create_dir(self.dir(controller)).unwrap_or_else(|e| panic!("mkdir {controller}: {e}"));
+            std::fs::create_dir(self.dir(controller))
+                .unwrap_or_else(|e| panic!("mkdir {controller}: {e}"));
         }
         // A v1 cpuset needs cpus and mems before a task may join; inherit the parent's unless told.
         let parent = self.dir("cpuset").parent().unwrap().to_path_buf();
-        let cpus = limits.cpus.map(str::to_string).unwrap_or_else(|| std::fs::read_to_string(parent.join("cpuset.cpus")).unwrap());
+        let cpus = limits
+            .cpus
+            .map(str::to_string)
+            .unwrap_or_else(|| std::fs::read_to_string(parent.join("cpuset.cpus")).unwrap());
         let mems = std::fs::read_to_string(parent.join("cpuset.mems")).unwrap();
         write(&self.dir("cpuset").join("cpuset.cpus"), cpus.trim());
         write(&self.dir("cpuset").join("cpuset.mems"), mems.trim());
         if let Some(bytes) = limits.memory_bytes {
-            write(&self.dir("memory").join("memory.limit_in_bytes"), &bytes.to_string());
+            write(
+                &self.dir("memory").join("memory.limit_in_bytes"),
+                &bytes.to_string(),
+            );
         }
         if let Some(quota) = limits.quota_us {
-            write(&self.dir("cpu").join("cpu.cfs_quota_us"), &quota.to_string());
+            write(
+                &self.dir("cpu").join("cpu.cfs_quota_us"),
+                &quota.to_string(),
+            );
+        }
+    }
+
+    /// Moves process `pid` (one the test started) into this group.
+    pub fn adopt(&self, pid: u32) {
+        for controller in CONTROLLERS {
+            write(&self.dir(controller).join("cgroup.procs"), &pid.to_string());
         }
     }
 
@@ -224,15 +265,31 @@ impl TestCgroup {
     }
 
     fn run_with(&self, argv: &[&str]) -> Output {
-        let quoted: Vec<String> = argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
         let script = format!("{} && exec {}", self.join_script(), quoted.join(" "));
-        Command::new("sh").arg("-c").arg(script).output().expect("run sh")
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("run sh")
     }
 
     /// Starts `sh -c script` in this group (host pid namespace) and returns the child.
     pub fn spawn(&self, script: &str) -> Child {
-        let script = format!("{} && exec sh -c '{}'", self.join_script(), script.replace('\'', "'\\''"));
-        Command::new("sh").arg("-c").arg(script).stdout(Stdio::piped()).spawn().expect("spawn sh")
+        let script = format!(
+            "{} && exec sh -c '{}'",
+            self.join_script(),
+            script.replace('\'', "'\\''")
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh")
     }
 }
 
@@ -250,7 +307,10 @@ impl Drop for TestCgroup {
                 let dir = Path::new(CGROUP_ROOT).join(controller).join(&relative);
                 while dir.exists() {
                     // Only processes the test started live in its own uniquely named group.
-                    for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                    {
                         if let Ok(pid) = pid.parse::<i32>() {
                             // SAFETY: kill on a pid in our own test cgroup.
                             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -267,7 +327,8 @@ impl Drop for TestCgroup {
 }
 
 fn write(path: &Path, value: &str) {
-    std::fs::write(path, value).unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
+    std::fs::write(path, value)
+        .unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
 }
 
 /// stdout of a command that must succeed.
