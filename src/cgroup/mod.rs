@@ -266,6 +266,23 @@ impl CgroupDir {
         Ok(None)
     }
 
+    /// Effective memory limits from the version's limit file and swap-limit file; the swap file exists
+    /// only where the kernel accounts swap. `swap_kind` says what the swap file limits.
+    fn memory_limits_from(
+        &self,
+        limit_file: &str,
+        swap_file: &str,
+        swap_kind: fn(Option<u64>) -> SwapLimit,
+    ) -> Result<MemoryLimits> {
+        let limit_bytes = self.min_limit_over_ancestors(limit_file)?;
+        let swap = if self.path.join(swap_file).exists() {
+            swap_kind(self.min_limit_over_ancestors(swap_file)?)
+        } else {
+            SwapLimit::NotAccounted
+        };
+        Ok(MemoryLimits { limit_bytes, swap })
+    }
+
     /// Reads a memory-style limit file at every level and returns the smallest limit.
     fn min_limit_over_ancestors(&self, file: &str) -> Result<Option<u64>> {
         self.min_over_ancestors(

@@ -20,15 +20,10 @@ const CPUACCT_STAT: &str = "cpuacct.stat";
 /// USER_HZ, the unit of `cpuacct.stat`; 100 on every Linux architecture vproc runs on.
 const USER_HZ: u64 = 100;
 
+/// memsw files exist only when the kernel accounts swap (CONFIG_MEMCG_SWAP and swapaccount=1); the memsw
+/// limit covers memory plus swap.
 pub(super) fn memory_limits(cgroup: &CgroupDir) -> Result<MemoryLimits> {
-    let limit_bytes = cgroup.min_limit_over_ancestors(MEMORY_LIMIT)?;
-    // memsw files exist only when the kernel accounts swap (CONFIG_MEMCG_SWAP and swapaccount=1).
-    let swap = if cgroup.path.join(MEMSW_LIMIT).exists() {
-        SwapLimit::MemoryPlusSwap(cgroup.min_limit_over_ancestors(MEMSW_LIMIT)?)
-    } else {
-        SwapLimit::NotAccounted
-    };
-    Ok(MemoryLimits { limit_bytes, swap })
+    cgroup.memory_limits_from(MEMORY_LIMIT, MEMSW_LIMIT, SwapLimit::MemoryPlusSwap)
 }
 
 pub(super) fn memory_usage(cgroup: &CgroupDir) -> Result<MemoryUsage> {

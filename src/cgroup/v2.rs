@@ -16,15 +16,9 @@ const CPU_STAT: &str = "cpu.stat";
 const CPUSET_CPUS_EFFECTIVE: &str = "cpuset.cpus.effective";
 const CPUSET_CPUS: &str = "cpuset.cpus";
 
+/// memory.swap.max exists in non-root cgroups when the kernel accounts swap; it limits swap alone.
 pub(super) fn memory_limits(cgroup: &CgroupDir) -> Result<MemoryLimits> {
-    let limit_bytes = cgroup.min_limit_over_ancestors(MEMORY_MAX)?;
-    // memory.swap.max exists in non-root cgroups when the kernel accounts swap.
-    let swap = if cgroup.path.join(MEMORY_SWAP_MAX).exists() {
-        SwapLimit::SwapOnly(cgroup.min_limit_over_ancestors(MEMORY_SWAP_MAX)?)
-    } else {
-        SwapLimit::NotAccounted
-    };
-    Ok(MemoryLimits { limit_bytes, swap })
+    cgroup.memory_limits_from(MEMORY_MAX, MEMORY_SWAP_MAX, SwapLimit::SwapOnly)
 }
 
 pub(super) fn memory_usage(cgroup: &CgroupDir) -> Result<MemoryUsage> {

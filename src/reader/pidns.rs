@@ -34,6 +34,15 @@ struct Init {
     start_ticks: u64,
 }
 
+/// What the init walk reads from /proc/PID/status.
+struct Status {
+    /// Number of nested pid namespaces the process is visible in.
+    depth: usize,
+    /// Its pid in its own (innermost) namespace.
+    innermost_pid: u32,
+    parent: u32,
+}
+
 /// Bound on remembered namespaces; past it the map starts afresh (entries are cheap to rebuild).
 const MAX_NAMESPACES: usize = 4096;
 
@@ -84,20 +93,20 @@ impl PidNamespaces {
     /// Walks up the parents of `pid` to the process that is pid 1 in the same namespace: the last
     /// `NSpid` entry is the pid in the innermost namespace, and the entry count is the nesting depth.
     fn find_init(&self, pid: u32) -> Result<u32> {
-        let (depth, _) = self.ns_pids(pid)?;
+        let depth = self.status(pid)?.depth;
         let mut current = pid;
         for _ in 0..4096 {
-            let (level, innermost) = self.ns_pids(current)?;
-            if level != depth {
+            let status = self.status(current)?;
+            if status.depth != depth {
                 break;
             }
-            if innermost == 1 {
+            if status.innermost_pid == 1 {
                 return Ok(current);
             }
-            current = self.parent(current)?;
-            if current == 0 {
+            if status.parent == 0 {
                 break;
             }
+            current = status.parent;
         }
         Err(Error::MissingField {
             path: proc_path(&self.roots, pid, "status"),
@@ -105,39 +114,34 @@ impl PidNamespaces {
         })
     }
 
-    /// (nesting depth, pid in the innermost namespace) from `NSpid:\t4242\t7`.
-    fn ns_pids(&self, pid: u32) -> Result<(usize, u32)> {
+    /// The fields of /proc/PID/status the walk needs: `NSpid:\t4242\t7` and `PPid:\t4100`.
+    fn status(&self, pid: u32) -> Result<Status> {
         let path = proc_path(&self.roots, pid, "status");
-        let status = read_to_string(&path)?;
-        let line = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .ok_or_else(|| Error::MissingField {
-                path: path.clone(),
-                field: "NSpid",
-            })?;
-        let pids: Vec<&str> = line.split_whitespace().collect();
-        let innermost = pids
+        let text = read_to_string(&path)?;
+        let field = |name: &'static str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+                .ok_or_else(|| Error::MissingField {
+                    path: path.clone(),
+                    field: name,
+                })
+        };
+        let nspid = field("NSpid")?;
+        let pids: Vec<&str> = nspid.split_whitespace().collect();
+        let innermost_pid = pids
             .last()
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| Error::parse(&path, "NSpid", line))?;
-        Ok((pids.len(), innermost))
-    }
-
-    fn parent(&self, pid: u32) -> Result<u32> {
-        let path = proc_path(&self.roots, pid, "status");
-        let status = read_to_string(&path)?;
-        let value = status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .ok_or_else(|| Error::MissingField {
-                path: path.clone(),
-                field: "PPid",
-            })?;
-        value
+            .ok_or_else(|| Error::parse(&path, "NSpid", nspid))?;
+        let ppid = field("PPid")?;
+        let parent = ppid
             .trim()
             .parse()
-            .map_err(|_| Error::parse(&path, "PPid", value))
+            .map_err(|_| Error::parse(&path, "PPid", ppid))?;
+        Ok(Status {
+            depth: pids.len(),
+            innermost_pid,
+            parent,
+        })
     }
 
     /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot. The command name (field 2)
