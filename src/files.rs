@@ -26,6 +26,8 @@ pub struct VirtualFile {
     pub path: &'static str,
     pub ino: u64,
     pub content: Content,
+    /// Permission bits (read-only for everyone, like /proc).
+    pub mode: u16,
     /// The name `vproc show` takes.
     pub show_name: &'static str,
     /// True when container tools bind-mount this file over the container's own (`/proc/meminfo`).
@@ -50,6 +52,9 @@ pub struct VirtualDir {
     pub path: &'static str,
     pub ino: u64,
 }
+
+/// Permission bits of every virtual directory.
+pub const DIR_MODE: u16 = 0o555;
 
 impl VirtualDir {
     /// The directory's name in its parent.
@@ -103,6 +108,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/meminfo",
         ino: 16,
         content: Content::Meminfo,
+        mode: 0o444,
         show_name: "meminfo",
         bind: true,
     },
@@ -110,6 +116,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/cpuinfo",
         ino: 17,
         content: Content::Cpuinfo,
+        mode: 0o444,
         show_name: "cpuinfo",
         bind: true,
     },
@@ -117,6 +124,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/stat",
         ino: 18,
         content: Content::Stat,
+        mode: 0o444,
         show_name: "stat",
         bind: true,
     },
@@ -124,6 +132,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/uptime",
         ino: 19,
         content: Content::Uptime,
+        mode: 0o444,
         show_name: "uptime",
         bind: true,
     },
@@ -131,6 +140,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/swaps",
         ino: 20,
         content: Content::Swaps,
+        mode: 0o444,
         show_name: "swaps",
         bind: true,
     },
@@ -138,6 +148,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/loadavg",
         ino: 21,
         content: Content::Loadavg,
+        mode: 0o444,
         show_name: "loadavg",
         bind: true,
     },
@@ -145,6 +156,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "proc/diskstats",
         ino: 22,
         content: Content::Diskstats,
+        mode: 0o444,
         show_name: "diskstats",
         bind: true,
     },
@@ -152,6 +164,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "sys/devices/system/cpu/online",
         ino: 23,
         content: Content::CpuOnline,
+        mode: 0o444,
         show_name: "cpu-online",
         bind: true,
     },
@@ -159,6 +172,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "sys/devices/system/cpu/possible",
         ino: 24,
         content: Content::CpuPossible,
+        mode: 0o444,
         show_name: "cpu-possible",
         bind: false,
     },
@@ -166,6 +180,7 @@ pub const FILES: &[VirtualFile] = &[
         path: "sys/devices/system/cpu/present",
         ino: 25,
         content: Content::CpuPresent,
+        mode: 0o444,
         show_name: "cpu-present",
         bind: false,
     },

@@ -341,3 +341,36 @@ fn stat_counters_never_go_backwards() {
     let second = String::from_utf8(renderer.render(Content::Stat, 200).unwrap()).unwrap();
     assert!(idle(&second) >= idle(&first));
 }
+
+#[test]
+fn vproc_show_reads_fixture_roots() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["show", "meminfo", "--pid", "200"])
+        .arg("--proc-root")
+        .arg(fixtures().join("proc"))
+        .arg("--sys-root")
+        .arg(fixtures().join("sys"))
+        .arg("--cgroup-root")
+        .arg(fixtures().join("cgroup-v2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        render("cgroup-v2", Content::Meminfo, 200),
+        "the binary prints what the renderer renders"
+    );
+    assert!(text.starts_with("MemTotal:          65536 kB\n"));
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["show", "meminfo", "--pid", "4000000000"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no process 4000000000"));
+}

@@ -56,9 +56,9 @@ impl VprocFs {
     }
 
     fn fixed_attr(&self, ino: u64, kind: FileType) -> FileAttr {
-        let (perm, nlink) = match kind {
-            FileType::Directory => (0o555, 2),
-            _ => (0o444, 1),
+        let (perm, nlink) = match (kind, files::file_by_ino(ino)) {
+            (_, Some(file)) => (file.mode, 1),
+            _ => (files::DIR_MODE, 2),
         };
         FileAttr {
             ino: INodeNo(ino),
