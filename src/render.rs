@@ -116,7 +116,9 @@ impl Renderer {
             match rendered {
                 Ok(Some(bytes)) => return Ok(bytes),
                 Ok(None) => {}
-                Err(e) => self.log_once(&e),
+                Err(e) => {
+                    self.log_once(&e);
+                }
             }
         }
         self.render_host(content)
@@ -296,15 +298,47 @@ impl Renderer {
         times
     }
 
-    /// Logs an error the first time its cause is seen; a vanished process is routine and logged at debug.
-    fn log_once(&self, error: &Error) {
+    /// Logs an error the first time its cause is seen; a vanished process is routine and logged at
+    /// debug. Returns whether it logged at warn level.
+    fn log_once(&self, error: &Error) -> bool {
         if error.is_not_found() {
             log::debug!("reader gone, serving the host's file: {error}");
-            return;
+            return false;
         }
         let mut logged = self.logged_causes.lock();
-        if logged.len() < MAX_LOGGED_CAUSES && logged.insert(error.cause_key()) {
+        let first = logged.len() < MAX_LOGGED_CAUSES && logged.insert(error.cause_key());
+        if first {
             log::warn!("serving the host's file: {error} (logged once per cause)");
         }
+        first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_cause_is_logged_once_whatever_the_pid() {
+        let proc = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc");
+        let roots = HostRoots {
+            proc: proc.clone(),
+            sys: proc.with_file_name("sys"),
+        };
+        let renderer = Renderer::new(roots, CgroupLayout::default(), Options::default()).unwrap();
+        let unreadable = |pid: u32| {
+            let path = proc.join(pid.to_string()).join("cgroup");
+            Error::io(
+                &path,
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            )
+        };
+        assert!(renderer.log_once(&unreadable(7)));
+        assert!(!renderer.log_once(&unreadable(8)), "same cause, other pid");
+        assert!(!renderer.log_once(&Error::io(
+            Path::new("/proc/9/cgroup"),
+            std::io::ErrorKind::NotFound.into()
+        )));
     }
 }

@@ -151,9 +151,14 @@ fn real_consumers_see_the_container() {
         "free -k | awk '/^Mem:/ {print $2}'; \
          python3 -c 'import os; print(os.cpu_count())'; \
          getconf _NPROCESSORS_CONF; \
-         node -e 'const os = require(\"os\"); console.log(os.cpus().length); console.log(os.totalmem())'",
+         node -e 'const os = require(\"os\"); console.log(os.cpus().length); console.log(os.totalmem())'; \
+         lscpu | grep '^CPU(s):' | tr -s ' '; \
+         top -bn1 | grep -o 'Mem : *[0-9.]* total' | tr -s ' '",
     )));
-    assert_eq!(out, "65536\n1\n1\n1\n67108864\n");
+    assert_eq!(
+        out,
+        "65536\n1\n1\n1\n67108864\nCPU(s): 1\nMem : 64.0 total\n"
+    );
 }
 
 #[test]
