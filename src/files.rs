@@ -30,7 +30,8 @@ pub struct VirtualFile {
     pub mode: u16,
     /// The name `vproc show` takes.
     pub show_name: &'static str,
-    /// True when container tools bind-mount this file over the container's own (`/proc/meminfo`).
+    /// True when `vproc attach` and the launcher bind-mount this file over the container's own
+    /// (`/proc/meminfo`). Files that still show the host's content are not bound: it would add nothing.
     pub bind: bool,
 }
 
@@ -150,7 +151,7 @@ pub const FILES: &[VirtualFile] = &[
         content: Content::Loadavg,
         mode: 0o444,
         show_name: "loadavg",
-        bind: true,
+        bind: false,
     },
     VirtualFile {
         path: "proc/diskstats",
@@ -158,7 +159,7 @@ pub const FILES: &[VirtualFile] = &[
         content: Content::Diskstats,
         mode: 0o444,
         show_name: "diskstats",
-        bind: true,
+        bind: false,
     },
     VirtualFile {
         path: "sys/devices/system/cpu/online",
@@ -185,6 +186,20 @@ pub const FILES: &[VirtualFile] = &[
         bind: false,
     },
 ];
+
+/// Directories bound whole over the container's (their files are not bound one by one).
+pub const BIND_DIRS: &[&str] = &[CPU_DIR];
+
+/// Paths below the mountpoint that container tools bind over the same path in the container, e.g.
+/// `proc/meminfo` over `/proc/meminfo`.
+pub fn bind_targets() -> Vec<&'static str> {
+    FILES
+        .iter()
+        .filter(|f| f.bind && !BIND_DIRS.contains(&f.parent()))
+        .map(|f| f.path)
+        .chain(BIND_DIRS.iter().copied())
+        .collect()
+}
 
 /// Inodes from here up are handed out at run time (`cpuN` slots and host entries passed through).
 pub const FIRST_DYNAMIC_INO: u64 = 1 << 16;
@@ -223,6 +238,21 @@ mod tests {
             .collect();
         assert_eq!(inos.iter().collect::<HashSet<_>>().len(), inos.len());
         assert!(inos.iter().all(|&i| i < FIRST_DYNAMIC_INO));
+    }
+
+    #[test]
+    fn bind_targets_are_the_virtualized_files_and_the_cpu_directory() {
+        assert_eq!(
+            bind_targets(),
+            [
+                "proc/meminfo",
+                "proc/cpuinfo",
+                "proc/stat",
+                "proc/uptime",
+                "proc/swaps",
+                "sys/devices/system/cpu"
+            ]
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! cached) -> [`cgroup`] and [`host`] (limits, usage, the host's file) -> [`view`] (pure rendering) ->
 //! back to [`fs`]. [`render`] ties these together; [`files`] is the table of what is served.
 
+pub mod attach;
 pub mod cgroup;
 pub mod daemon;
 pub mod error;
 pub mod files;
 pub mod fs;
 pub mod host;
+pub mod oci;
 pub mod reader;
 pub mod render;
 pub mod ttl;

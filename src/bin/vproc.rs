@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vproc::attach::Attached;
 use vproc::cgroup::CgroupLayout;
 use vproc::files::{FILES, file_by_show_name};
 use vproc::host::HostRoots;
+use vproc::oci::State;
 use vproc::render::{Options, Renderer};
 use vproc::view::cpus::CpuCountRule;
 
@@ -46,7 +48,32 @@ enum Command {
         #[arg(short = 'u', long)]
         disable_swap: bool,
     },
+    /// Bind-mount the daemon's files over /proc/{meminfo,cpuinfo,stat,uptime,swaps} and
+    /// /sys/devices/system/cpu of a running container, from the host: nothing is needed in its image.
+    Attach {
+        /// A process of the container (its mount namespace is entered).
+        #[arg(long)]
+        pid: u32,
+        /// The container's root inside its mount namespace (`/` once the container runs).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
+    /// OCI hook (createRuntime stage): reads the container state JSON on stdin and attaches. Never fails
+    /// the container: errors are reported on stderr and in --log, and the container keeps the host's files.
+    Hook {
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// Where to append what the hook did (besides stderr).
+        #[arg(long, default_value = "/var/log/vproc-hook.log")]
+        log: PathBuf,
+    },
 }
+
+const DEFAULT_MOUNTPOINT: &str = "/var/lib/lxcfs";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -82,7 +109,94 @@ fn main() -> ExitCode {
                 options,
             )
         }
+        Command::Attach {
+            pid,
+            root,
+            mountpoint,
+        } => match attach(pid, &root, &mountpoint) {
+            Ok(done) => {
+                for line in done {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vproc attach: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Hook { mountpoint, log } => {
+            let mut stdin = String::new();
+            let outcome = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin)
+                .map_err(|e| format!("cannot read the OCI state on stdin: {e}"))
+                .and_then(|_| hook(&stdin, &mountpoint));
+            let line = match &outcome {
+                Ok(message) => message.clone(),
+                Err(e) => {
+                    eprintln!("vproc hook: {e}; the container keeps the host's /proc files");
+                    format!("error: {e}; the container keeps the host's /proc files")
+                }
+            };
+            append_log(&log, &line);
+            // A hook that fails makes the runtime refuse the container; ours never does.
+            ExitCode::SUCCESS
+        }
     }
+}
+
+/// `vproc attach`: one line per target.
+fn attach(
+    pid: u32,
+    root: &std::path::Path,
+    mountpoint: &std::path::Path,
+) -> Result<Vec<String>, String> {
+    let done = vproc::attach::attach(pid, root, mountpoint).map_err(|e| e.to_string())?;
+    Ok(done
+        .into_iter()
+        .map(|a| match a {
+            Attached::Mounted(p) => format!("mounted {}", p.display()),
+            Attached::AlreadyAttached(p) => format!("already attached {}", p.display()),
+            Attached::Missing(p) => format!("skipped {} (not in the container)", p.display()),
+        })
+        .collect())
+}
+
+/// `vproc hook`: attaches the container described by the OCI state unless it opted out.
+fn hook(state_json: &str, mountpoint: &std::path::Path) -> Result<String, String> {
+    let state = State::parse(state_json).map_err(|e| e.to_string())?;
+    if state.enabled() == Some(false) {
+        return Ok(format!(
+            "container {}: {}=false, left alone",
+            state.id,
+            vproc::oci::ENABLE_ANNOTATION
+        ));
+    }
+    let pid = state.pid().map_err(|e| e.to_string())?;
+    let rootfs = state.rootfs().map_err(|e| e.to_string())?;
+    let done =
+        attach(pid, &rootfs, mountpoint).map_err(|e| format!("container {}: {e}", state.id))?;
+    Ok(format!(
+        "container {} (pid {pid}): {}",
+        state.id,
+        done.join(", ")
+    ))
+}
+
+fn append_log(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{} vproc hook: {line}", unix_time());
+    }
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `vproc show`: renders one file for `pid` and prints it.

@@ -1,0 +1,226 @@
+//! Putting the daemon's files into a container that already has its mount namespace: `vproc attach` for a
+//! running container and `vproc hook` for OCI runtimes (createRuntime: the container's mounts exist, its
+//! root is not pivoted yet). Uses the new mount API so nothing needs to exist in the image:
+//! `open_tree(OPEN_TREE_CLONE)` of each file in the host's namespace, `setns` into the container's mount
+//! namespace, then `move_mount` onto the target, which is resolved inside the container's root
+//! (`RESOLVE_IN_ROOT`: a symlink in the image cannot send a mount to the host).
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
+
+use crate::files::bind_targets;
+
+/// `FUSE_SUPER_MAGIC`, the f_type statfs reports for a FUSE mount.
+const FUSE_SUPER_MAGIC: rustix::fs::FsWord = 0x6573_5546;
+
+/// Why attaching failed, naming the path and what to do.
+#[derive(Debug)]
+pub enum AttachError {
+    /// Nothing (or not a live vprocd) is mounted at the daemon's mountpoint.
+    NotMounted {
+        mountpoint: PathBuf,
+        detail: String,
+    },
+    Source {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Namespace {
+        pid: u32,
+        source: io::Error,
+    },
+    Target {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::NotMounted { mountpoint, detail } => write!(
+                f,
+                "no vprocd is serving {} ({detail}); start it (systemctl start vprocd) or pass --mountpoint",
+                mountpoint.display()
+            ),
+            AttachError::Source { path, source } => {
+                write!(f, "cannot clone {}: {source}", path.display())
+            }
+            AttachError::Namespace { pid, source } => {
+                write!(f, "cannot enter the mount namespace of pid {pid}: {source}")
+            }
+            AttachError::Target { path, source } => {
+                write!(
+                    f,
+                    "cannot mount over {} in the container: {source}",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for AttachError {}
+
+/// What happened to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    Mounted(PathBuf),
+    /// A live vprocd file was already there.
+    AlreadyAttached(PathBuf),
+    /// The container has no such path (an image without /sys, say); nothing to cover.
+    Missing(PathBuf),
+}
+
+/// Bind-mounts the daemon's files over the container's: the mount namespace of `pid`, whose root is at
+/// `root` inside that namespace (`/` for a running container, the rootfs path before pivot_root).
+///
+/// Enters that namespace: call it from a single-threaded process that does nothing else afterwards.
+pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>, AttachError> {
+    check_daemon(mountpoint)?;
+    let mut clones: Vec<(&str, OwnedFd)> = Vec::new();
+    for relative in bind_targets() {
+        let path = mountpoint.join(relative);
+        let tree = open_tree(
+            CWD,
+            &path,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| AttachError::Source {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        clones.push((relative, tree));
+    }
+
+    // After setns, /proc is the container's procfs, where our /proc/self does not exist; keep the host's.
+    let host_proc = rustix::fs::open(
+        "/proc",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| AttachError::Namespace {
+        pid,
+        source: e.into(),
+    })?;
+    let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
+    let ns = File::open(&ns_path).map_err(|source| AttachError::Namespace { pid, source })?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        AttachError::Namespace {
+            pid,
+            source: e.into(),
+        }
+    })?;
+
+    let root_dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| AttachError::Target {
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut results = Vec::new();
+    for (relative, tree) in clones {
+        let shown = root.join(relative);
+        let target_error = |source: io::Error| AttachError::Target {
+            path: shown.clone(),
+            source,
+        };
+        match what_is_at(&root_dir, relative).map_err(target_error)? {
+            Target::Missing => {
+                results.push(Attached::Missing(shown));
+                continue;
+            }
+            Target::Live => {
+                results.push(Attached::AlreadyAttached(shown));
+                continue;
+            }
+            // A bind mount of a dead daemon's file (ENOTCONN): detach it, then cover what was under it.
+            Target::Dead => detach_dead(&root_dir, relative, &host_proc).map_err(target_error)?,
+            Target::Plain => {}
+        }
+        let target = open_in_root(&root_dir, relative).map_err(target_error)?;
+        let flags =
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+        move_mount(&tree, "", &target, "", flags).map_err(|e| target_error(e.into()))?;
+        results.push(Attached::Mounted(shown));
+    }
+    Ok(results)
+}
+
+/// Fails unless a live FUSE filesystem is mounted at `mountpoint`.
+pub fn check_daemon(mountpoint: &Path) -> Result<(), AttachError> {
+    let not_mounted = |detail: String| AttachError::NotMounted {
+        mountpoint: mountpoint.to_path_buf(),
+        detail,
+    };
+    match rustix::fs::statfs(mountpoint) {
+        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => Ok(()),
+        Ok(_) => Err(not_mounted("it is not a FUSE mount".into())),
+        Err(e) => Err(not_mounted(io::Error::from(e).to_string())),
+    }
+}
+
+/// What a target path holds in the container.
+enum Target {
+    Missing,
+    /// A live vprocd (FUSE) file or directory.
+    Live,
+    /// A FUSE mount whose daemon is gone.
+    Dead,
+    /// The container's own file.
+    Plain,
+}
+
+fn what_is_at(root_dir: &OwnedFd, relative: &str) -> io::Result<Target> {
+    let target = match open_in_root(root_dir, relative) {
+        Ok(target) => target,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::Missing),
+        Err(e) => return Err(e),
+    };
+    match rustix::fs::fstatfs(&target) {
+        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => Ok(Target::Live),
+        Ok(_) => Ok(Target::Plain),
+        Err(rustix::io::Errno::NOTCONN) => Ok(Target::Dead),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Detaches dead mounts stacked on `relative` until what is there answers again. umount2 needs a path:
+/// `self/fd/N` below the host's procfs (our cwd for the call) names exactly the mount resolved in the root.
+fn detach_dead(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::Result<()> {
+    rustix::process::fchdir(host_proc)?;
+    for _ in 0..16 {
+        let target = open_in_root(root_dir, relative)?;
+        if !matches!(
+            rustix::fs::fstatfs(&target),
+            Err(rustix::io::Errno::NOTCONN)
+        ) {
+            return Ok(());
+        }
+        let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+        nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
+    }
+    Ok(())
+}
+
+/// `relative` opened as an O_PATH fd, resolved as if `root_dir` were `/`.
+fn open_in_root(root_dir: &OwnedFd, relative: &str) -> io::Result<OwnedFd> {
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    rustix::fs::openat2(
+        root_dir,
+        relative,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    )
+    .map_err(Into::into)
+}

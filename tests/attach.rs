@@ -1,0 +1,255 @@
+//! `vproc attach` and `vproc hook` against "containers" made with unshare (a mount namespace of their own,
+//! a limited cgroup): the files appear from outside, nothing in the container is needed.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+
+fn vproc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A process in `group` with a private mount namespace (like a container's init after pivot_root).
+fn container(group: &TestCgroup) -> Child {
+    let mut child = group.spawn("echo ready; exec unshare -m --propagation private sleep 120");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    // unshare has entered its namespace once its /proc/PID/ns/mnt differs from ours.
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    for _ in 0..200 {
+        if std::fs::read_link(format!("/proc/{}/ns/mnt", child.id()))
+            .ok()
+            .is_some_and(|ns| ns != ours)
+        {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the container never got its mount namespace");
+}
+
+/// Reads `path` as a process of the container: in its cgroup and mount namespace.
+fn read_inside(group: &TestCgroup, container: &Child, path: &str) -> std::process::Output {
+    group.run_in_host_pidns(&format!("exec nsenter -t {} -m cat {path}", container.id()))
+}
+
+fn mem_total(text: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn attach_gives_a_running_container_its_files() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        quota_us: Some(50_000),
+        cpus: Some("0"),
+    });
+    let mut c = container(&group);
+    let m = daemon.mountpoint.to_str().unwrap();
+    let pid = c.id().to_string();
+
+    assert_ne!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+    let out = stdout(vproc(&["attach", "--pid", &pid, "--mountpoint", m]));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("mounted ")).count(),
+        6,
+        "{out}"
+    );
+    assert_eq!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+    assert_eq!(
+        stdout(read_inside(&group, &c, "/sys/devices/system/cpu/online")),
+        "0\n"
+    );
+    assert_eq!(
+        stdout(read_inside(&group, &c, "/proc/cpuinfo"))
+            .matches("processor\t: ")
+            .count(),
+        1
+    );
+    // The host's own files are untouched.
+    assert_ne!(
+        mem_total(&std::fs::read_to_string("/proc/meminfo").unwrap()),
+        "MemTotal:          65536 kB"
+    );
+
+    let again = stdout(vproc(&["attach", "--pid", &pid, "--mountpoint", m]));
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.starts_with("already attached "))
+            .count(),
+        6,
+        "{again}"
+    );
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn attach_heals_a_container_after_the_daemon_was_killed() {
+    let mut daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let mut c = container(&group);
+    let (mountpoint, pidfile) = (daemon.mountpoint.clone(), daemon.pidfile.clone());
+    let m = mountpoint.to_str().unwrap().to_string();
+    let pid = c.id().to_string();
+    stdout(vproc(&["attach", "--pid", &pid, "--mountpoint", &m]));
+
+    daemon.stop_with(libc::SIGKILL);
+    let dead = read_inside(&group, &c, "/proc/meminfo");
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("Transport endpoint is not connected"));
+
+    let _new = Daemon::start_at(&mountpoint, &pidfile, &[]);
+    let out = stdout(vproc(&["attach", "--pid", &pid, "--mountpoint", &m]));
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("mounted ")).count(),
+        6,
+        "{out}"
+    );
+    assert_eq!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+    assert_eq!(c.try_wait().unwrap(), None, "the container kept running");
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn attach_without_a_daemon_says_so() {
+    let dir = std::env::temp_dir().join(common::unique("vproc-test-empty"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = vproc(&[
+        "attach",
+        "--pid",
+        &std::process::id().to_string(),
+        "--mountpoint",
+        dir.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no vprocd is serving") && stderr.contains("not a FUSE mount"),
+        "{stderr}"
+    );
+}
+
+/// Runs `vproc hook` with `state` on stdin.
+fn hook(mountpoint: &str, log: &std::path::Path, state: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["hook", "--mountpoint", mountpoint, "--log"])
+        .arg(log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hook_attaches_from_the_oci_state_and_never_fails_the_container() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let mut c = container(&group);
+    let bundle = tempfile::tempdir().unwrap();
+    // A running container's root is `/` in its namespace.
+    std::fs::write(
+        bundle.path().join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"/"}}"#,
+    )
+    .unwrap();
+    let log = bundle.path().join("hook.log");
+    let state = |pid: u32, annotation: &str| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":{pid},"bundle":"{}","annotations":{{"io.vproc.enable":"{annotation}"}}}}"#,
+            bundle.path().display()
+        )
+    };
+
+    let opted_out = hook(
+        daemon.mountpoint.to_str().unwrap(),
+        &log,
+        &state(c.id(), "false"),
+    );
+    assert!(opted_out.status.success());
+    assert_ne!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+
+    let no_daemon = hook("/nonexistent/vproc", &log, &state(c.id(), "true"));
+    assert!(
+        no_daemon.status.success(),
+        "a hook failure must not fail the container"
+    );
+    assert!(
+        String::from_utf8_lossy(&no_daemon.stderr)
+            .contains("no vprocd is serving /nonexistent/vproc")
+    );
+
+    let garbage = hook(daemon.mountpoint.to_str().unwrap(), &log, "{not json");
+    assert!(garbage.status.success());
+
+    let attached = hook(
+        daemon.mountpoint.to_str().unwrap(),
+        &log,
+        &state(c.id(), "true"),
+    );
+    assert!(attached.status.success());
+    assert_eq!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = logged.lines().collect();
+    assert_eq!(lines.len(), 4, "{logged}");
+    assert!(
+        lines[0].contains("io.vproc.enable=false, left alone"),
+        "{logged}"
+    );
+    assert!(
+        lines[1].contains("error: container c1: no vprocd is serving"),
+        "{logged}"
+    );
+    assert!(
+        lines[2].contains("error: cannot parse the OCI state"),
+        "{logged}"
+    );
+    assert!(lines[3].contains("mounted /proc/meminfo"), "{logged}");
+    let _ = c.kill();
+    let _ = c.wait();
+}
