@@ -251,19 +251,16 @@ fn tree_lists_exactly_what_exists_and_refuses_writes() {
             .kind(),
         ErrorKind::NotFound
     );
-    assert_eq!(
-        std::fs::metadata(daemon.path("proc/meminfo"))
-            .unwrap()
-            .len(),
-        0,
-        "st_size 0 like /proc"
-    );
-    let mut meminfo = String::new();
-    std::fs::File::open(daemon.path("proc/meminfo"))
+    // st_size is the size of what this reader reads (tools like `wc -c` and `tail` trust it).
+    let size = std::fs::metadata(daemon.path("proc/cpuinfo"))
         .unwrap()
-        .read_to_string(&mut meminfo)
+        .len();
+    let mut cpuinfo = String::new();
+    std::fs::File::open(daemon.path("proc/cpuinfo"))
+        .unwrap()
+        .read_to_string(&mut cpuinfo)
         .unwrap();
-    assert!(meminfo.starts_with("MemTotal:"));
+    assert_eq!(size, cpuinfo.len() as u64);
 }
 
 #[test]
@@ -400,4 +397,60 @@ fn a_process_that_moves_cgroups_is_seen_within_half_a_second() {
     }
     let _ = reader.kill();
     let _ = reader.wait();
+}
+
+#[test]
+fn sendfile_readers_get_the_containers_file() {
+    // busybox cat and Python's shutil.copy use sendfile; since Linux 6.5 that reads FUSE files through the
+    // page cache, where vprocd must neither answer empty nor let one reader's content reach another.
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let m = daemon.mountpoint.display();
+    let dir = std::env::temp_dir().join(common::unique("vproc-test-copy"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("cpuinfo");
+    let out = group.run(&format!(
+        "busybox cat {m}/proc/meminfo | head -1; busybox cat {m}/sys/devices/system/cpu/online; \
+         python3 -c 'import shutil; shutil.copy(\"{m}/proc/cpuinfo\", \"{c}\")'; grep -c ^processor {c}",
+        c = copy.display()
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(stdout(out), "MemTotal:          65536 kB\n0\n1\n");
+}
+
+#[test]
+fn concurrent_sendfile_readers_never_see_each_others_content() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let m = daemon.mountpoint.display();
+    let host_cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .matches("processor\t: ")
+        .count();
+    assert!(
+        host_cpus > 1,
+        "needs a host with more than one CPU to tell the views apart"
+    );
+    let script = format!(
+        "for i in $(seq 100); do busybox cat {m}/proc/cpuinfo | grep -c ^processor; done | sort | uniq -c"
+    );
+    let host = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inside = stdout(group.run_in_host_pidns(&script));
+    let outside = String::from_utf8(host.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(
+        inside.split_whitespace().collect::<Vec<_>>(),
+        ["100", "1"],
+        "{inside}"
+    );
+    let host_count = host_cpus.to_string();
+    assert_eq!(
+        outside.split_whitespace().collect::<Vec<_>>(),
+        ["100", host_count.as_str()],
+        "{outside}"
+    );
 }
