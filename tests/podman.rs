@@ -1,0 +1,221 @@
+//! Real container engine: Debian's podman with runc (crun refuses this machine's hybrid cgroups), an
+//! image imported offline from a busybox rootfs, vprocd's files given with `-v` or by the OCI hook.
+//! Needs root, podman, runc, busybox-static and `default_ulimits = []` in containers.conf (.ci/run sets
+//! all of this up).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::{Daemon, stdout};
+
+const IMAGE: &str = "localhost/vproc-test-busybox:latest";
+
+/// Imports a busybox rootfs as IMAGE once per test process.
+fn image() -> &'static str {
+    static IMPORTED: OnceLock<()> = OnceLock::new();
+    IMPORTED.get_or_init(|| {
+        let podman = Command::new("podman").arg("--version").output();
+        assert!(
+            podman.is_ok_and(|o| o.status.success()),
+            "podman is not installed: apt-get install podman runc busybox-static (or run .ci/run)"
+        );
+        let rootfs = tempfile::tempdir().unwrap();
+        for dir in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.path().join(dir)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.path().join("bin/busybox"))
+            .expect("busybox-static's /bin/busybox");
+        for applet in ["sh", "cat", "head", "grep", "ls"] {
+            std::os::unix::fs::symlink("busybox", rootfs.path().join("bin").join(applet)).unwrap();
+        }
+        let tar = rootfs.path().with_extension("tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs.path())
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        stdout(
+            Command::new("podman")
+                .arg("import")
+                .arg(&tar)
+                .arg(IMAGE)
+                .output()
+                .unwrap(),
+        );
+        std::fs::remove_file(&tar).unwrap();
+    });
+    IMAGE
+}
+
+/// What the checks print inside the container: MemTotal, online, processors, cpu lines, uptime.
+const REPORT: &str = "head -1 /proc/meminfo; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; \
+                      grep -c ^cpu /proc/stat; cut -d. -f1 /proc/uptime";
+
+fn podman_run(extra: &[String], script: &str) -> Output {
+    Command::new("podman")
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--memory",
+            "256m",
+            "--cpus",
+            "0.5",
+        ])
+        .args(extra)
+        .arg(image())
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn docker_style_volume_flags_give_the_container_its_view() {
+    let daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.display();
+    let mut flags = Vec::new();
+    for file in [
+        "proc/meminfo",
+        "proc/cpuinfo",
+        "proc/stat",
+        "proc/uptime",
+        "sys/devices/system/cpu/online",
+    ] {
+        flags.push("-v".to_string());
+        flags.push(format!("{m}/{file}:/{file}:ro"));
+    }
+    let out = stdout(podman_run(&flags, REPORT));
+    // 256 MiB, half a CPU: one CPU; cpu + cpu0 in stat; uptime below one second... or a few on a slow day.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["MemTotal:         262144 kB", "0", "1", "2"],
+        "{out}"
+    );
+    assert!(
+        lines[4].parse::<u32>().unwrap() < 5,
+        "uptime starts near 0: {out}"
+    );
+}
+
+/// A hooks directory holding the shipped hook file `name`, pointed at this build, `mountpoint` and `log`.
+fn hooks_dir(name: &str, mountpoint: &Path, log: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/oci-hooks")
+        .join(name);
+    let hook = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace("/usr/bin/vproc", env!("CARGO_BIN_EXE_vproc"))
+        .replace("/var/lib/lxcfs", &mountpoint.display().to_string())
+        .replace("/var/log/vproc-hook.log", &log.display().to_string());
+    std::fs::write(dir.path().join(name), hook).unwrap();
+    dir
+}
+
+#[test]
+fn oci_hook_attaches_annotated_containers_without_any_volume() {
+    let daemon = Daemon::start(&[]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let hooks = hooks_dir("vproc.json", &daemon.mountpoint, log.path());
+    let hooks_flag = format!("--hooks-dir={}", hooks.path().display());
+    let run = |extra: &[&str], script: &str| {
+        let out = Command::new("podman")
+            .arg(&hooks_flag)
+            .args([
+                "run",
+                "--rm",
+                "--runtime",
+                "runc",
+                "--memory",
+                "256m",
+                "--cpus",
+                "0.5",
+            ])
+            .args(extra)
+            .arg(image())
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        stdout(out)
+    };
+    let opted_in = run(&["--annotation", "io.vproc.enable=true"], REPORT);
+    assert_eq!(
+        opted_in.lines().take(4).collect::<Vec<_>>(),
+        ["MemTotal:         262144 kB", "0", "1", "2"],
+        "{opted_in}"
+    );
+
+    let plain = run(&[], "head -1 /proc/meminfo");
+    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
+    assert_eq!(
+        plain.trim(),
+        host.lines().next().unwrap(),
+        "a container without the annotation keeps the host's files"
+    );
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(
+        logged.lines().count(),
+        1,
+        "the hook ran for the annotated container only: {logged}"
+    );
+    assert!(
+        logged.contains("/proc/meminfo") && logged.contains("sys/devices/system/cpu"),
+        "{logged}"
+    );
+}
+
+#[test]
+fn failing_hook_reports_and_the_container_still_starts_with_host_files() {
+    let nowhere = std::env::temp_dir().join(common::unique("vproc-test-nodaemon"));
+    std::fs::create_dir_all(&nowhere).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let hooks = hooks_dir("vproc-all-containers.json", &nowhere, log.path());
+    let out = Command::new("podman")
+        .arg(format!("--hooks-dir={}", hooks.path().display()))
+        .args(["run", "--rm", "--runtime", "runc", "--memory", "256m"])
+        .arg(image())
+        .args(["head", "-1", "/proc/meminfo"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&nowhere).unwrap();
+    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
+    assert_eq!(stdout(out).trim(), host.lines().next().unwrap());
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains("error:") && logged.contains("no vprocd is serving"),
+        "{logged}"
+    );
+}
+
+#[test]
+fn all_containers_hook_respects_an_opt_out() {
+    let daemon = Daemon::start(&[]);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let hooks = hooks_dir("vproc-all-containers.json", &daemon.mountpoint, log.path());
+    let run = |extra: &[&str]| {
+        let out = Command::new("podman")
+            .arg(format!("--hooks-dir={}", hooks.path().display()))
+            .args(["run", "--rm", "--runtime", "runc", "--memory", "256m"])
+            .args(extra)
+            .arg(image())
+            .args(["head", "-1", "/proc/meminfo"])
+            .output()
+            .unwrap();
+        stdout(out)
+    };
+    assert_eq!(run(&[]).trim(), "MemTotal:         262144 kB");
+    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
+    assert_eq!(
+        run(&["--annotation", "io.vproc.enable=false"]).trim(),
+        host.lines().next().unwrap()
+    );
+}
