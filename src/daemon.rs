@@ -115,6 +115,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         config.mountpoint.display(),
         config.threads.max(2)
     );
+    notify_service_manager("READY=1");
 
     let (events, stop) = mpsc::channel();
     let signal_events = events.clone();
@@ -136,6 +137,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     });
     match stop.recv() {
         Ok(Some(signal)) => {
+            notify_service_manager("STOPPING=1");
             log::info!("{signal}: unmounting {}", config.mountpoint.display());
             unmount(&config.mountpoint);
         }
@@ -147,6 +149,32 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     std::mem::forget(background);
     pidfile.remove();
     Ok(())
+}
+
+/// Tells systemd (Type=notify) about our state through $NOTIFY_SOCKET, a unix datagram socket given as
+/// a path or, with a leading `@`, an abstract name. Without the variable there is no service manager.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = socket.to_string_lossy().into_owned();
+    let address = match socket.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&socket),
+    };
+    let sent = address.and_then(|address| {
+        let datagram = UnixDatagram::unbound()?;
+        datagram.send_to_addr(
+            format!("{state}\nMAINPID={}", std::process::id()).as_bytes(),
+            &address,
+        )
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot notify the service manager at {socket}: {e}");
+    }
 }
 
 /// Unmounts, detaching the mount if readers still hold it open (they get ENOTCONN once we exit).

@@ -454,3 +454,48 @@ fn concurrent_sendfile_readers_never_see_each_others_content() {
         "{outside}"
     );
 }
+
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mountpoint = dir.path().join("mnt");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vprocd"))
+        .arg("--pidfile")
+        .arg(dir.path().join("pid"))
+        .arg(&mountpoint)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whatever fails below, the daemon and its mount go.
+    struct Reap(std::process::Child, std::path::PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = nix::mount::umount2(&self.1, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let mut child = Reap(child, mountpoint.clone());
+    let mut buffer = [0u8; 256];
+    let n = socket.recv(&mut buffer).unwrap();
+    let ready = String::from_utf8_lossy(&buffer[..n]).to_string();
+    // READY=1 comes only once the filesystem serves.
+    let serving = std::fs::read_to_string(mountpoint.join("proc/uptime"));
+    // SAFETY: kill on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let n = socket.recv(&mut buffer).unwrap();
+    let stopping = String::from_utf8_lossy(&buffer[..n]).to_string();
+    let status = child.0.wait().unwrap();
+    assert_eq!(ready, format!("READY=1\nMAINPID={}", child.0.id()));
+    assert!(serving.is_ok(), "{serving:?}");
+    assert_eq!(stopping, format!("STOPPING=1\nMAINPID={}", child.0.id()));
+    assert!(status.success());
+    assert!(!common::is_mounted(&mountpoint));
+}
