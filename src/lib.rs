@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod cgroup;
+pub mod cli;
 pub mod daemon;
 pub mod error;
 pub mod files;

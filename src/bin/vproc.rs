@@ -5,75 +5,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use vproc::attach::Attached;
 use vproc::cgroup::CgroupLayout;
-use vproc::files::{FILES, file_by_show_name};
+use vproc::cli::{VprocArgs as Args, VprocCommand as Command};
+use vproc::files::file_by_show_name;
 use vproc::host::HostRoots;
 use vproc::oci::State;
 use vproc::render::{Options, Renderer};
 use vproc::view::cpus::CpuCountRule;
-
-#[derive(Parser, Debug)]
-#[command(version, about = "Tools for vprocd, the per-container /proc")]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print a virtual file as process PID sees it through the mount.
-    Show {
-        /// The file to print.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(FILES.iter().map(|f| f.show_name)))]
-        file: String,
-        /// The reading process (default: this one).
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Read /proc from here (a fixture tree in tests).
-        #[arg(long, default_value = "/proc")]
-        proc_root: PathBuf,
-        /// Read /sys from here.
-        #[arg(long, default_value = "/sys")]
-        sys_root: PathBuf,
-        /// Read cgroups from this directory instead of the mounts in PROC_ROOT/self/mountinfo: a v2
-        /// hierarchy (with cgroup.controllers) or one directory per v1 controller.
-        #[arg(long)]
-        cgroup_root: Option<PathBuf>,
-        /// Count CPUs from the cpuset alone, ignoring CFS quota (like vprocd --cpu-view=cpuset).
-        #[arg(long)]
-        cpuset_only: bool,
-        /// Show no swap (like vprocd --disable-swap).
-        #[arg(short = 'u', long)]
-        disable_swap: bool,
-    },
-    /// Bind-mount the daemon's files over /proc/{meminfo,cpuinfo,stat,uptime,swaps} and
-    /// /sys/devices/system/cpu of a running container, from the host: nothing is needed in its image.
-    Attach {
-        /// A process of the container (its mount namespace is entered).
-        #[arg(long)]
-        pid: u32,
-        /// The container's root inside its mount namespace (`/` once the container runs).
-        #[arg(long, default_value = "/")]
-        root: PathBuf,
-        /// Where vprocd is mounted.
-        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
-        mountpoint: PathBuf,
-    },
-    /// OCI hook (createRuntime stage): reads the container state JSON on stdin and attaches. Never fails
-    /// the container: errors are reported on stderr and in --log, and the container keeps the host's files.
-    Hook {
-        /// Where vprocd is mounted.
-        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
-        mountpoint: PathBuf,
-        /// Where to append what the hook did (besides stderr).
-        #[arg(long, default_value = "/var/log/vproc-hook.log")]
-        log: PathBuf,
-    },
-}
-
-const DEFAULT_MOUNTPOINT: &str = "/var/lib/lxcfs";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -122,6 +62,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("vproc attach: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Man { dir } => match vproc::cli::write_man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vproc man: cannot write to {}: {e}", dir.display());
                 ExitCode::FAILURE
             }
         },

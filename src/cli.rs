@@ -1,0 +1,145 @@
+//! The command lines of `vprocd` and `vproc`, in one place: the binaries parse them and `vproc man`
+//! renders their man pages from them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::files::FILES;
+
+/// Serves per-container /proc/{meminfo,cpuinfo,stat,uptime,swaps} and /sys/devices/system/cpu over FUSE.
+#[derive(Parser, Debug)]
+#[command(name = "vprocd", version, about)]
+pub struct VprocdArgs {
+    /// Where to mount (the LXCFS layout: bind MOUNTPOINT/proc/meminfo over a container's /proc/meminfo).
+    #[arg(default_value = "/var/lib/lxcfs")]
+    pub mountpoint: PathBuf,
+    /// Run in the foreground (always the case; accepted for LXCFS compatibility).
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Log at debug level (RUST_LOG, when set, wins).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Accepted for LXCFS compatibility; per-container load averages are not implemented yet.
+    #[arg(short = 'l', long = "enable-loadavg")]
+    pub enable_loadavg: bool,
+    /// Accepted for LXCFS compatibility; quota-aware CPU counts are the default (see --cpu-view).
+    #[arg(long = "enable-cfs")]
+    pub enable_cfs: bool,
+    /// How the visible CPU count is chosen: `quota` = min(cpuset, ceil(quota/period)); `cpuset` ignores quota.
+    #[arg(long = "cpu-view", value_enum, default_value_t = CpuView::Quota)]
+    pub cpu_view: CpuView,
+    /// Containers see no swap (SwapTotal 0).
+    #[arg(short = 'u', long = "disable-swap")]
+    pub disable_swap: bool,
+    /// Pidfile, locked while the daemon runs.
+    #[arg(short = 'p', long, default_value = "/run/vprocd.pid")]
+    pub pidfile: PathBuf,
+    /// FUSE mount options (accepted for LXCFS compatibility and ignored).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub mount_options: Vec<String>,
+    /// FUSE worker threads (at least 2).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=256))]
+    pub threads: Option<u16>,
+    /// LXCFS's single-threaded mode; accepted and ignored (vprocd always uses worker threads).
+    #[arg(short = 's', hide = true)]
+    pub single_threaded: bool,
+    /// LXCFS's pidfd switch; accepted and ignored (vprocd always validates readers with pidfds).
+    #[arg(long = "enable-pidfd", hide = true)]
+    pub enable_pidfd: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CpuView {
+    Quota,
+    Cpuset,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vproc",
+    version,
+    about = "Tools for vprocd, the per-container /proc"
+)]
+pub struct VprocArgs {
+    #[command(subcommand)]
+    pub command: VprocCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VprocCommand {
+    /// Print a virtual file as process PID sees it through the mount.
+    Show {
+        /// The file to print.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(FILES.iter().map(|f| f.show_name)))]
+        file: String,
+        /// The reading process (default: this one).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Read /proc from here (a fixture tree in tests).
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
+        /// Read /sys from here.
+        #[arg(long, default_value = "/sys")]
+        sys_root: PathBuf,
+        /// Read cgroups from this directory instead of the mounts in PROC_ROOT/self/mountinfo: a v2
+        /// hierarchy (with cgroup.controllers) or one directory per v1 controller.
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// Count CPUs from the cpuset alone, ignoring CFS quota (like vprocd --cpu-view=cpuset).
+        #[arg(long)]
+        cpuset_only: bool,
+        /// Show no swap (like vprocd --disable-swap).
+        #[arg(short = 'u', long)]
+        disable_swap: bool,
+    },
+    /// Bind-mount the daemon's files over /proc/{meminfo,cpuinfo,stat,uptime,swaps} and
+    /// /sys/devices/system/cpu of a running container, from the host: nothing is needed in its image.
+    Attach {
+        /// A process of the container (its mount namespace is entered).
+        #[arg(long)]
+        pid: u32,
+        /// The container's root inside its mount namespace (`/` once the container runs).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
+    /// OCI hook (createRuntime stage): reads the container state JSON on stdin and attaches. Never fails
+    /// the container: errors are reported on stderr and in --log, and the container keeps the host's files.
+    Hook {
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// Where to append what the hook did (besides stderr).
+        #[arg(long, default_value = "/var/log/vproc-hook.log")]
+        log: PathBuf,
+    },
+    /// Write the man pages of vprocd and vproc into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Where to write vprocd.8 and vproc.1.
+        dir: PathBuf,
+    },
+}
+
+pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/lxcfs";
+
+/// Writes `vprocd.8` and `vproc.1` into `dir`.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    for (command, file) in [
+        (VprocdArgs::command(), "vprocd.8"),
+        (VprocArgs::command(), "vproc.1"),
+    ] {
+        let section = if file.ends_with(".8") { "8" } else { "1" };
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .section(section)
+            .render(&mut page)?;
+        std::fs::write(dir.join(file), page)?;
+    }
+    Ok(())
+}
