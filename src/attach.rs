@@ -83,10 +83,25 @@ pub enum Attached {
 ///
 /// Enters that namespace: call it from a single-threaded process that does nothing else afterwards.
 pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>, AttachError> {
+    let pairs: Vec<(String, String)> = bind_targets()
+        .into_iter()
+        .map(|t| (t.to_string(), t.to_string()))
+        .collect();
+    attach_pairs(pid, root, mountpoint, &pairs)
+}
+
+/// Like [`attach`], for explicit pairs: `source` below the mountpoint goes over `target` below `root`
+/// (both relative, e.g. `proc/meminfo`). Re-attaching uses the pairs found in a container's mountinfo.
+pub fn attach_pairs(
+    pid: u32,
+    root: &Path,
+    mountpoint: &Path,
+    pairs: &[(String, String)],
+) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
     let mut clones: Vec<(&str, OwnedFd)> = Vec::new();
-    for relative in bind_targets() {
-        let path = mountpoint.join(relative);
+    for (source, relative) in pairs {
+        let path = mountpoint.join(source);
         let tree = open_tree(
             CWD,
             &path,
@@ -96,7 +111,7 @@ pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>,
             path: path.clone(),
             source: e.into(),
         })?;
-        clones.push((relative, tree));
+        clones.push((relative.as_str(), tree));
     }
 
     // After setns, /proc is the container's procfs, where our /proc/self does not exist; keep the host's.

@@ -116,6 +116,14 @@ pub enum VprocCommand {
         #[arg(long, default_value = "/var/log/vproc-hook.log")]
         log: PathBuf,
     },
+    /// Heal containers whose files went dead with a previous vprocd (ENOTCONN): replace each such bind
+    /// mount, in every mount namespace, with the same file from the running daemon. vprocd runs this
+    /// when it starts; nothing in the containers restarts.
+    Reattach {
+        /// Where the running vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
     /// Write the man pages of vprocd and vproc into DIR (for packaging).
     #[command(hide = true)]
     Man {

@@ -91,9 +91,11 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         Arc::new(Renderer::new(roots, layout, config.options.clone()).map_err(DaemonError::Setup)?);
 
     prepare_mountpoint(&config.mountpoint)?;
+    let mountpoint = crate::reattach::canonical_mountpoint(&config.mountpoint);
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![
-        MountOption::FSName("vprocd".into()),
+        // The fsname names the mountpoint: a successor heals exactly the mounts of its predecessors.
+        MountOption::FSName(crate::reattach::fs_name(&mountpoint)),
         MountOption::RO,
         MountOption::NoSuid,
         MountOption::NoDev,
@@ -115,6 +117,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         config.mountpoint.display(),
         config.threads.max(2)
     );
+    reattach_containers(&mountpoint);
     notify_service_manager("READY=1");
 
     let (events, stop) = mpsc::channel();
@@ -175,6 +178,36 @@ fn notify_service_manager(state: &str) {
     if let Err(e) = sent {
         log::warn!("cannot notify the service manager at {socket}: {e}");
     }
+}
+
+/// Heals containers whose bind mounts still point at a dead predecessor: runs `vproc reattach` (found next
+/// to vprocd), a single-threaded process, since entering mount namespaces is not possible from a
+/// multi-threaded one. Runs in the background; its outcome is logged.
+fn reattach_containers(mountpoint: &Path) {
+    let vproc = std::env::current_exe().map(|exe| exe.with_file_name("vproc"));
+    let Ok(vproc) = vproc.map_err(|e| log::warn!("cannot re-attach containers: {e}")) else {
+        return;
+    };
+    let mut command = std::process::Command::new(&vproc);
+    command.arg("reattach").arg("--mountpoint").arg(mountpoint);
+    std::thread::spawn(move || match command.output() {
+        Ok(out) => {
+            let report = String::from_utf8_lossy(&out.stdout);
+            if !report.trim().is_empty() {
+                log::info!("re-attached: {}", report.trim().replace('\n', "; "));
+            }
+            if !out.status.success() {
+                log::warn!(
+                    "vproc reattach: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Err(e) => log::warn!(
+            "cannot run {} to re-attach containers: {e}",
+            vproc.display()
+        ),
+    });
 }
 
 /// Unmounts, detaching the mount if readers still hold it open (they get ENOTCONN once we exit).

@@ -12,6 +12,7 @@ use vproc::cli::{VprocArgs as Args, VprocCommand as Command};
 use vproc::files::file_by_show_name;
 use vproc::host::HostRoots;
 use vproc::oci::State;
+use vproc::reattach::Outcome;
 use vproc::render::{Options, Renderer};
 use vproc::view::cpus::CpuCountRule;
 
@@ -55,9 +56,7 @@ fn main() -> ExitCode {
             mountpoint,
         } => match attach(pid, &root, &mountpoint) {
             Ok(done) => {
-                for line in done {
-                    println!("{line}");
-                }
+                print_lines(&done);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -65,6 +64,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Reattach { mountpoint } => {
+            let mountpoint = vproc::reattach::canonical_mountpoint(&mountpoint);
+            if let Err(e) = vproc::attach::check_daemon(&mountpoint) {
+                eprintln!("vproc reattach: {e}");
+                return ExitCode::FAILURE;
+            }
+            let outcomes =
+                vproc::reattach::reattach_all(std::path::Path::new("/proc"), &mountpoint);
+            let mut failed = false;
+            let mut lines = Vec::new();
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Healed { pid, mounts } => {
+                        lines.push(format!("healed pid {pid}: {mounts} mounts"))
+                    }
+                    Outcome::Gone { pid } => lines.push(format!("skipped pid {pid}: exited")),
+                    Outcome::Failed { pid, error } => {
+                        failed = true;
+                        eprintln!("vproc reattach: pid {pid}: {error}");
+                    }
+                }
+            }
+            print_lines(&lines);
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Man { dir } => match vproc::cli::write_man_pages(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -127,6 +155,17 @@ fn hook(state_json: &str, mountpoint: &std::path::Path) -> Result<String, String
         state.id,
         done.join(", ")
     ))
+}
+
+/// Prints report lines; a closed pipe (`vproc attach ... | head -1`) ends the output quietly.
+fn print_lines(lines: &[String]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(stdout, "{line}").is_err() {
+            return;
+        }
+    }
 }
 
 fn append_log(path: &std::path::Path, line: &str) {

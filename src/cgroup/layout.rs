@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{CgroupDir, Controller, ProcessCgroups, Version};
 use crate::error::{Error, Result};
+use crate::mountinfo::MountinfoLine;
 
 /// One mounted hierarchy: its version, where it is mounted and which cgroup its mount shows as root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,58 +189,6 @@ impl Hierarchy {
     }
 }
 
-/// The fields of one /proc/PID/mountinfo line that cgroup discovery needs.
-struct MountinfoLine<'a> {
-    root: String,
-    mount_point: String,
-    fstype: &'a str,
-    super_options: &'a str,
-}
-
-impl<'a> MountinfoLine<'a> {
-    /// `36 35 98:0 /root /mnt rw,noatime master:1 - cgroup cgroup rw,memory`: four fixed fields, the
-    /// mount point, options and optional fields up to `-`, then type, source and super options.
-    fn parse(line: &'a str) -> Option<Self> {
-        let (left, right) = line.split_once(" - ")?;
-        let mut left = left.split(' ');
-        let root = unescape(left.nth(3)?);
-        let mount_point = unescape(left.next()?);
-        let mut right = right.split(' ');
-        let fstype = right.next()?;
-        let _source = right.next()?;
-        let super_options = right.next().unwrap_or("");
-        Some(MountinfoLine {
-            root,
-            mount_point,
-            fstype,
-            super_options,
-        })
-    }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn escape(path: &Path) -> String {
     path.to_string_lossy().replace(' ', "\\040")
 }
@@ -320,12 +269,6 @@ mod tests {
                 .resolve("0::/kubepods/pod1/../../x\n", Path::new("x"))
                 .is_err()
         );
-    }
-
-    #[test]
-    fn unescapes_mount_points() {
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape("/plain\\"), "/plain\\");
     }
 }
 

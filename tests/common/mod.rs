@@ -46,7 +46,15 @@ impl Daemon {
             .arg(pidfile)
             .arg(mountpoint)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("VPROC_TEST_DAEMON_LOG") {
+                // Set it to a file to keep the daemons' logs of a test run.
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_or(Stdio::null(), Stdio::from),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("spawn vprocd");
         let mut daemon = Daemon {

@@ -1,0 +1,184 @@
+//! Surviving daemon crashes and restarts: containers whose files went dead with the old daemon read again
+//! once a new daemon starts, without restarting. Containers here are processes with their own mount
+//! namespace and cgroup, with the files attached by `vproc attach` (as the OCI hook does).
+//! Run with --nocapture to see the measured windows.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+
+/// CLOCK_MONOTONIC in seconds, the clock Python's time.monotonic() reads.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Reads /proc/meminfo in a loop at full speed inside the container; on SIGTERM prints
+/// `reads failed first_failure last_failure first_success_after` (monotonic seconds, -1 if none).
+const READER: &str = r#"
+import signal, sys, time
+reads = failed = 0; first_fail = last_fail = healed = -1.0
+def report(*_):
+    print(reads, failed, first_fail, last_fail, healed, flush=True); sys.exit(0)
+signal.signal(signal.SIGTERM, report)
+print("ready", flush=True)
+while True:
+    try:
+        with open("/proc/meminfo") as f:
+            ok = f.readline().startswith("MemTotal:          65536 kB")
+    except OSError:
+        ok = False
+    now = time.monotonic(); reads += 1
+    if not ok:
+        failed += 1; last_fail = now
+        if first_fail < 0: first_fail = now
+    elif last_fail >= 0 and healed < last_fail:
+        healed = now
+"#;
+
+/// A container (own mount namespace, in `group`) with the daemon's files attached, running `command`
+/// (which prints `ready` first).
+fn container(group: &TestCgroup, daemon: &Daemon, command: &str) -> Child {
+    let mut child = group.spawn(&format!("exec unshare -m --propagation private {command}"));
+    let mut ready = String::new();
+    let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+    out.read_line(&mut ready).unwrap();
+    assert_eq!(ready, "ready\n");
+    let attached = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["attach", "--pid", &child.id().to_string(), "--mountpoint"])
+        .arg(&daemon.mountpoint)
+        .output()
+        .unwrap();
+    stdout(attached);
+    child
+}
+
+/// The reader as a container command.
+fn python_reader() -> String {
+    format!("python3 -c '{}'", READER.replace('\'', "'\\''"))
+}
+
+/// Stops the reader and returns (reads, failed, first failure, last failure, healed).
+fn report(mut reader: Child) -> (u64, u64, f64, f64, f64) {
+    // SAFETY: kill on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(reader.id() as libc::pid_t, libc::SIGTERM) };
+    let mut text = String::new();
+    reader
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let _ = reader.wait();
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(f.len(), 5, "reader report: {text:?}");
+    (f[0] as u64, f[1] as u64, f[2], f[3], f[4])
+}
+
+/// Stops the daemon with `signal` while a reader loops, starts a new one, and checks the reader heals.
+fn restart_heals(signal: libc::c_int, name: &str) {
+    let mut daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let reader = container(&group, &daemon, &python_reader());
+    let reader_pid = reader.id();
+    std::thread::sleep(Duration::from_millis(200));
+
+    daemon.stop_with(signal);
+    std::thread::sleep(Duration::from_millis(100));
+    let restarted = monotonic();
+    let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    // Wait for the reader to see the container's file again (or the 1 s budget to run out).
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reader.id(), reader_pid);
+    let (reads, failed, first_fail, last_fail, healed) = report(reader);
+    println!(
+        "{name}: {reads} reads, {failed} failed; reads failed for {:.0} ms; healed {:.0} ms after the new daemon started",
+        (last_fail - first_fail) * 1e3,
+        (healed - restarted) * 1e3
+    );
+    assert!(failed > 0, "the reader never saw the outage");
+    assert!(
+        healed > last_fail,
+        "the reader never read the container's file again"
+    );
+    assert!(
+        healed - restarted < 1.0,
+        "healed {:.3} s after the restart",
+        healed - restarted
+    );
+}
+
+#[test]
+fn kill_9_then_a_new_daemon_heals_a_reading_container() {
+    restart_heals(libc::SIGKILL, "kill -9 + restart");
+}
+
+#[test]
+fn sigterm_restart_heals_a_reading_container() {
+    restart_heals(libc::SIGTERM, "SIGTERM + restart");
+}
+
+#[test]
+fn twenty_containers_heal_at_once_and_an_exited_one_is_skipped() {
+    let mut daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    // Small containers: 21 Python interpreters would not fit in 64 MiB (the OOM killer takes them).
+    let idle = "sh -c \"echo ready; exec sleep 300\"";
+    let mut containers: Vec<Child> = (0..21).map(|_| container(&group, &daemon, idle)).collect();
+    daemon.stop_with(libc::SIGKILL);
+    // One container exits while there is no daemon.
+    let mut exited = containers.pop().unwrap();
+    let _ = exited.kill();
+    let _ = exited.wait();
+
+    let started = Instant::now();
+    let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
+    let mut healed = vec![false; containers.len()];
+    while healed.iter().any(|h| !h) {
+        for (i, c) in containers.iter().enumerate() {
+            if healed[i] {
+                continue;
+            }
+            let out = group.run_in_host_pidns(&format!(
+                "exec nsenter -t {} -m head -1 /proc/meminfo",
+                c.id()
+            ));
+            healed[i] = String::from_utf8_lossy(&out.stdout) == "MemTotal:          65536 kB\n";
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "healed {:?}",
+            healed
+        );
+    }
+    println!(
+        "20 containers healed {:.0} ms after the new daemon started",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for mut c in containers {
+        assert_eq!(c.try_wait().unwrap(), None, "containers keep running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
