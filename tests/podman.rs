@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{Daemon, stdout};
@@ -55,26 +55,46 @@ fn image() -> &'static str {
 }
 
 /// What the checks print inside the container: MemTotal, online, processors, cpu lines, uptime.
-const REPORT: &str = "head -1 /proc/meminfo; cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; \
-                      grep -c ^cpu /proc/stat; cut -d. -f1 /proc/uptime";
+const REPORT: &str = "head -1 /proc/meminfo; cat /sys/devices/system/cpu/online; \
+                      grep -c ^processor /proc/cpuinfo; grep -c ^cpu /proc/stat; cut -d. -f1 /proc/uptime";
 
-fn podman_run(extra: &[String], script: &str) -> Output {
-    Command::new("podman")
-        .args([
-            "run",
-            "--rm",
-            "--runtime",
-            "runc",
-            "--memory",
-            "256m",
-            "--cpus",
-            "0.5",
-        ])
-        .args(extra)
-        .arg(image())
-        .args(["sh", "-c", script])
-        .output()
-        .unwrap()
+/// Runs `command` in a container of IMAGE (runc, 256 MiB, half a CPU) with `hooks` as podman's hooks
+/// directory and `extra` flags, and returns its stdout (the container must succeed).
+fn podman_run(hooks: Option<&Path>, extra: &[String], command: &[&str]) -> String {
+    let mut podman = Command::new("podman");
+    if let Some(hooks) = hooks {
+        podman.arg(format!("--hooks-dir={}", hooks.display()));
+    }
+    podman.args([
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--memory",
+        "256m",
+        "--cpus",
+        "0.5",
+    ]);
+    stdout(
+        podman
+            .args(extra)
+            .arg(image())
+            .args(command)
+            .output()
+            .unwrap(),
+    )
+}
+
+fn annotation(value: &str) -> Vec<String> {
+    vec![
+        "--annotation".to_string(),
+        format!("io.vproc.enable={value}"),
+    ]
+}
+
+fn host_mem_total() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo.lines().next().unwrap().to_string()
 }
 
 #[test]
@@ -92,8 +112,8 @@ fn docker_style_volume_flags_give_the_container_its_view() {
         flags.push("-v".to_string());
         flags.push(format!("{m}/{file}:/{file}:ro"));
     }
-    let out = stdout(podman_run(&flags, REPORT));
-    // 256 MiB, half a CPU: one CPU; cpu + cpu0 in stat; uptime below one second... or a few on a slow day.
+    let out = podman_run(None, &flags, &["sh", "-c", REPORT]);
+    // 256 MiB, half a CPU: one CPU; cpu + cpu0 in stat; uptime near 0.
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[..4],
@@ -126,40 +146,23 @@ fn oci_hook_attaches_annotated_containers_without_any_volume() {
     let daemon = Daemon::start(&[]);
     let log = tempfile::NamedTempFile::new().unwrap();
     let hooks = hooks_dir("vproc.json", &daemon.mountpoint, log.path());
-    let hooks_flag = format!("--hooks-dir={}", hooks.path().display());
-    let run = |extra: &[&str], script: &str| {
-        let out = Command::new("podman")
-            .arg(&hooks_flag)
-            .args([
-                "run",
-                "--rm",
-                "--runtime",
-                "runc",
-                "--memory",
-                "256m",
-                "--cpus",
-                "0.5",
-            ])
-            .args(extra)
-            .arg(image())
-            .args(["sh", "-c", script])
-            .output()
-            .unwrap();
-        stdout(out)
-    };
-    let opted_in = run(&["--annotation", "io.vproc.enable=true"], REPORT);
+    let opted_in = podman_run(
+        Some(hooks.path()),
+        &annotation("true"),
+        &["sh", "-c", REPORT],
+    );
+    let first_four: Vec<&str> = opted_in.lines().take(4).collect();
     assert_eq!(
-        opted_in.lines().take(4).collect::<Vec<_>>(),
+        first_four,
         ["MemTotal:         262144 kB", "0", "1", "2"],
         "{opted_in}"
     );
 
-    let plain = run(&[], "head -1 /proc/meminfo");
-    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let plain = podman_run(Some(hooks.path()), &[], &["head", "-1", "/proc/meminfo"]);
     assert_eq!(
         plain.trim(),
-        host.lines().next().unwrap(),
-        "a container without the annotation keeps the host's files"
+        host_mem_total(),
+        "no annotation: the host's files"
     );
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(
@@ -179,16 +182,9 @@ fn failing_hook_reports_and_the_container_still_starts_with_host_files() {
     std::fs::create_dir_all(&nowhere).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let hooks = hooks_dir("vproc-all-containers.json", &nowhere, log.path());
-    let out = Command::new("podman")
-        .arg(format!("--hooks-dir={}", hooks.path().display()))
-        .args(["run", "--rm", "--runtime", "runc", "--memory", "256m"])
-        .arg(image())
-        .args(["head", "-1", "/proc/meminfo"])
-        .output()
-        .unwrap();
+    let out = podman_run(Some(hooks.path()), &[], &["head", "-1", "/proc/meminfo"]);
     std::fs::remove_dir(&nowhere).unwrap();
-    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
-    assert_eq!(stdout(out).trim(), host.lines().next().unwrap());
+    assert_eq!(out.trim(), host_mem_total());
     let logged = std::fs::read_to_string(log.path()).unwrap();
     assert!(
         logged.contains("error:") && logged.contains("no vprocd is serving"),
@@ -201,21 +197,8 @@ fn all_containers_hook_respects_an_opt_out() {
     let daemon = Daemon::start(&[]);
     let log = tempfile::NamedTempFile::new().unwrap();
     let hooks = hooks_dir("vproc-all-containers.json", &daemon.mountpoint, log.path());
-    let run = |extra: &[&str]| {
-        let out = Command::new("podman")
-            .arg(format!("--hooks-dir={}", hooks.path().display()))
-            .args(["run", "--rm", "--runtime", "runc", "--memory", "256m"])
-            .args(extra)
-            .arg(image())
-            .args(["head", "-1", "/proc/meminfo"])
-            .output()
-            .unwrap();
-        stdout(out)
-    };
+    let run =
+        |extra: &[String]| podman_run(Some(hooks.path()), extra, &["head", "-1", "/proc/meminfo"]);
     assert_eq!(run(&[]).trim(), "MemTotal:         262144 kB");
-    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
-    assert_eq!(
-        run(&["--annotation", "io.vproc.enable=false"]).trim(),
-        host.lines().next().unwrap()
-    );
+    assert_eq!(run(&annotation("false")).trim(), host_mem_total());
 }
