@@ -116,6 +116,13 @@ pub enum VprocCommand {
         #[arg(long, default_value = "/var/log/vproc-hook.log")]
         log: PathBuf,
     },
+    /// Exit 0 if vprocd serves MOUNTPOINT (a FUSE mount that answers a read), 1 otherwise: a liveness
+    /// probe that fails on a dead mount (ENOTCONN).
+    Check {
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
     /// Heal containers whose files went dead with a previous vprocd (ENOTCONN): replace each such bind
     /// mount, in every mount namespace, with the same file from the running daemon. vprocd runs this
     /// when it starts; nothing in the containers restarts.

@@ -262,3 +262,18 @@ fn hook_attaches_from_the_oci_state_and_never_fails_the_container() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+#[test]
+fn check_passes_on_a_live_mount_and_fails_on_a_dead_one() {
+    let mut daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.to_str().unwrap().to_string();
+    assert!(vproc(&["check", "--mountpoint", &m]).status.success());
+    daemon.stop_with(libc::SIGKILL);
+    let dead = vproc(&["check", "--mountpoint", &m]);
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("Transport endpoint is not connected"));
+    let _ = nix::mount::umount2(
+        daemon.mountpoint.as_path(),
+        nix::mount::MntFlags::MNT_DETACH,
+    );
+}
