@@ -109,7 +109,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let rounds = 3;
+    let rounds = 5;
     let vprocd = Daemon::start(&[]);
     let lxcfs = Lxcfs::start();
     if lxcfs.is_none() {
