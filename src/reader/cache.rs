@@ -16,15 +16,31 @@ const MAX_ENTRIES: usize = 8192;
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
 struct Entry<T> {
-    pidfd: OwnedFd,
+    liveness: Liveness,
     value: Arc<T>,
     resolved_at: Instant,
+}
+
+/// How an entry checks that its reader is still the task it was resolved for.
+enum Liveness {
+    /// A pidfd of the task itself (any thread since Linux 6.9, or a thread-group leader).
+    Task(OwnedFd),
+    /// Before Linux 6.9 a thread that does not lead its group has no pidfd: hold its leader's (which
+    /// notices the process going away) and check that the thread id still belongs to that process
+    /// (tgkill(tgid, tid, 0) fails once the thread has exited, whoever reuses the id).
+    ThreadOf {
+        leader: OwnedFd,
+        tgid: i32,
+        tid: i32,
+    },
 }
 
 /// Caches one resolved value per pid.
 pub struct ReaderCache<T> {
     ttl: Duration,
     entries: Mutex<HashMap<u32, Entry<T>>>,
+    /// False only in tests, to exercise the pre-6.9 path on a newer kernel.
+    thread_pidfds: bool,
 }
 
 impl<T> std::fmt::Debug for ReaderCache<T> {
@@ -41,6 +57,7 @@ impl<T> ReaderCache<T> {
         ReaderCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            thread_pidfds: true,
         }
     }
 
@@ -54,15 +71,15 @@ impl<T> ReaderCache<T> {
             return resolve().map(Arc::new);
         }
         if let Some(entry) = self.entries.lock().get(&pid) {
-            if entry.resolved_at.elapsed() < self.ttl && is_alive(&entry.pidfd) {
+            if entry.resolved_at.elapsed() < self.ttl && entry.liveness.holds() {
                 return Ok(Arc::clone(&entry.value));
             }
         }
-        // Open the pidfd before resolving: if the pid dies and is reused in between, the pidfd refers to
-        // the old process and the entry is never used.
-        let pidfd = pidfd_open(pid);
+        // Take the pidfd before resolving: if the pid dies and is reused in between, the pidfd refers to
+        // the old task and the entry is never used.
+        let liveness = Liveness::of(pid, self.thread_pidfds);
         let value = Arc::new(resolve()?);
-        if let Some(pidfd) = pidfd {
+        if let Some(liveness) = liveness {
             let mut entries = self.entries.lock();
             if entries.len() >= MAX_ENTRIES {
                 let ttl = self.ttl;
@@ -72,7 +89,7 @@ impl<T> ReaderCache<T> {
                 }
             }
             let entry = Entry {
-                pidfd,
+                liveness,
                 value: Arc::clone(&value),
                 resolved_at: Instant::now(),
             };
@@ -92,18 +109,50 @@ impl<T> ReaderCache<T> {
     }
 }
 
-/// A pidfd for thread or process `pid`; `None` where the kernel offers none (the value is then not cached).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
-    for flags in [PIDFD_THREAD, 0] {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
-        if fd >= 0 {
-            // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-            return Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+impl Liveness {
+    /// How to check task `pid` (a thread id, as FUSE sends); `None` where there is no way (the value is
+    /// then not cached).
+    fn of(pid: u32, thread_pidfds: bool) -> Option<Liveness> {
+        let tid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
+        if thread_pidfds {
+            if let Some(fd) = pidfd_open(tid, PIDFD_THREAD) {
+                return Some(Liveness::Task(fd));
+            }
+        }
+        if let Some(fd) = pidfd_open(tid, 0) {
+            return Some(Liveness::Task(fd));
+        }
+        // A thread that does not lead its group, on a kernel without PIDFD_THREAD.
+        let tgid = thread_group_of(tid)?;
+        let leader = pidfd_open(tgid, 0)?;
+        Some(Liveness::ThreadOf { leader, tgid, tid })
+    }
+
+    fn holds(&self) -> bool {
+        match self {
+            Liveness::Task(pidfd) => is_alive(pidfd),
+            Liveness::ThreadOf { leader, tgid, tid } => {
+                // SAFETY: tgkill with signal 0 only checks that `tid` is a thread of `tgid`.
+                let member = unsafe { libc::syscall(libc::SYS_tgkill, *tgid, *tid, 0) } == 0;
+                member && is_alive(leader)
+            }
         }
     }
-    None
+}
+
+/// A pidfd for `pid` with `flags`, if the kernel gives one.
+fn pidfd_open(pid: libc::pid_t, flags: libc::c_uint) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The thread group (process) of thread `tid`, from the `Tgid:` line of /proc/TID/status.
+fn thread_group_of(tid: libc::pid_t) -> Option<libc::pid_t> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?;
+    line.trim().parse().ok()
 }
 
 /// Signal 0 through a pidfd: succeeds while the process (or thread) it refers to exists.
@@ -152,6 +201,43 @@ mod tests {
         child.wait().unwrap();
         let value = cache.get_or_resolve(pid, || Ok::<_, ()>(2)).unwrap();
         assert_eq!(*value, 2);
+    }
+
+    /// The pre-6.9 path: a non-leader thread is checked through its leader and tgkill.
+    #[test]
+    fn non_leader_threads_are_cached_without_thread_pidfds() {
+        let mut cache = ReaderCache::new(Duration::from_secs(60));
+        cache.thread_pidfds = false;
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_sender.send(unsafe { libc::gettid() } as u32).unwrap();
+            stopped.recv().unwrap();
+        });
+        let tid = tid.recv().unwrap();
+        let calls = Cell::new(0);
+        let resolve = || {
+            calls.set(calls.get() + 1);
+            Ok::<_, ()>(calls.get())
+        };
+        assert!(matches!(
+            Liveness::of(tid, false),
+            Some(Liveness::ThreadOf { .. })
+        ));
+        assert_eq!(*cache.get_or_resolve(tid, resolve).unwrap(), 1);
+        assert_eq!(
+            *cache.get_or_resolve(tid, resolve).unwrap(),
+            1,
+            "cached while the thread lives"
+        );
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+        assert_eq!(
+            *cache.get_or_resolve(tid, resolve).unwrap(),
+            2,
+            "resolved again once it exited"
+        );
     }
 
     #[test]
