@@ -17,6 +17,13 @@ pub enum HandleSource {
     Host(PathBuf),
 }
 
+/// The outcome of [`Handles::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    Rendered(Arc<[u8]>),
+    Render(HandleSource),
+}
+
 #[derive(Debug)]
 struct Handle {
     source: HandleSource,
@@ -44,17 +51,15 @@ impl Handles {
         fh
     }
 
-    /// The handle's last rendered bytes, `Ok(None)` when it must render (nothing yet, or `fresh`
-    /// asked for), `Err` for an unknown handle.
-    pub fn buffer(&self, fh: u64, fresh: bool) -> Result<Option<Arc<[u8]>>, ()> {
+    /// What a read of handle `fh` starts from: its last rendered bytes, or, when it has none yet or a
+    /// `fresh` rendering is asked for, what to render. `None` for an unknown handle.
+    pub fn lookup(&self, fh: u64, fresh: bool) -> Option<Lookup> {
         let open = self.open.lock();
-        let handle = open.get(&fh).ok_or(())?;
-        Ok(if fresh { None } else { handle.buffer.clone() })
-    }
-
-    /// What the handle shows.
-    pub fn source(&self, fh: u64) -> Option<HandleSource> {
-        self.open.lock().get(&fh).map(|h| h.source.clone())
+        let handle = open.get(&fh)?;
+        Some(match (&handle.buffer, fresh) {
+            (Some(buffer), false) => Lookup::Rendered(Arc::clone(buffer)),
+            _ => Lookup::Render(handle.source.clone()),
+        })
     }
 
     /// Keeps freshly rendered bytes for later reads at other offsets, and returns them.

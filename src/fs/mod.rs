@@ -19,7 +19,7 @@ use fuser::{
 
 use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
 use crate::render::Renderer;
-use handles::{HandleSource, Handles};
+use handles::{HandleSource, Handles, Lookup};
 pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
 
 /// Names of fixed nodes never change: let the kernel cache them for a day (no LOOKUP per open).
@@ -233,30 +233,36 @@ impl VprocFs {
                     }
                 }
             }
-            Node::CpuSlot(_) | Node::Host(_) => {
-                let (slot, relative) = match self.nodes.node(ino) {
-                    Some(Node::CpuSlot(k)) => (Some(k), PathBuf::new()),
-                    Some(Node::Host(entry)) => (entry.slot, entry.relative),
-                    _ => return Err(Errno::ENOENT),
-                };
-                let path = self.host_path(
-                    &HostEntry {
-                        slot,
-                        relative: relative.clone(),
-                    },
-                    pid,
-                )?;
-                for (name, kind) in read_host_dir(&path)? {
-                    let ino = self.nodes.host_ino(HostEntry {
-                        slot,
-                        relative: relative.join(&name),
-                    });
-                    entries.push((ino, kind, name));
-                }
-            }
+            Node::CpuSlot(k) => self.list_host(Some(k), PathBuf::new(), pid, &mut entries)?,
+            Node::Host(entry) => self.list_host(entry.slot, entry.relative, pid, &mut entries)?,
             Node::File(_) => return Err(Errno::ENOTDIR),
         }
         Ok(entries)
+    }
+
+    /// Lists the host directory `relative` below `slot` (see [`HostEntry`]) for reader `pid`.
+    fn list_host(
+        &self,
+        slot: Option<u32>,
+        relative: PathBuf,
+        pid: u32,
+        entries: &mut Vec<(u64, FileType, String)>,
+    ) -> Result<(), Errno> {
+        let path = self.host_path(
+            &HostEntry {
+                slot,
+                relative: relative.clone(),
+            },
+            pid,
+        )?;
+        for (name, kind) in read_host_dir(&path)? {
+            let ino = self.nodes.host_ino(HostEntry {
+                slot,
+                relative: relative.join(&name),
+            });
+            entries.push((ino, kind, name));
+        }
+        Ok(())
     }
 
     /// Renders or reads what handle `fh` shows, for reader `pid`.
@@ -349,15 +355,12 @@ impl Filesystem for VprocFs {
         }
         // A read at offset 0 renders afresh (tools like top rewind and re-read); reads at other offsets
         // slice what the handle rendered last, so a reader reading in chunks sees one consistent file.
-        let content = match self.handles.buffer(fh.0, offset == 0) {
-            Err(()) => Err(Errno::EBADF),
-            Ok(Some(buffer)) => Ok(buffer),
-            Ok(None) => match self.handles.source(fh.0) {
-                Some(source) => self
-                    .produce(&source, req.pid())
-                    .map(|bytes| self.handles.store(fh.0, bytes)),
-                None => Err(Errno::EBADF),
-            },
+        let content = match self.handles.lookup(fh.0, offset == 0) {
+            None => Err(Errno::EBADF),
+            Some(Lookup::Rendered(buffer)) => Ok(buffer),
+            Some(Lookup::Render(source)) => self
+                .produce(&source, req.pid())
+                .map(|bytes| self.handles.store(fh.0, bytes)),
         };
         match content {
             Ok(buffer) => {

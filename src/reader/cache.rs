@@ -97,16 +97,6 @@ impl<T> ReaderCache<T> {
         }
         Ok(value)
     }
-
-    /// Number of cached entries (for tests and statistics).
-    pub fn len(&self) -> usize {
-        self.entries.lock().len()
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Liveness {
