@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 
 use common::{Daemon, Limits, MIB, TestCgroup, stdout};
@@ -15,30 +14,9 @@ fn vproc(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// A process in `group` with a private mount namespace (like a container's init after pivot_root).
+/// A container that idles (own mount namespace, in `group`).
 fn container(group: &TestCgroup) -> Child {
-    let mut child = group.spawn("echo ready; exec unshare -m --propagation private sleep 120");
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    // unshare has entered its namespace once its /proc/PID/ns/mnt differs from ours.
-    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-    for _ in 0..200 {
-        if std::fs::read_link(format!("/proc/{}/ns/mnt", child.id()))
-            .ok()
-            .is_some_and(|ns| ns != ours)
-        {
-            return child;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the container never got its mount namespace");
+    group.container("sh -c \"echo ready; exec sleep 120\"")
 }
 
 /// Reads `path` as a process of the container: in its cgroup and mount namespace.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,7 @@ while True:
 /// A container (own mount namespace, in `group`) with the daemon's files attached, running `command`
 /// (which prints `ready` first).
 fn container(group: &TestCgroup, daemon: &Daemon, command: &str) -> Child {
-    let mut child = group.spawn(&format!("exec unshare -m --propagation private {command}"));
-    let mut ready = String::new();
-    let mut out = BufReader::new(child.stdout.as_mut().unwrap());
-    out.read_line(&mut ready).unwrap();
-    assert_eq!(ready, "ready\n");
+    let child = group.container(command);
     let attached = Command::new(env!("CARGO_BIN_EXE_vproc"))
         .args(["attach", "--pid", &child.id().to_string(), "--mountpoint"])
         .arg(&daemon.mountpoint)

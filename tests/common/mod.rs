@@ -285,6 +285,18 @@ impl TestCgroup {
             .expect("run sh")
     }
 
+    /// A "container": `command` in this group with a mount namespace of its own (like a container's init
+    /// after pivot_root). `command` prints `ready` first; since it prints it from inside the new
+    /// namespace, the namespace exists when this returns.
+    pub fn container(&self, command: &str) -> Child {
+        let mut child = self.spawn(&format!("exec unshare -m --propagation private {command}"));
+        let mut ready = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout"));
+        std::io::BufRead::read_line(&mut out, &mut ready).expect("read ready");
+        assert_eq!(ready, "ready\n", "the container did not start");
+        child
+    }
+
     /// Starts `sh -c script` in this group (host pid namespace) and returns the child.
     pub fn spawn(&self, script: &str) -> Child {
         let script = format!(
