@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::files::FILES;
+use crate::launcher::{self, Network};
 
 /// Serves per-container /proc/{meminfo,cpuinfo,stat,uptime,swaps} and /sys/devices/system/cpu over FUSE.
 #[derive(Parser, Debug)]
@@ -68,6 +69,11 @@ pub struct VprocArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum VprocCommand {
+    /// Run a command in a new container (pid, mount, uts, ipc, cgroup and network namespaces, a cgroup
+    /// with the given limits) whose /proc/{meminfo,cpuinfo,stat,uptime,swaps} and /sys/devices/system/cpu
+    /// come from vprocd. Exits with the command's exit code (128+N if signal N ended it; 125 if the
+    /// container could not be set up, 126/127 if the command could not be run / was not found).
+    Run(Box<RunArgs>),
     /// Print a virtual file as process PID sees it through the mount.
     Show {
         /// The file to print.
@@ -137,6 +143,112 @@ pub enum VprocCommand {
         /// Where to write vprocd.8 and vproc.1.
         dir: PathBuf,
     },
+}
+
+/// `vproc run`'s options.
+#[derive(clap::Args, Debug)]
+#[command(
+    trailing_var_arg = true,
+    group = clap::ArgGroup::new("root").required(true).args(["rootfs", "image"])
+)]
+pub struct RunArgs {
+    /// The root filesystem, a directory used in place (writes go to it unless --read-only).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// An image archive: `docker save` output or an OCI image layout (a directory or a tar of one,
+    /// gzip layers too). Unpacked once into --image-cache; the container writes to a layer of its own.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub image: Option<PathBuf>,
+    /// Memory limit (bytes, or with a k, m or g suffix); the container gets no swap beyond it.
+    #[arg(short = 'm', long, value_name = "BYTES", value_parser = launcher::options::parse_memory)]
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (CFS quota over a 100000 us period): 0.5 is half a CPU.
+    #[arg(long, value_parser = launcher::options::parse_cpus)]
+    pub cpus: Option<f64>,
+    /// The CPUs the container may run on, e.g. 0-1 or 0,2.
+    #[arg(long, value_name = "LIST", value_parser = launcher::options::parse_cpuset)]
+    pub cpuset_cpus: Option<String>,
+    /// Most processes (and threads) the container may have.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids_limit: Option<u64>,
+    /// Network: `none` (a new namespace with lo up) or `host`.
+    #[arg(long, value_enum, default_value_t = Network::None)]
+    pub net: Network,
+    /// The container's hostname (default: its name).
+    #[arg(long, value_parser = launcher::options::parse_hostname)]
+    pub hostname: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass this one's value); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = launcher::options::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container (created if missing).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as UID[:GID] (numeric); the default is root with Docker's default capabilities.
+    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = launcher::options::parse_user)]
+    pub user: Option<launcher::options::User>,
+    /// Bind-mount a host path: SRC:DST or SRC:DST:ro; repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]", value_parser = launcher::options::parse_volume)]
+    pub volumes: Vec<launcher::Volume>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The container's name (default: a random id); its cgroup is vproc/NAME.
+    #[arg(long, value_parser = launcher::options::parse_name)]
+    pub name: Option<String>,
+    /// Where vprocd is mounted.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MOUNTPOINT)]
+    pub lxcfs: PathBuf,
+    /// Start without vprocd's files (the container sees the host's /proc/meminfo and friends).
+    #[arg(long)]
+    pub no_lxcfs: bool,
+    /// Where unpacked images are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/vproc/images")]
+    pub image_cache: PathBuf,
+    /// Where containers' writable layers live while they run.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/vproc/containers",
+        hide = true
+    )]
+    pub state_dir: PathBuf,
+    /// The command and its arguments (default: the image's Entrypoint and Cmd).
+    #[arg(value_name = "CMD", allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The checked request.
+    pub fn into_spec(self) -> launcher::RunSpec {
+        let root = match (self.rootfs, self.image) {
+            (Some(dir), _) => launcher::options::RootSource::Dir(dir),
+            (None, Some(image)) => launcher::options::RootSource::Image(image),
+            (None, None) => unreachable!("clap requires --rootfs or --image"),
+        };
+        launcher::RunSpec {
+            root,
+            args: self.command,
+            name: self
+                .name
+                .unwrap_or_else(launcher::options::new_container_id),
+            hostname: self.hostname,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            volumes: self.volumes,
+            read_only: self.read_only,
+            network: self.net,
+            limits: launcher::cgroup::Limits {
+                memory_bytes: self.memory,
+                cpus: self.cpus,
+                cpuset_cpus: self.cpuset_cpus,
+                pids_max: self.pids_limit,
+            },
+            lxcfs: (!self.no_lxcfs).then_some(self.lxcfs),
+            image_cache: self.image_cache,
+            state_dir: self.state_dir,
+        }
+    }
 }
 
 pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/lxcfs";

@@ -18,7 +18,23 @@ use vproc::view::cpus::CpuCountRule;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match Args::parse().command {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            // `vproc run` passes the payload's exit codes through; its own usage errors are 125, as Docker's.
+            let is_run = std::env::args().nth(1).as_deref() == Some("run");
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ if is_run => ExitCode::from(vproc::launcher::EXIT_SETUP_FAILED),
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    match args.command {
+        Command::Run(args) => run(args.into_spec()),
         Command::Show {
             file,
             pid,
@@ -130,6 +146,29 @@ fn main() -> ExitCode {
             append_log(&log, &line);
             // A hook that fails makes the runtime refuse the container; ours never does.
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `vproc run`: the payload's exit code; 125 with the reason when the container could not start.
+fn run(spec: vproc::launcher::RunSpec) -> ExitCode {
+    let memory = spec.limits.memory_bytes;
+    match vproc::launcher::run(&spec) {
+        Ok(outcome) => {
+            if outcome.oom_kills > 0 {
+                let limit = memory.map_or(String::new(), |b| {
+                    format!(" (memory limit {} MiB)", b >> 20)
+                });
+                eprintln!(
+                    "vproc run: container {}: the kernel's OOM killer ended {} process(es){limit}; exit code {}",
+                    spec.name, outcome.oom_kills, outcome.exit_code
+                );
+            }
+            ExitCode::from(outcome.exit_code)
+        }
+        Err(e) => {
+            eprintln!("vproc run: {e}");
+            ExitCode::from(vproc::launcher::EXIT_SETUP_FAILED)
         }
     }
 }

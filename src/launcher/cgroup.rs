@@ -1,0 +1,452 @@
+//! The container's cgroup: `vproc/<name>` in every hierarchy that serves memory, cpu, cpuacct, cpuset or
+//! pids (v1: one directory per hierarchy; v2: one directory in the unified tree), with the limits
+//! written before the init joins it, and removed once the container's processes are gone.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::LaunchError;
+use crate::cgroup::Version;
+use crate::mountinfo::MountinfoLine;
+
+/// CFS period for `--cpus`, as Docker: quota = cpus x 100000 us.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The directory below each hierarchy's root that holds vproc's containers.
+const PARENT: &str = "vproc";
+
+const CGROUP_PROCS: &str = "cgroup.procs";
+const V1_MEMORY_LIMIT: &str = "memory.limit_in_bytes";
+const V1_MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
+const V1_OOM_CONTROL: &str = "memory.oom_control";
+const V1_CFS_PERIOD: &str = "cpu.cfs_period_us";
+const V1_CFS_QUOTA: &str = "cpu.cfs_quota_us";
+const V1_CPUSET_CPUS: &str = "cpuset.cpus";
+const V1_CPUSET_MEMS: &str = "cpuset.mems";
+const V2_SUBTREE_CONTROL: &str = "cgroup.subtree_control";
+const V2_CONTROLLERS: &str = "cgroup.controllers";
+const V2_MEMORY_MAX: &str = "memory.max";
+const V2_SWAP_MAX: &str = "memory.swap.max";
+const V2_MEMORY_EVENTS: &str = "memory.events";
+const V2_CPU_MAX: &str = "cpu.max";
+const V2_CPUSET_CPUS: &str = "cpuset.cpus";
+const V2_KILL: &str = "cgroup.kill";
+const PIDS_MAX: &str = "pids.max";
+
+/// The controllers a container's cgroup is made in.
+const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "cpuset", "pids"];
+
+/// What `--memory`, `--cpus`, `--cpuset-cpus` and `--pids-limit` ask for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub cpuset_cpus: Option<String>,
+    pub pids_max: Option<u64>,
+}
+
+impl Limits {
+    /// `--cpus` as a CFS quota in microseconds per [`CPU_PERIOD_US`]; 1000 us at least (the kernel's floor).
+    pub fn cpu_quota_us(&self) -> Option<u64> {
+        self.cpus
+            .map(|cpus| ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000))
+    }
+}
+
+/// A mounted hierarchy the container gets a directory in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hierarchy {
+    version: Version,
+    mount: PathBuf,
+    /// v1: the controllers of this hierarchy among [`CONTROLLERS`]; v2: those enabled at its root.
+    controllers: Vec<&'static str>,
+}
+
+/// The cgroup of one running container.
+#[derive(Debug)]
+pub struct ContainerCgroup {
+    /// One directory per hierarchy, e.g. `/sys/fs/cgroup/memory/vproc/web`.
+    dirs: Vec<(Hierarchy, PathBuf)>,
+}
+
+impl ContainerCgroup {
+    /// Creates `vproc/<name>` in every hierarchy found in `<proc_root>/self/mountinfo` and writes the
+    /// limits. Fails if a container of that name is running (its cgroup exists).
+    pub fn create(proc_root: &Path, name: &str, limits: &Limits) -> Result<Self, LaunchError> {
+        let mountinfo_path = proc_root.join("self/mountinfo");
+        let mountinfo = std::fs::read_to_string(&mountinfo_path)
+            .map_err(|e| LaunchError::io("cannot read", &mountinfo_path, e))?;
+        let hierarchies = hierarchies(&mountinfo, |mount| {
+            std::fs::read_to_string(mount.join(V2_CONTROLLERS)).unwrap_or_default()
+        });
+        let mut cgroup = ContainerCgroup { dirs: Vec::new() };
+        for hierarchy in hierarchies {
+            // Pushed before the limits are written, so a failure removes it again.
+            let dir = make_dir(&hierarchy, name)?;
+            cgroup.dirs.push((hierarchy, dir));
+        }
+        for (hierarchy, dir) in &cgroup.dirs {
+            if let Err(e) = write_limits(hierarchy, dir, limits) {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        }
+        for (controller, asked) in [
+            ("memory", limits.memory_bytes.is_some()),
+            ("cpu", limits.cpus.is_some()),
+            ("cpuset", limits.cpuset_cpus.is_some()),
+            ("pids", limits.pids_max.is_some()),
+        ] {
+            if asked
+                && !cgroup
+                    .dirs
+                    .iter()
+                    .any(|(h, _)| h.controllers.contains(&controller))
+            {
+                let _ = cgroup.remove();
+                return Err(LaunchError::Refused(format!(
+                    "the {controller} cgroup controller is not available on this host, so its limit cannot be set"
+                )));
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// The container's directories, one per hierarchy.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.iter().map(|(_, dir)| dir.as_path())
+    }
+
+    /// Moves process `pid` into the container's cgroup in every hierarchy.
+    pub fn add(&self, pid: i32) -> Result<(), LaunchError> {
+        for (_, dir) in &self.dirs {
+            let path = dir.join(CGROUP_PROCS);
+            std::fs::write(&path, pid.to_string())
+                .map_err(|e| LaunchError::io(format!("cannot move pid {pid} into"), &path, e))?;
+        }
+        Ok(())
+    }
+
+    /// How many processes the kernel's OOM killer ended in this cgroup (v1 `memory.oom_control`
+    /// `oom_kill`, v2 `memory.events` `oom_kill`).
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .filter(|(h, _)| h.controllers.contains(&"memory"))
+            .map(|(h, dir)| {
+                let file = match h.version {
+                    Version::V1 => V1_OOM_CONTROL,
+                    Version::V2 => V2_MEMORY_EVENTS,
+                };
+                std::fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|text| crate::cgroup::parse::keyed_value(&text, "oom_kill"))
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Kills what is left in the cgroup, waits for it to empty and removes its directories (and
+    /// `vproc/` when no other container uses it).
+    pub fn remove(&self) -> Result<(), LaunchError> {
+        let mut first_error = None;
+        for (hierarchy, dir) in self.dirs.iter().rev() {
+            if let Err(e) = remove_dir(hierarchy, dir) {
+                first_error.get_or_insert(e);
+            }
+            if let Some(parent) = dir.parent() {
+                // EBUSY / ENOTEMPTY: another container is running; it removes the parent later.
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The hierarchies to create the container in: each v1 hierarchy with one of [`CONTROLLERS`], and the
+/// v2 hierarchy when it serves a controller no v1 hierarchy does.
+fn hierarchies(mountinfo: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec<Hierarchy> {
+    let mut found: Vec<Hierarchy> = Vec::new();
+    let mut unified: Option<PathBuf> = None;
+    for line in mountinfo.lines() {
+        let Some(mount) = MountinfoLine::parse(line) else {
+            continue;
+        };
+        match mount.fstype {
+            "cgroup" => {
+                let controllers: Vec<&'static str> = CONTROLLERS
+                    .into_iter()
+                    .filter(|c| mount.super_options.split(',').any(|o| o == *c))
+                    .collect();
+                let taken = found
+                    .iter()
+                    .any(|h| h.controllers.iter().any(|c| controllers.contains(c)));
+                if !controllers.is_empty() && !taken {
+                    found.push(Hierarchy {
+                        version: Version::V1,
+                        mount: PathBuf::from(mount.mount_point),
+                        controllers,
+                    });
+                }
+            }
+            "cgroup2" if unified.is_none() => unified = Some(PathBuf::from(mount.mount_point)),
+            _ => {}
+        }
+    }
+    if let Some(mount) = unified {
+        let enabled = v2_controllers(&mount);
+        let controllers: Vec<&'static str> = CONTROLLERS
+            .into_iter()
+            .filter(|c| enabled.split_whitespace().any(|e| e == *c))
+            .filter(|c| !found.iter().any(|h| h.controllers.contains(c)))
+            .collect();
+        // On a hybrid host the unified tree has no controllers: nothing to limit there.
+        if !controllers.is_empty() {
+            found.push(Hierarchy {
+                version: Version::V2,
+                mount,
+                controllers,
+            });
+        }
+    }
+    found
+}
+
+/// Creates `<mount>/vproc/<name>`, readying `vproc/` first (v1 cpuset: copy the root's cpus and mems,
+/// which new cpusets start without; v2: delegate the controllers down to it).
+fn make_dir(hierarchy: &Hierarchy, name: &str) -> Result<PathBuf, LaunchError> {
+    let parent = hierarchy.mount.join(PARENT);
+    let dir = parent.join(name);
+    // Another `vproc run` may remove an empty `vproc/` between our two mkdirs: try again.
+    for _ in 0..5 {
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(LaunchError::io("cannot create the cgroup", &parent, e)),
+        }
+        ready_parent(hierarchy, &parent)?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left by a `vproc run` that was killed: no process in it, so take it over.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_empty(&dir) => {
+                let _ = std::fs::remove_dir(&dir);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(LaunchError::Refused(format!(
+                    "a container named {name:?} is already running (its cgroup {} exists); choose another --name",
+                    dir.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LaunchError::io("cannot create the cgroup", &dir, e)),
+        }
+    }
+    Err(LaunchError::io(
+        "cannot create the cgroup",
+        &dir,
+        io::Error::from(io::ErrorKind::NotFound),
+    ))
+}
+
+/// True when no process is in the cgroup at `dir`.
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(CGROUP_PROCS)).is_ok_and(|procs| procs.trim().is_empty())
+}
+
+fn ready_parent(hierarchy: &Hierarchy, parent: &Path) -> Result<(), LaunchError> {
+    match hierarchy.version {
+        Version::V1 if hierarchy.controllers.contains(&"cpuset") => {
+            for file in [V1_CPUSET_CPUS, V1_CPUSET_MEMS] {
+                let current = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+                if current.trim().is_empty() {
+                    let root_value = read(&hierarchy.mount.join(file))?;
+                    write(&parent.join(file), root_value.trim())?;
+                }
+            }
+        }
+        Version::V1 => {}
+        Version::V2 => {
+            let enable: String = hierarchy
+                .controllers
+                .iter()
+                .filter(|c| **c != "cpuacct")
+                .map(|c| format!("+{c} "))
+                .collect();
+            for dir in [hierarchy.mount.as_path(), parent] {
+                write(&dir.join(V2_SUBTREE_CONTROL), enable.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_limits(hierarchy: &Hierarchy, dir: &Path, limits: &Limits) -> Result<(), LaunchError> {
+    let has = |controller: &str| hierarchy.controllers.contains(&controller);
+    match hierarchy.version {
+        Version::V1 => {
+            if let (true, Some(bytes)) = (has("memory"), limits.memory_bytes) {
+                write(&dir.join(V1_MEMORY_LIMIT), &bytes.to_string())?;
+                // No swap beyond the limit (memsw = memory + swap), so the limit is what MemTotal says.
+                if dir.join(V1_MEMSW_LIMIT).exists() {
+                    write(&dir.join(V1_MEMSW_LIMIT), &bytes.to_string())?;
+                }
+            }
+            if let (true, Some(quota)) = (has("cpu"), limits.cpu_quota_us()) {
+                write(&dir.join(V1_CFS_PERIOD), &CPU_PERIOD_US.to_string())?;
+                write(&dir.join(V1_CFS_QUOTA), &quota.to_string())?;
+            }
+            if has("cpuset") {
+                let parent = dir.parent().unwrap_or(dir);
+                let mems = read(&parent.join(V1_CPUSET_MEMS))?;
+                write(&dir.join(V1_CPUSET_MEMS), mems.trim())?;
+                let cpus = match &limits.cpuset_cpus {
+                    Some(cpus) => cpus.clone(),
+                    None => read(&parent.join(V1_CPUSET_CPUS))?.trim().to_string(),
+                };
+                write_cpuset(
+                    &dir.join(V1_CPUSET_CPUS),
+                    &cpus,
+                    &parent.join(V1_CPUSET_CPUS),
+                )?;
+            }
+        }
+        Version::V2 => {
+            if let (true, Some(bytes)) = (has("memory"), limits.memory_bytes) {
+                write(&dir.join(V2_MEMORY_MAX), &bytes.to_string())?;
+                if dir.join(V2_SWAP_MAX).exists() {
+                    write(&dir.join(V2_SWAP_MAX), "0")?;
+                }
+            }
+            if let (true, Some(quota)) = (has("cpu"), limits.cpu_quota_us()) {
+                write(&dir.join(V2_CPU_MAX), &format!("{quota} {CPU_PERIOD_US}"))?;
+            }
+            if let (true, Some(cpus)) = (has("cpuset"), &limits.cpuset_cpus) {
+                let parent = dir.parent().unwrap_or(dir);
+                write_cpuset(
+                    &dir.join(V2_CPUSET_CPUS),
+                    cpus,
+                    &parent.join("cpuset.cpus.effective"),
+                )?;
+            }
+        }
+    }
+    if let (true, Some(max)) = (has("pids"), limits.pids_max) {
+        write(&dir.join(PIDS_MAX), &max.to_string())?;
+    }
+    Ok(())
+}
+
+/// The kernel refuses CPUs outside the parent's set with EINVAL; say which CPUs there are.
+fn write_cpuset(path: &Path, cpus: &str, available_from: &Path) -> Result<(), LaunchError> {
+    std::fs::write(path, cpus).map_err(|e| {
+        if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ERANGE)) {
+            let available = std::fs::read_to_string(available_from).unwrap_or_default();
+            LaunchError::Refused(format!(
+                "--cpuset-cpus {cpus}: not available to containers here (the CPUs are {})",
+                available.trim()
+            ))
+        } else {
+            LaunchError::io("cannot write", path, e)
+        }
+    })
+}
+
+/// Empties the directory (SIGKILL to what the init's end left behind) and removes it.
+fn remove_dir(hierarchy: &Hierarchy, dir: &Path) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(LaunchError::io("cannot remove the cgroup", dir, e));
+            }
+            Err(_) => {}
+        }
+        if hierarchy.version == Version::V2 && dir.join(V2_KILL).exists() {
+            let _ = std::fs::write(dir.join(V2_KILL), "1");
+        } else {
+            let procs = std::fs::read_to_string(dir.join(CGROUP_PROCS)).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain kill(2) of a process in the container's cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn read(path: &Path) -> Result<String, LaunchError> {
+    std::fs::read_to_string(path).map_err(|e| LaunchError::io("cannot read", path, e))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), LaunchError> {
+    std::fs::write(path, value)
+        .map_err(|e| LaunchError::io(format!("cannot write {value:?} to"), path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 24 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+30 25 0:27 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+31 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,cpu,cpuacct
+32 25 0:29 / /sys/fs/cgroup/cpuset rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,cpuset
+33 25 0:30 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,pids
+34 25 0:31 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:18 - cgroup cgroup rw,xattr,name=systemd
+";
+
+    #[test]
+    fn hybrid_hosts_use_one_directory_per_v1_hierarchy() {
+        let found = hierarchies(HYBRID, |_| String::new());
+        let mounts: Vec<(&str, Vec<&str>)> = found
+            .iter()
+            .map(|h| (h.mount.to_str().unwrap(), h.controllers.clone()))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/sys/fs/cgroup/memory", vec!["memory"]),
+                ("/sys/fs/cgroup/cpu,cpuacct", vec!["cpu", "cpuacct"]),
+                ("/sys/fs/cgroup/cpuset", vec!["cpuset"]),
+                ("/sys/fs/cgroup/pids", vec!["pids"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn unified_hosts_use_one_directory_with_the_enabled_controllers() {
+        let mountinfo = "26 25 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let found = hierarchies(mountinfo, |_| {
+            "cpuset cpu io memory hugetlb pids rdma".into()
+        });
+        assert_eq!(
+            found,
+            [Hierarchy {
+                version: Version::V2,
+                mount: "/sys/fs/cgroup".into(),
+                controllers: vec!["memory", "cpu", "cpuset", "pids"],
+            }]
+        );
+    }
+
+    #[test]
+    fn cpus_become_a_quota_over_the_docker_period() {
+        let limits = |cpus| Limits {
+            cpus: Some(cpus),
+            ..Limits::default()
+        };
+        assert_eq!(limits(0.5).cpu_quota_us(), Some(50_000));
+        assert_eq!(limits(1.5).cpu_quota_us(), Some(150_000));
+        assert_eq!(limits(0.001).cpu_quota_us(), Some(1000));
+        assert_eq!(Limits::default().cpu_quota_us(), None);
+    }
+}

@@ -1,0 +1,620 @@
+//! Image archives: a `docker save` tar, or an OCI image layout (a directory or a tar of one), with plain
+//! or gzip layers. The layers are unpacked in order, whiteouts applied, into a cache directory named by
+//! the image id (the sha256 of its config, which names every layer's content by its diff_id), so the
+//! next run of the same image starts at once. Each layer's content is checked against its diff_id.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::LaunchError;
+
+/// The defaults a container takes from its image (the `config` object of the image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ImageConfig {
+    #[serde(rename = "Env")]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "Entrypoint")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir")]
+    pub working_dir: Option<String>,
+    #[serde(rename = "User")]
+    pub user: Option<String>,
+}
+
+/// An unpacked image: its root directory in the cache and its defaults.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub rootfs: PathBuf,
+    pub config: ImageConfig,
+}
+
+/// The parts of an image config file vproc reads.
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<ImageConfig>,
+    #[serde(default)]
+    rootfs: Option<RootfsSection>,
+}
+
+#[derive(Deserialize)]
+struct RootfsSection {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// `manifest.json` of `docker save`: one entry per image.
+#[derive(Deserialize)]
+struct DockerManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// An OCI descriptor (index.json entries, manifest config and layers).
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    os: String,
+    architecture: String,
+}
+
+#[derive(Deserialize)]
+struct OciIndex {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct OciManifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+/// Where an image's config and layers are, below an extracted or given directory.
+struct Located {
+    config: PathBuf,
+    layers: Vec<PathBuf>,
+}
+
+/// Unpacks `archive` into `cache/<image id>` unless it is there already; its root and defaults.
+pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
+    let meta = std::fs::metadata(archive)
+        .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?;
+    std::fs::create_dir_all(cache)
+        .map_err(|e| LaunchError::io("cannot create the image cache", cache, e))?;
+    // A tar is extracted next to the cache first: its manifests may come anywhere in the stream.
+    let scratch = if meta.is_dir() {
+        None
+    } else {
+        let dir = cache.join(format!(".archive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+        Some(Scratch(dir))
+    };
+    let dir = match &scratch {
+        Some(Scratch(dir)) => {
+            extract_archive(archive, dir)?;
+            dir.as_path()
+        }
+        None => archive,
+    };
+    let located = locate(dir, archive)?;
+    let config_bytes = std::fs::read(&located.config)
+        .map_err(|e| LaunchError::io("cannot read the image config", &located.config, e))?;
+    let id = hex(&Sha256::digest(&config_bytes));
+    let parsed: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
+        LaunchError::Refused(format!(
+            "{}: the image config is not valid JSON: {e}",
+            archive.display()
+        ))
+    })?;
+    let config = parsed.config.unwrap_or_default();
+    let diff_ids = parsed.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let image_dir = cache.join(&id);
+    let rootfs = image_dir.join("rootfs");
+    if !rootfs.is_dir() {
+        let unpacking = cache.join(format!(".unpack-{id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&unpacking);
+        let target = unpacking.join("rootfs");
+        std::fs::create_dir_all(&target)
+            .map_err(|e| LaunchError::io("cannot create", &target, e))?;
+        let unpacked = unpack_layers(&located.layers, &diff_ids, &target, archive);
+        if let Err(e) = unpacked {
+            let _ = std::fs::remove_dir_all(&unpacking);
+            return Err(e);
+        }
+        // Another `vproc run` of the same image may have won the race: keep its copy.
+        if std::fs::rename(&unpacking, &image_dir).is_err() {
+            let _ = std::fs::remove_dir_all(&unpacking);
+            if !rootfs.is_dir() {
+                return Err(LaunchError::io(
+                    "cannot store the image in",
+                    &image_dir,
+                    io::Error::from(io::ErrorKind::AlreadyExists),
+                ));
+            }
+        }
+    }
+    Ok(Image { rootfs, config })
+}
+
+/// A directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Extracts the outer archive (plain or gzip) into `dir`: regular files and directories only.
+fn extract_archive(archive: &Path, dir: &Path) -> Result<(), LaunchError> {
+    let file =
+        File::open(archive).map_err(|e| LaunchError::io("--image: cannot open", archive, e))?;
+    let mut tar = tar::Archive::new(
+        maybe_gzip(BufReader::new(file))
+            .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?,
+    );
+    let entries = tar.entries().map_err(|e| bad_archive(archive, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad_archive(archive, e))?;
+        let kind = entry.header().entry_type();
+        if kind.is_file() || kind.is_dir() {
+            entry.unpack_in(dir).map_err(|e| bad_archive(archive, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn bad_archive(archive: &Path, e: io::Error) -> LaunchError {
+    LaunchError::Refused(format!(
+        "--image {}: not a readable tar archive: {e}",
+        archive.display()
+    ))
+}
+
+/// Finds the config and layers: `manifest.json` (docker save), else `index.json` (OCI layout).
+fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
+    let refused =
+        |what: String| LaunchError::Refused(format!("--image {}: {what}", archive.display()));
+    let inside = |name: &str| -> Result<PathBuf, LaunchError> {
+        let relative = Path::new(name);
+        if relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            Ok(dir.join(relative))
+        } else {
+            Err(refused(format!("the path {name:?} leaves the archive")))
+        }
+    };
+    let docker = dir.join("manifest.json");
+    if docker.exists() {
+        let text =
+            std::fs::read(&docker).map_err(|e| LaunchError::io("cannot read", &docker, e))?;
+        let manifests: Vec<DockerManifest> = serde_json::from_slice(&text)
+            .map_err(|e| refused(format!("manifest.json is not a docker save manifest: {e}")))?;
+        let Some(first) = manifests.into_iter().next() else {
+            return Err(refused("manifest.json lists no image".into()));
+        };
+        return Ok(Located {
+            config: inside(&first.config)?,
+            layers: first
+                .layers
+                .iter()
+                .map(|l| inside(l))
+                .collect::<Result<_, _>>()?,
+        });
+    }
+    let index_path = dir.join("index.json");
+    if !index_path.exists() {
+        return Err(refused(
+            "neither a docker save archive (manifest.json) nor an OCI image layout (index.json)"
+                .into(),
+        ));
+    }
+    let blob = |descriptor: &Descriptor| -> Result<PathBuf, LaunchError> {
+        match descriptor.digest.split_once(':') {
+            Some((algorithm, hex))
+                if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                inside(&format!("blobs/{algorithm}/{hex}"))
+            }
+            _ => Err(refused(format!("bad digest {:?}", descriptor.digest))),
+        }
+    };
+    let mut index: OciIndex = read_json(&index_path, &refused)?;
+    // An index may point at further indexes (multi-platform images): follow to linux/amd64.
+    for _ in 0..4 {
+        let chosen = pick_manifest(&index.manifests)
+            .ok_or_else(|| refused("index.json has no linux/amd64 manifest".into()))?;
+        let path = blob(chosen)?;
+        if chosen.media_type.contains("image.index") || chosen.media_type.contains("manifest.list")
+        {
+            index = read_json(&path, &refused)?;
+            continue;
+        }
+        let manifest: OciManifest = read_json(&path, &refused)?;
+        for layer in &manifest.layers {
+            let media = layer.media_type.as_str();
+            if media.contains("zstd") || !(media.contains("tar") || media.is_empty()) {
+                return Err(refused(format!(
+                    "layer {} has media type {media:?}; vproc reads tar and tar+gzip layers",
+                    layer.digest
+                )));
+            }
+        }
+        return Ok(Located {
+            config: blob(&manifest.config)?,
+            layers: manifest.layers.iter().map(blob).collect::<Result<_, _>>()?,
+        });
+    }
+    Err(refused("index.json nests indexes too deeply".into()))
+}
+
+fn pick_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    manifests
+        .iter()
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+        .or_else(|| manifests.iter().find(|m| m.platform.is_none()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    refused: &dyn Fn(String) -> LaunchError,
+) -> Result<T, LaunchError> {
+    let text = std::fs::read(path).map_err(|e| LaunchError::io("cannot read", path, e))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        refused(format!(
+            "{}: {e}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ))
+    })
+}
+
+/// Wraps `reader` in a gzip decoder when it starts with the gzip magic.
+fn maybe_gzip<R: io::BufRead + 'static>(mut reader: R) -> io::Result<Box<dyn Read>> {
+    let head = reader.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Applies the layers in order onto `rootfs`, checking each one's content against its diff_id.
+fn unpack_layers(
+    layers: &[PathBuf],
+    diff_ids: &[String],
+    rootfs: &Path,
+    archive: &Path,
+) -> Result<(), LaunchError> {
+    for (i, layer) in layers.iter().enumerate() {
+        let file =
+            File::open(layer).map_err(|e| LaunchError::io("cannot open the layer", layer, e))?;
+        let reader = maybe_gzip(BufReader::new(file))
+            .map_err(|e| LaunchError::io("cannot read the layer", layer, e))?;
+        let mut hashing = HashingReader {
+            inner: reader,
+            hasher: Sha256::new(),
+        };
+        apply_layer(&mut hashing, rootfs).map_err(|e| {
+            LaunchError::Refused(format!(
+                "--image {}: layer {} ({}): {}",
+                archive.display(),
+                i + 1,
+                layer.display(),
+                with_causes(&e)
+            ))
+        })?;
+        // The tar stream ends before the archive's padding: hash all of it.
+        io::copy(&mut hashing, &mut io::sink())
+            .map_err(|e| LaunchError::io("cannot read the layer", layer, e))?;
+        let digest = format!("sha256:{}", hex(&hashing.hasher.finalize()));
+        if let Some(expected) = diff_ids.get(i)
+            && *expected != digest
+        {
+            return Err(LaunchError::Refused(format!(
+                "--image {}: layer {} has content {digest}, but the image config says {expected}",
+                archive.display(),
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The whiteout prefix: `.wh.NAME` deletes NAME of the layers below; `.wh..wh..opq` empties its directory
+/// of what the layers below put there.
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Unpacks one layer onto `rootfs` (a tar stream), applying its whiteouts.
+pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
+    let mut tar = tar::Archive::new(layer);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(true);
+    tar.set_preserve_mtime(true);
+    tar.set_unpack_xattrs(false);
+    tar.set_overwrite(true);
+    // Paths this layer wrote: an opaque whiteout keeps them, whatever the order in the tar.
+    let mut written: HashSet<PathBuf> = HashSet::new();
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let Some(relative) = clean(&entry.path()?) else {
+            continue;
+        };
+        let name = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        if name == OPAQUE {
+            let dir = inside(rootfs, parent)?;
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for child in children.flatten() {
+                    if !written.contains(&parent.join(child.file_name())) {
+                        remove_any(&child.path())?;
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            remove_any(&inside(rootfs, parent)?.join(hidden))?;
+            continue;
+        }
+        // A directory replacing a file, or anything replacing a directory: remove what is there.
+        let existing = inside(rootfs, parent)?.join(&name);
+        if let Ok(meta) = std::fs::symlink_metadata(&existing)
+            && meta.is_dir() != entry.header().entry_type().is_dir()
+        {
+            remove_any(&existing)?;
+        }
+        entry.unpack_in(rootfs)?;
+        written.insert(relative);
+    }
+    Ok(())
+}
+
+/// The entry's path without `/`, `.` and with no `..` (such entries are skipped, as tar does).
+fn clean(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::ParentDir => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// `relative` below `rootfs`, its symlinks resolved as if `rootfs` were `/` (so a link in a lower layer
+/// cannot make a whiteout delete a host file). Missing directories are fine: nothing to remove there.
+fn inside(rootfs: &Path, relative: &Path) -> io::Result<PathBuf> {
+    if relative.as_os_str().is_empty() {
+        return Ok(rootfs.to_path_buf());
+    }
+    let root = rustix::fs::open(
+        rootfs,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let how = rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(
+        &root,
+        relative,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        how,
+    ) {
+        Ok(fd) => {
+            let real = std::fs::read_link(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ))?;
+            let canonical_root = rootfs.canonicalize()?;
+            if real.starts_with(&canonical_root) {
+                Ok(real)
+            } else {
+                Err(io::Error::other(format!(
+                    "{} resolves outside the image",
+                    relative.display()
+                )))
+            }
+        }
+        // Nothing there: a path that cannot hold anything to remove or replace.
+        Err(rustix::io::Errno::NOENT) => Ok(rootfs.join(".vproc-missing").join(relative)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a file, symlink or directory tree; a missing one is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `e` and its sources: tar's errors say which entry, their source says why.
+fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            match content {
+                Some(text) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(text.len() as u64);
+                    header.set_mode(0o644);
+                    builder
+                        .append_data(&mut header, path, text.as_bytes())
+                        .unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    header.set_mode(0o755);
+                    builder.append_data(&mut header, path, &[][..]).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn files(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn whiteouts_remove_lower_files_and_opaque_dirs_keep_only_this_layer() {
+        let root = tempfile::tempdir().unwrap();
+        let lower = layer(&[
+            ("etc", None),
+            ("etc/gone", Some("x")),
+            ("etc/kept", Some("x")),
+            ("opt", None),
+            ("opt/old", Some("x")),
+            ("opt/sub", None),
+            ("opt/sub/deep", Some("x")),
+        ]);
+        apply_layer(&mut &lower[..], root.path()).unwrap();
+        // The opaque marker comes after a file of the same layer: that file stays.
+        let upper = layer(&[
+            ("etc/.wh.gone", Some("")),
+            ("opt/new", Some("y")),
+            ("opt/.wh..wh..opq", Some("")),
+            ("etc/kept", Some("z")),
+        ]);
+        apply_layer(&mut &upper[..], root.path()).unwrap();
+        assert_eq!(files(root.path()), ["etc", "etc/kept", "opt", "opt/new"]);
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/kept")).unwrap(),
+            "z"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_a_lower_layer_cannot_aim_a_whiteout_at_the_host() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("precious"), "keep").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, "link", host.path())
+            .unwrap();
+        let lower = builder.into_inner().unwrap();
+        apply_layer(&mut &lower[..], root.path()).unwrap();
+        let upper = layer(&[("link/.wh.precious", Some(""))]);
+        apply_layer(&mut &upper[..], root.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("precious")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn a_directory_replaces_a_file_and_back() {
+        let root = tempfile::tempdir().unwrap();
+        apply_layer(&mut &layer(&[("x", Some("file"))])[..], root.path()).unwrap();
+        apply_layer(
+            &mut &layer(&[("x", None), ("x/y", Some("1"))])[..],
+            root.path(),
+        )
+        .unwrap();
+        assert_eq!(files(root.path()), ["x", "x/y"]);
+        apply_layer(&mut &layer(&[("x", Some("again"))])[..], root.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("x")).unwrap(),
+            "again"
+        );
+    }
+
+    #[test]
+    fn paths_with_dotdot_are_skipped() {
+        assert_eq!(clean(Path::new("./a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(clean(Path::new("/a")), Some(PathBuf::from("a")));
+        assert_eq!(clean(Path::new("a/../../b")), None);
+        assert_eq!(clean(Path::new(".")), None);
+    }
+}

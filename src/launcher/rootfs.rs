@@ -1,0 +1,755 @@
+//! The container's mount tree, built by the init in its new mount namespace: the root (a directory, or
+//! an overlay over an unpacked image), fresh /proc, /dev, /sys, the daemon's files, volumes, masked and
+//! read-only paths, then pivot_root. Every target is resolved inside the root (`RESOLVE_IN_ROOT`), and
+//! the system mount points refuse symlinks, so nothing in the image can send a mount to the host.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
+    fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
+};
+
+use super::LaunchError;
+use super::image::{Image, ImageConfig};
+use super::options::{Network, RootSource, RunSpec};
+use super::process::Command;
+use crate::files::bind_targets;
+
+/// Hidden like runc/Docker: a bind of /dev/null over files, an empty read-only tmpfs over directories.
+pub const MASKED_PATHS: &[&str] = &[
+    "proc/asound",
+    "proc/acpi",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Made read-only like runc/Docker.
+pub const READ_ONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Character devices created in the container's /dev: name, major, minor.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const DEV_SYMLINKS: &[(&str, &str)] = &[
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// What the host side prepared before the fork: where the root comes from, and the image's defaults.
+#[derive(Debug)]
+pub struct Prepared {
+    root: Root,
+    image: Option<ImageConfig>,
+}
+
+#[derive(Debug)]
+enum Root {
+    /// `--rootfs DIR`, mounted over itself in the container's namespace.
+    Dir(PathBuf),
+    /// An unpacked image under an overlay whose upper layer lives in `state` while the container runs.
+    Overlay { lower: PathBuf, state: PathBuf },
+}
+
+/// Host-side preparation: checks the root directory, or unpacks the image and makes the container's
+/// writable layer.
+pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
+    match &spec.root {
+        RootSource::Dir(dir) => {
+            let meta = std::fs::metadata(dir)
+                .map_err(|e| LaunchError::io("--rootfs: cannot use", dir, e))?;
+            if !meta.is_dir() {
+                return Err(LaunchError::Refused(format!(
+                    "--rootfs {}: not a directory",
+                    dir.display()
+                )));
+            }
+            Ok(Prepared {
+                root: Root::Dir(dir.clone()),
+                image: None,
+            })
+        }
+        RootSource::Image(archive) => {
+            let Image { rootfs, config } = super::image::load(archive, &spec.image_cache)?;
+            let state = spec.state_dir.join(&spec.name);
+            // A killed `vproc run` of the same name may have left its layer; the name is ours now.
+            let _ = std::fs::remove_dir_all(&state);
+            for sub in ["upper", "work", "merged"] {
+                let dir = state.join(sub);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+            }
+            Ok(Prepared {
+                root: Root::Overlay {
+                    lower: rootfs,
+                    state,
+                },
+                image: Some(config),
+            })
+        }
+    }
+}
+
+impl Prepared {
+    /// The command, environment, directory and user the payload runs with: the options over the image's
+    /// defaults (arguments replace Cmd and keep Entrypoint, as `docker run`).
+    pub fn command(&self, spec: &RunSpec) -> Result<Command, LaunchError> {
+        let default = ImageConfig::default();
+        let image = self.image.as_ref().unwrap_or(&default);
+        let mut argv = image.entrypoint.clone().unwrap_or_default();
+        if spec.args.is_empty() {
+            argv.extend(image.cmd.clone().unwrap_or_default());
+        } else {
+            argv.extend(spec.args.iter().cloned());
+        }
+        if argv.is_empty() {
+            return Err(LaunchError::Refused(
+                "no command given, and the image names none (Entrypoint/Cmd): add one after the options"
+                    .into(),
+            ));
+        }
+        let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), Command::DEFAULT_PATH.into()),
+            ("HOSTNAME".into(), hostname),
+            ("HOME".into(), "/root".into()),
+        ];
+        let image_env = image.env.iter().flatten().filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        });
+        for (key, value) in image_env.chain(spec.env.iter().cloned()) {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
+        let user = match (spec.user, image.user.as_deref().filter(|u| !u.is_empty())) {
+            (Some(user), _) => Some(user),
+            (None, Some(image_user)) => {
+                Some(super::options::parse_user(image_user).map_err(|e| {
+                    LaunchError::Refused(format!(
+                        "the image's User {image_user:?}: {e}; pass -u UID[:GID]"
+                    ))
+                })?)
+            }
+            (None, None) => None,
+        };
+        let workdir = spec
+            .workdir
+            .clone()
+            .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        Ok(Command {
+            argv,
+            env,
+            workdir,
+            user,
+        })
+    }
+
+    /// Removes the container's writable layer (the image stays cached).
+    pub fn cleanup(&self) {
+        if let Root::Overlay { state, .. } = &self.root {
+            let _ = std::fs::remove_dir_all(state);
+        }
+    }
+}
+
+/// In the init, after it joined the cgroup: new namespaces, the mount tree, pivot_root, hostname, lo.
+pub fn enter(spec: &RunSpec, prepared: &Prepared, workdir: &str) -> Result<(), LaunchError> {
+    use nix::sched::CloneFlags as C;
+    let mut flags = C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWCGROUP;
+    if spec.network == Network::None {
+        flags |= C::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).map_err(|e| {
+        LaunchError::io(
+            "cannot create namespaces for",
+            Path::new("the container"),
+            e,
+        )
+    })?;
+    // Nothing mounted from here on may propagate back to the host.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| LaunchError::io("cannot make the mounts private:", Path::new("/"), e))?;
+    rustix::process::umask(Mode::empty());
+
+    let (root_mount, mount_at) = match &prepared.root {
+        Root::Dir(dir) => {
+            let tree = open_tree(
+                CWD,
+                dir,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| LaunchError::io("cannot bind the root", dir, e))?;
+            (tree, dir.clone())
+        }
+        Root::Overlay { lower, state } => {
+            let options = [
+                ("lowerdir", lower.clone()),
+                ("upperdir", state.join("upper")),
+                ("workdir", state.join("work")),
+            ];
+            let tree = new_mount("overlay", &options_str(&options), MountAttrFlags::empty())
+                .map_err(|e| LaunchError::io("cannot mount an overlay over the image", lower, e))?;
+            (tree, state.join("merged"))
+        }
+    };
+    move_mount(
+        &root_mount,
+        "",
+        CWD,
+        &mount_at,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| LaunchError::io("cannot mount the root at", &mount_at, e))?;
+    let root = rustix::fs::open(
+        &mount_at,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LaunchError::io("cannot open the root", &mount_at, e))?;
+    let tree = Tree { root: &root };
+
+    tree.mount_new(
+        "proc",
+        "proc",
+        &[],
+        MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    tree.make_dev()?;
+    tree.mount_new(
+        "sys",
+        "sysfs",
+        &[],
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    if let Some(lxcfs) = &spec.lxcfs {
+        for relative in bind_targets() {
+            let source = lxcfs.join(relative);
+            tree.bind(&source, relative, false, Needs::Existing)?;
+        }
+    }
+    for volume in &spec.volumes {
+        let relative = volume.target.trim_start_matches('/');
+        let kind = match std::fs::metadata(&volume.source) {
+            Ok(meta) if meta.is_dir() => Needs::Dir,
+            _ => Needs::File,
+        };
+        tree.bind(&volume.source, relative, volume.read_only, kind)?;
+    }
+    for relative in MASKED_PATHS {
+        tree.mask(relative)?;
+    }
+    for relative in READ_ONLY_PATHS {
+        tree.make_read_only(relative)?;
+    }
+    let workdir = workdir.trim_start_matches('/');
+    if !workdir.is_empty() {
+        tree.target(workdir, Needs::Dir, Resolve::InRoot)?;
+    }
+    if spec.read_only {
+        set_attributes(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+            .map_err(|e| LaunchError::io("cannot make read-only:", &mount_at, e))?;
+    }
+
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new.
+    rustix::process::fchdir(&root).map_err(|e| LaunchError::io("cannot enter", &mount_at, e))?;
+    rustix::process::pivot_root(".", ".")
+        .map_err(|e| LaunchError::io("cannot pivot_root into", &mount_at, e))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| LaunchError::io("cannot detach the old root from", &mount_at, e))?;
+    rustix::process::chdir("/").map_err(|e| LaunchError::io("cannot enter", Path::new("/"), e))?;
+
+    let hostname = spec.hostname.as_deref().unwrap_or(&spec.name);
+    rustix::system::sethostname(hostname.as_bytes()).map_err(|e| {
+        LaunchError::io(
+            format!("cannot set hostname {hostname:?} for"),
+            Path::new("the container"),
+            e,
+        )
+    })?;
+    if spec.network == Network::None {
+        loopback_up().map_err(|e| LaunchError::io("cannot bring up", Path::new("lo"), e))?;
+    }
+    Ok(())
+}
+
+/// What a mount target must be when it does not exist yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Dir,
+    File,
+    /// Skip the mount when the target is missing (a /proc file this kernel does not have).
+    Existing,
+}
+
+/// How a target path is resolved below the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    /// Symlinks are followed as if the root were `/` (user volumes, like Docker).
+    InRoot,
+    /// No symlinks at all (the container's own /proc, /dev, /sys: an image that makes them links is
+    /// refused rather than followed).
+    NoSymlinks,
+}
+
+/// The root being built, with every target resolved below it.
+struct Tree<'a> {
+    root: &'a OwnedFd,
+}
+
+impl Tree<'_> {
+    /// A fresh filesystem of `fstype` (proc, sysfs, tmpfs, ...) on `relative`.
+    fn mount_new(
+        &self,
+        relative: &str,
+        fstype: &str,
+        options: &[(&str, &str)],
+        attributes: MountAttrFlags,
+    ) -> Result<(), LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let target = self.target(relative, Needs::Dir, Resolve::NoSymlinks)?;
+        let options: Vec<(&str, PathBuf)> = options
+            .iter()
+            .map(|(k, v)| (*k, PathBuf::from(v)))
+            .collect();
+        let mount = new_mount(fstype, &options_str(&options), attributes)
+            .map_err(|e| LaunchError::io(format!("cannot mount {fstype} on"), &shown, e))?;
+        attach(&mount, &target)
+            .map_err(|e| LaunchError::io(format!("cannot mount {fstype} on"), &shown, e))
+    }
+
+    /// A bind of the host's `source` on `relative`.
+    fn bind(
+        &self,
+        source: &Path,
+        relative: &str,
+        read_only: bool,
+        needs: Needs,
+    ) -> Result<(), LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let resolve = if needs == Needs::Existing {
+            Resolve::NoSymlinks
+        } else {
+            Resolve::InRoot
+        };
+        let target = match self.target(relative, needs, resolve) {
+            Err(LaunchError::Io { source, .. })
+                if needs == Needs::Existing && source.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(());
+            }
+            other => other?,
+        };
+        let tree = open_tree(
+            CWD,
+            source,
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::AT_RECURSIVE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| LaunchError::io("cannot bind", source, e))?;
+        if read_only {
+            set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_RDONLY, true)
+                .map_err(|e| LaunchError::io("cannot make read-only:", source, e))?;
+        }
+        attach(&tree, &target)
+            .map_err(|e| LaunchError::io(format!("cannot bind {} on", source.display()), &shown, e))
+    }
+
+    /// Hides `relative` if it exists: /dev/null over a file, an empty read-only tmpfs over a directory.
+    fn mask(&self, relative: &str) -> Result<(), LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let target = match self.existing(relative) {
+            Some(target) => target?,
+            None => return Ok(()),
+        };
+        let fail = |e: io::Error| LaunchError::io("cannot mask", &shown, e);
+        let is_dir = FileType::from_raw_mode(
+            rustix::fs::fstat(&target)
+                .map_err(|e| fail(e.into()))?
+                .st_mode,
+        ) == FileType::Directory;
+        let cover = if is_dir {
+            new_mount("tmpfs", "size=0", MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(fail)?
+        } else {
+            open_tree(
+                self.root,
+                "dev/null",
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| fail(e.into()))?
+        };
+        attach(&cover, &target).map_err(fail)
+    }
+
+    /// Binds `relative` over itself, read-only, if it exists.
+    fn make_read_only(&self, relative: &str) -> Result<(), LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let target = match self.existing(relative) {
+            Some(target) => target?,
+            None => return Ok(()),
+        };
+        let fail = |e: io::Error| LaunchError::io("cannot make read-only:", &shown, e);
+        let tree = open_tree(
+            &target,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::AT_RECURSIVE
+                | OpenTreeFlags::AT_EMPTY_PATH
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| fail(e.into()))?;
+        set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_RDONLY, true).map_err(fail)?;
+        attach(&tree, &target).map_err(fail)
+    }
+
+    /// /dev: a tmpfs with the usual devices, devpts with a private ptmx, shm and mqueue.
+    fn make_dev(&self) -> Result<(), LaunchError> {
+        self.mount_new(
+            "dev",
+            "tmpfs",
+            &[("mode", "755"), ("size", "65536k")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_STRICTATIME,
+        )?;
+        let dev = self.target("dev", Needs::Dir, Resolve::NoSymlinks)?;
+        let dev = rustix::fs::openat(
+            &dev,
+            ".",
+            OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LaunchError::io("cannot open", Path::new("/dev"), e))?;
+        for (name, major, minor) in DEVICES {
+            rustix::fs::mknodat(
+                &dev,
+                *name,
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o666),
+                rustix::fs::makedev(*major, *minor),
+            )
+            .map_err(|e| LaunchError::io("cannot create", &Path::new("/dev").join(name), e))?;
+        }
+        for (name, target) in DEV_SYMLINKS {
+            rustix::fs::symlinkat(*target, &dev, *name)
+                .map_err(|e| LaunchError::io("cannot create", &Path::new("/dev").join(name), e))?;
+        }
+        self.mount_new(
+            "dev/pts",
+            "devpts",
+            &[
+                ("newinstance", ""),
+                ("ptmxmode", "0666"),
+                ("mode", "0620"),
+                ("gid", "5"),
+            ],
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )?;
+        self.mount_new(
+            "dev/shm",
+            "tmpfs",
+            &[("mode", "1777"), ("size", "65536k")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )?;
+        self.mount_new(
+            "dev/mqueue",
+            "mqueue",
+            &[],
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )
+    }
+
+    /// `relative` opened below the root if it exists (a kernel without /proc/timer_list, say).
+    fn existing(&self, relative: &str) -> Option<Result<OwnedFd, LaunchError>> {
+        match open_below(self.root, relative, Resolve::NoSymlinks) {
+            Ok(fd) => Some(Ok(fd)),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => Some(Err(LaunchError::io(
+                "cannot open",
+                &Path::new("/").join(relative),
+                e,
+            ))),
+        }
+    }
+
+    /// The mount target `relative`, created (with its parents) as `needs` says when it is missing.
+    fn target(
+        &self,
+        relative: &str,
+        needs: Needs,
+        resolve: Resolve,
+    ) -> Result<OwnedFd, LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let symlink_refused = |e: rustix::io::Errno| {
+            if e == rustix::io::Errno::LOOP && resolve == Resolve::NoSymlinks {
+                LaunchError::Refused(format!(
+                    "the root filesystem has a symlink at or above {}; refusing to mount there",
+                    shown.display()
+                ))
+            } else {
+                LaunchError::io("cannot open the mount target", &shown, e)
+            }
+        };
+        match open_below(self.root, relative, resolve) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::NOENT) if needs != Needs::Existing => {}
+            Err(e) => return Err(symlink_refused(e)),
+        }
+        let real = self.create(relative, needs, resolve)?;
+        open_below(self.root, &real, Resolve::NoSymlinks).map_err(symlink_refused)
+    }
+
+    /// Creates the missing parts of `relative`, following symlinks inside the root as `resolve` allows
+    /// (a link to `/x` means `<root>/x`); the path it ended at, free of symlinks.
+    fn create(
+        &self,
+        relative: &str,
+        needs: Needs,
+        resolve: Resolve,
+    ) -> Result<String, LaunchError> {
+        let shown = Path::new("/").join(relative);
+        let mut pending: std::collections::VecDeque<String> = relative
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links_followed = 0;
+        while let Some(component) = pending.pop_front() {
+            match component.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let parent = if done.is_empty() {
+                ".".to_string()
+            } else {
+                done.join("/")
+            };
+            let parent_dir = open_below(self.root, &parent, Resolve::NoSymlinks)
+                .and_then(|fd| {
+                    rustix::fs::openat(&fd, ".", OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                })
+                .map_err(|e| LaunchError::io("cannot open", &Path::new("/").join(&parent), e))?;
+            match rustix::fs::readlinkat(&parent_dir, component.as_str(), Vec::new()) {
+                Ok(target) => {
+                    links_followed += 1;
+                    if resolve == Resolve::NoSymlinks || links_followed > 40 {
+                        return Err(LaunchError::Refused(format!(
+                            "the root filesystem has a symlink at or above {}; refusing to mount there",
+                            shown.display()
+                        )));
+                    }
+                    let target = target.to_string_lossy().into_owned();
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    for part in target.split('/').filter(|c| !c.is_empty()).rev() {
+                        pending.push_front(part.to_string());
+                    }
+                    continue;
+                }
+                // EINVAL: it exists and is not a symlink.
+                Err(rustix::io::Errno::INVAL) => {}
+                Err(rustix::io::Errno::NOENT) => {
+                    let made = if pending.is_empty() && needs == Needs::File {
+                        rustix::fs::openat(
+                            &parent_dir,
+                            component.as_str(),
+                            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                            Mode::from_raw_mode(0o644),
+                        )
+                        .map(drop)
+                    } else {
+                        rustix::fs::mkdirat(
+                            &parent_dir,
+                            component.as_str(),
+                            Mode::from_raw_mode(0o755),
+                        )
+                    };
+                    match made {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(LaunchError::io(
+                                "cannot create the mount target",
+                                &shown,
+                                e,
+                            ));
+                        }
+                    }
+                }
+                Err(e) => return Err(LaunchError::io("cannot create the mount target", &shown, e)),
+            }
+            done.push(component);
+        }
+        Ok(if done.is_empty() {
+            ".".into()
+        } else {
+            done.join("/")
+        })
+    }
+}
+
+fn open_below(root: &OwnedFd, relative: &str, resolve: Resolve) -> rustix::io::Result<OwnedFd> {
+    let how = match resolve {
+        Resolve::InRoot => ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        Resolve::NoSymlinks => ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS,
+    };
+    let relative = if relative.is_empty() { "." } else { relative };
+    rustix::fs::openat2(
+        root,
+        relative,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    )
+}
+
+/// A new, detached mount of `fstype` with comma-separated `key=value` options.
+fn new_mount(fstype: &str, options: &str, attributes: MountAttrFlags) -> io::Result<OwnedFd> {
+    let context = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some((key, value)) => fsconfig_set_string(&context, key, value)?,
+            None => rustix::mount::fsconfig_set_flag(&context, option)?,
+        }
+    }
+    fsconfig_create(&context)?;
+    Ok(fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        attributes,
+    )?)
+}
+
+fn options_str(options: &[(&str, PathBuf)]) -> String {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let v = v.to_string_lossy();
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn attach(mount: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    Ok(move_mount(mount, "", target, "", flags)?)
+}
+
+/// mount_setattr(2) (not in rustix): sets `attributes` on the mount at `fd`, and below it if `recursive`.
+fn set_attributes(fd: &impl AsFd, attributes: MountAttrFlags, recursive: bool) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: u64::from(attributes.bits()),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: the struct matches `struct mount_attr` (MOUNT_ATTR_SIZE_VER0) and outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Brings the loopback interface of the new network namespace up (SIOCSIFFLAGS with IFF_UP).
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `socket` is a fresh fd we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,742 @@
+//! `vproc run` on the real kernel: a busybox root filesystem built from Debian's busybox-static, image
+//! archives built from it here (an OCI layout, as a directory and as a tar, and a `docker save` tar, with
+//! two layers and whiteouts), and a vprocd on a private mountpoint. Needs root and cgroup v1 or v2.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, unique};
+use sha2::{Digest, Sha256};
+
+/// A busybox root filesystem shared by the tests of this process.
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        remove_stale_roots();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-rootfs"));
+        build_busybox_rootfs(&dir);
+        dir
+    })
+}
+
+/// Roots left in the target directory by earlier test processes (statics are never dropped).
+fn remove_stale_roots() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // unique() names end in -<pid>-<counter>.
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if name.starts_with("vproc-run-")
+            && let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn build_busybox_rootfs(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    for sub in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .expect("busybox-static's /bin/busybox: apt-get install busybox-static (or run .ci/run)");
+    let list = Command::new(dir.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// `vproc run ARGS`, stdin closed.
+fn vproc_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The exit code, with the output shown when the test fails on it.
+fn code(out: &Output) -> i32 {
+    out.status
+        .code()
+        .unwrap_or_else(|| panic!("vproc run died: {out:?}"))
+}
+
+/// The container's cgroup directories on the host, v1 or v2.
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    ["memory", "cpu", "cpuset", "pids", ""]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("vproc").join(name))
+        .collect()
+}
+
+#[test]
+fn the_container_sees_its_limits_through_vprocd() {
+    let daemon = Daemon::start(&[]);
+    let name = unique("vproc-run");
+    let out = vproc_run(&[
+        "--lxcfs",
+        daemon.mountpoint.to_str().unwrap(),
+        "--rootfs",
+        rootfs().to_str().unwrap(),
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "--cpuset-cpus",
+        "0",
+        "--hostname",
+        "vproc-box",
+        "--name",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online; \
+         grep -c ^processor /proc/cpuinfo; cat /proc/uptime; hostname; nproc; ps -o pid,args; true",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["MemTotal:", "65536", "kB"]
+    );
+    assert_eq!(lines[1], "0");
+    assert_eq!(lines[2], "1");
+    assert!(lines[3].starts_with("0."), "uptime {:?}", lines[3]);
+    assert_eq!(lines[4], "vproc-box");
+    assert_eq!(lines[5], "1");
+    // The init is pid 1, the payload pid 2 (ps itself is a child of sh).
+    assert!(lines[7].trim_start().starts_with("1 "), "{stdout}");
+    assert!(
+        lines[8].trim_start().starts_with("2 sh -c"),
+        "the payload is pid 2: {stdout}"
+    );
+    for dir in cgroup_dirs(&name) {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
+    let name = unique("vproc-run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["run", "--no-lxcfs", "--rootfs"])
+        .arg(rootfs())
+        .args([
+            "--memory",
+            "64m",
+            "--cpus",
+            "1.5",
+            "--pids-limit",
+            "50",
+            "--name",
+            &name,
+        ])
+        .args(["--", "sh", "-c", "echo started; exec sleep 100"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    let v1 = Path::new("/sys/fs/cgroup/memory/vproc").join(&name);
+    if v1.exists() {
+        let read = |path: &str| std::fs::read_to_string(path.replace("NAME", &name)).unwrap();
+        assert_eq!(
+            read("/sys/fs/cgroup/memory/vproc/NAME/memory.limit_in_bytes"),
+            "67108864\n"
+        );
+        assert_eq!(
+            read("/sys/fs/cgroup/cpu/vproc/NAME/cpu.cfs_quota_us"),
+            "150000\n"
+        );
+        assert_eq!(
+            read("/sys/fs/cgroup/cpu/vproc/NAME/cpu.cfs_period_us"),
+            "100000\n"
+        );
+        assert_eq!(read("/sys/fs/cgroup/pids/vproc/NAME/pids.max"), "50\n");
+        let procs = read("/sys/fs/cgroup/memory/vproc/NAME/cgroup.procs");
+        assert_eq!(procs.lines().count(), 2, "init and payload: {procs}");
+    } else {
+        let dir = Path::new("/sys/fs/cgroup/vproc").join(&name);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "150000 100000\n"
+        );
+    }
+    // SAFETY: kill of the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "SIGTERM reaches the payload");
+    for dir in cgroup_dirs(&name) {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn exit_codes_propagate() {
+    let root = rootfs().to_str().unwrap();
+    let run = |script: &str| vproc_run(&["--no-lxcfs", "--rootfs", root, "sh", "-c", script]);
+    assert_eq!(code(&run("exit 0")), 0);
+    assert_eq!(code(&run("exit 3")), 3);
+    assert_eq!(code(&run("kill -TERM $$")), 143);
+    let missing = vproc_run(&["--no-lxcfs", "--rootfs", root, "no-such-command"]);
+    assert_eq!(code(&missing), 127);
+    assert!(
+        text(&missing.stderr).contains("no-such-command: command not found"),
+        "{missing:?}"
+    );
+    let not_executable = vproc_run(&["--no-lxcfs", "--rootfs", root, "/etc/passwd"]);
+    assert_eq!(code(&not_executable), 126, "{not_executable:?}");
+}
+
+#[test]
+fn bad_values_name_the_option_and_the_value() {
+    let root = rootfs().to_str().unwrap();
+    for (option, value) in [
+        ("--memory", "lots"),
+        ("--cpus", "half"),
+        ("--cpuset-cpus", "first"),
+        ("--pids-limit", "0"),
+        ("-u", "nobody"),
+        ("-v", "relative:/x"),
+        ("--name", "a/b"),
+    ] {
+        let out = vproc_run(&["--no-lxcfs", "--rootfs", root, option, value, "true"]);
+        assert_eq!(code(&out), 125, "{option} {value}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(value), "{option} {value}: {stderr}");
+        let long = option.trim_start_matches('-');
+        assert!(
+            stderr.contains(long) || option == "-u" || option == "-v",
+            "{stderr}"
+        );
+    }
+    let out = vproc_run(&["--no-lxcfs", "--rootfs", "/no/such/vproc-root", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("/no/such/vproc-root"), "{out:?}");
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "--cpuset-cpus",
+        "1000",
+        "true",
+    ]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("--cpuset-cpus 1000"), "{out:?}");
+}
+
+#[test]
+fn without_a_daemon_it_says_so_unless_no_lxcfs() {
+    let empty = tempfile::tempdir().unwrap();
+    let root = rootfs().to_str().unwrap();
+    let out = vproc_run(&[
+        "--lxcfs",
+        empty.path().to_str().unwrap(),
+        "--rootfs",
+        root,
+        "true",
+    ]);
+    assert_eq!(code(&out), 125);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no vprocd is mounted at"), "{stderr}");
+    assert!(stderr.contains("--no-lxcfs"), "{stderr}");
+}
+
+#[test]
+fn an_oom_killed_container_is_reported() {
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        rootfs().to_str().unwrap(),
+        "--memory",
+        "64m",
+        "sh",
+        "-c",
+        "x=$(head -c 209715200 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert_eq!(code(&out), 137, "{out:?}");
+    assert!(!text(&out.stdout).contains("survived"));
+    assert!(text(&out.stderr).contains("OOM killer"), "{out:?}");
+}
+
+#[test]
+fn symlinks_in_the_root_cannot_redirect_mounts() {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-links"));
+    build_busybox_rootfs(&root);
+
+    // /proc -> /: mounting proc through it would cover the container's root; refused.
+    std::os::unix::fs::symlink("/", root.join("proc")).unwrap();
+    let out = vproc_run(&["--no-lxcfs", "--rootfs", root.to_str().unwrap(), "true"]);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(text(&out.stderr).contains("symlink"), "{out:?}");
+    std::fs::remove_file(root.join("proc")).unwrap();
+
+    // /etc -> a host path: a volume on /etc/target lands inside the root, the host path stays empty.
+    let host_dir = std::env::temp_dir().join(unique("vproc-run-host"));
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::remove_dir_all(root.join("etc")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, root.join("etc")).unwrap();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("marker"), "from the volume").unwrap();
+    let volume = format!("{}:/etc/target:ro", source.path().display());
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "-v",
+        &volume,
+        "cat",
+        "/etc/target/marker",
+    ]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert_eq!(text(&out.stdout), "from the volume");
+    assert_eq!(
+        std::fs::read_dir(&host_dir).unwrap().count(),
+        0,
+        "host path touched"
+    );
+    assert!(
+        root.join(host_dir.strip_prefix("/").unwrap())
+            .join("target")
+            .is_dir()
+    );
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for path in [&host_dir, &root] {
+        let path = path.to_str().unwrap();
+        assert!(
+            !mounts_after.contains(path),
+            "a mount leaked to the host at {path}"
+        );
+    }
+    std::fs::remove_dir(&host_dir).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_payload_is_confined() {
+    let root = rootfs().to_str().unwrap();
+    let status = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ls /proc/self/fd; id -u; \
+                  cat /proc/kcore | wc -c; echo x > /proc/sys/kernel/hostname || echo ro-proc-sys; \
+                  ip -o link | wc -l";
+    // An fd the launcher inherits (say a leaked directory of the host) must not reach the payload.
+    let leaked = std::fs::File::open("/").unwrap();
+    let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vproc"));
+    command.args(["run", "--no-lxcfs", "--rootfs", root, "sh", "-c", status]);
+    // SAFETY: dup2 in the child before exec; async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::dup2(leaked_fd, 9);
+            Ok(())
+        });
+    }
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    // Docker's 14 default capabilities (this machine's bounding set has them all).
+    assert_eq!(lines[0], "CapEff:\t00000000a80425fb", "{stdout}");
+    assert_eq!(lines[1], "CapBnd:\t00000000a80425fb", "{stdout}");
+    assert_eq!(lines[2], "NoNewPrivs:\t1", "{stdout}");
+    // ls's own directory fd is 3; nothing else above stderr.
+    assert_eq!(&lines[3..7], ["0", "1", "2", "3"], "{stdout}");
+    assert_eq!(lines[7], "0", "uid");
+    assert_eq!(lines[8], "0", "/proc/kcore is masked");
+    assert_eq!(lines[9], "ro-proc-sys");
+    assert_eq!(lines[10], "1", "only lo with --net none");
+
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "-u",
+        "1000:1001",
+        "sh",
+        "-c",
+        "id -u; id -g; grep CapEff /proc/self/status",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "1000\n1001\nCapEff:\t0000000000000000\n",
+        "{out:?}"
+    );
+
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "--read-only",
+        "-w",
+        "/tmp",
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null || echo ro-root; pwd; touch /dev/shm/y && echo shm-ok",
+    ]);
+    assert_eq!(text(&out.stdout), "ro-root\n/tmp\nshm-ok\n", "{out:?}");
+}
+
+#[test]
+fn environment_workdir_and_host_network() {
+    let root = rootfs().to_str().unwrap();
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "-e",
+        "GREETING=hello there",
+        "-w",
+        "/work/deep",
+        "--net",
+        "host",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; echo $HOSTNAME; ip -o link | wc -l",
+    ]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "hello there");
+    assert_eq!(lines[1], "/work/deep");
+    assert_eq!(
+        lines[2].len(),
+        12,
+        "the hostname defaults to the container id"
+    );
+    let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(lines[3], host_links.to_string(), "the host's interfaces");
+}
+
+// ---- image archives ----
+
+const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// A tar of `entries` (path, Some(content) for a file, None for a directory).
+fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, content) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        let data = content.unwrap_or("").as_bytes();
+        header.set_entry_type(if content.is_some() {
+            tar::EntryType::Regular
+        } else {
+            tar::EntryType::Directory
+        });
+        header.set_size(data.len() as u64);
+        header.set_mode(if content.is_some() { 0o644 } else { 0o755 });
+        builder.append_data(&mut header, path, data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// The two layers: busybox plus files to delete, then a layer that adds, deletes and makes /opt opaque.
+fn layers() -> &'static (Vec<u8>, Vec<u8>) {
+    static LAYERS: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    LAYERS.get_or_init(build_layers)
+}
+
+fn build_layers() -> (Vec<u8>, Vec<u8>) {
+    // A root of its own: containers run on rootfs() add directories to it while this is built.
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-image-root"));
+    build_busybox_rootfs(&root);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", &root).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    let mut extra = tar::Header::new_gnu();
+    extra.set_uid(0);
+    extra.set_gid(0);
+    extra.set_mtime(0);
+    for (path, data) in [("etc/removed", "old"), ("opt/old/file", "old")] {
+        extra.set_entry_type(tar::EntryType::Regular);
+        extra.set_size(data.len() as u64);
+        extra.set_mode(0o644);
+        builder
+            .append_data(&mut extra, path, data.as_bytes())
+            .unwrap();
+    }
+    let lower = builder.into_inner().unwrap();
+    let upper = tar_of(&[
+        ("etc/hello", Some("from layer 2\n")),
+        ("etc/.wh.removed", Some("")),
+        ("opt", None),
+        ("opt/.wh..wh..opq", Some("")),
+        ("opt/new", Some("new\n")),
+    ]);
+    (lower, upper)
+}
+
+fn image_config(diff_ids: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/bin", "GREETING=from the image"],
+            "WorkingDir": "/opt",
+            "Cmd": ["sh", "-c", "echo $GREETING; pwd; cat /etc/hello; test -e /etc/removed || echo removed; ls /opt; test -e /opt/old || echo opaque"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(|d| format!("sha256:{d}")).collect::<Vec<_>>()},
+    }))
+    .unwrap()
+}
+
+/// An OCI image layout in `dir`: the lower layer plain, the upper one gzip.
+fn write_oci_layout(dir: &Path) {
+    let (lower, upper) = layers();
+    let upper_gz = gzip(upper);
+    let config = image_config(&[sha256(lower), sha256(upper)]);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for blob in [lower, &upper_gz, &config] {
+        std::fs::write(blobs.join(sha256(blob)), blob).unwrap();
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha256(&config)), "size": config.len()},
+        "layers": [
+            {"mediaType": LAYER_TAR, "digest": format!("sha256:{}", sha256(&lower)), "size": lower.len()},
+            {"mediaType": LAYER_TAR_GZIP, "digest": format!("sha256:{}", sha256(&upper_gz)), "size": upper_gz.len()},
+        ],
+    }))
+    .unwrap();
+    std::fs::write(blobs.join(sha256(&manifest)), &manifest).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha256(&manifest)),
+            "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// A `docker save` archive (legacy layout: `<id>/layer.tar`, `<config id>.json`, manifest.json).
+fn docker_save_tar(path: &Path) {
+    let (lower, upper) = layers();
+    let config = image_config(&[sha256(lower), sha256(upper)]);
+    let config_name = format!("{}.json", sha256(&config));
+    let lower_name = format!("{}/layer.tar", sha256(lower));
+    let upper_name = format!("{}/layer.tar", sha256(upper));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["vproc-test:latest"],
+        "Layers": [lower_name, upper_name],
+    }]))
+    .unwrap();
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in [
+        (config_name.as_str(), &config),
+        (lower_name.as_str(), lower),
+        (upper_name.as_str(), upper),
+        ("manifest.json", &manifest),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    builder.finish().unwrap();
+}
+
+/// What the image's default command prints.
+const IMAGE_OUTPUT: &str = "from the image\n/opt\nfrom layer 2\nremoved\nnew\nopaque\n";
+
+#[test]
+fn images_run_with_their_defaults_and_whiteouts_applied() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let layout = work.path().join("layout");
+    write_oci_layout(&layout);
+    let layout_tar = work.path().join("layout.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&layout_tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let docker = work.path().join("docker-save.tar");
+    docker_save_tar(&docker);
+
+    for image in [&layout, &layout_tar, &docker] {
+        let out = vproc_run(&[
+            "--no-lxcfs",
+            "--image",
+            image.to_str().unwrap(),
+            "--image-cache",
+            cache.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&out), 0, "{}: {out:?}", image.display());
+        assert_eq!(text(&out.stdout), IMAGE_OUTPUT, "{}", image.display());
+    }
+    // One image id (the config's digest), unpacked once.
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    // Writes go to the container's own layer, not to the cached image.
+    let image = docker.to_str().unwrap();
+    let cache = cache.to_str().unwrap();
+    let run = |script: &str| {
+        vproc_run(&[
+            "--no-lxcfs",
+            "--image",
+            image,
+            "--image-cache",
+            cache,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    assert_eq!(code(&run("echo changed > /etc/hello; rm /bin/ls")), 0);
+    let out = run("cat /etc/hello; ls /bin/ls");
+    assert_eq!(text(&out.stdout), "from layer 2\n/bin/ls\n", "{out:?}");
+}
+
+#[test]
+fn a_layer_that_does_not_match_its_digest_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    write_oci_layout(&layout);
+    // Swap the lower layer's content for something else under the same name.
+    let blobs = layout.join("blobs/sha256");
+    let (lower, _) = layers();
+    std::fs::write(blobs.join(sha256(lower)), tar_of(&[("evil", Some("x"))])).unwrap();
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--image",
+        layout.to_str().unwrap(),
+        "--image-cache",
+        work.path().join("cache").to_str().unwrap(),
+        "true",
+    ]);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(
+        text(&out.stderr).contains("layer 1 has content sha256:"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
+    let name = unique("vproc-run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["run", "--no-lxcfs", "--rootfs"])
+        .arg(rootfs())
+        .args(["--name", &name, "sleep", "100"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let procs = loop {
+        let found = cgroup_dirs(&name)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .find(|p| p.exists());
+        if let Some(p) = found
+            && std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 2
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pids: Vec<i32> = std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The init dies with its parent (PDEATHSIG), and with it the whole pid namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "container processes survived vproc run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // vproc run had no chance to remove its cgroup; the next run of that name takes the empty one over.
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        rootfs().to_str().unwrap(),
+        "--name",
+        &name,
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    for dir in cgroup_dirs(&name) {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
