@@ -548,7 +548,7 @@ fn write_oci_layout(dir: &Path) {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha256(&config)), "size": config.len()},
         "layers": [
-            {"mediaType": LAYER_TAR, "digest": format!("sha256:{}", sha256(&lower)), "size": lower.len()},
+            {"mediaType": LAYER_TAR, "digest": format!("sha256:{}", sha256(lower)), "size": lower.len()},
             {"mediaType": LAYER_TAR_GZIP, "digest": format!("sha256:{}", sha256(&upper_gz)), "size": upper_gz.len()},
         ],
     }))
