@@ -183,9 +183,10 @@ pub struct RunArgs {
     /// Working directory inside the container (created if missing).
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
-    /// Run as UID[:GID] (numeric); the default is root with Docker's default capabilities.
-    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = launcher::options::parse_user)]
-    pub user: Option<launcher::options::User>,
+    /// Run as UID[:GID] or NAME[:GROUP] (names from the container's /etc/passwd and /etc/group); the
+    /// default is the image's User, else root with Docker's default capabilities.
+    #[arg(short = 'u', long, value_name = "UID[:GID]", value_parser = launcher::user::parse_user_spec)]
+    pub user: Option<String>,
     /// Bind-mount a host path: SRC:DST or SRC:DST:ro; repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]", value_parser = launcher::options::parse_volume)]
     pub volumes: Vec<launcher::Volume>,

@@ -233,7 +233,7 @@ fn bad_values_name_the_option_and_the_value() {
         ("--cpus", "half"),
         ("--cpuset-cpus", "first"),
         ("--pids-limit", "0"),
-        ("-u", "nobody"),
+        ("-u", "a:b:c"),
         ("-v", "relative:/x"),
         ("--name", "a/b"),
     ] {
@@ -395,6 +395,24 @@ fn the_payload_is_confined() {
     assert_eq!(
         text(&out.stdout),
         "1000\n1001\nCapEff:\t0000000000000000\n",
+        "{out:?}"
+    );
+    // Names come from the container's /etc/passwd, with its home.
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "-u",
+        "nobody",
+        "sh",
+        "-c",
+        "id -u; id -g; echo $HOME",
+    ]);
+    assert_eq!(text(&out.stdout), "65534\n65534\n/\n", "{out:?}");
+    let out = vproc_run(&["--no-lxcfs", "--rootfs", root, "-u", "nosuchuser", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        text(&out.stderr).contains("-u nosuchuser: no user"),
         "{out:?}"
     );
 

@@ -16,6 +16,7 @@ pub mod image;
 pub mod options;
 pub mod process;
 pub mod rootfs;
+pub mod user;
 
 use std::fmt;
 use std::fs::File;

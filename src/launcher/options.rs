@@ -15,7 +15,8 @@ pub struct RunSpec {
     pub hostname: Option<String>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
-    pub user: Option<User>,
+    /// `-u`: UID[:GID] or NAME[:GROUP], resolved in the container's /etc/passwd and /etc/group.
+    pub user: Option<String>,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
     pub network: Network,
@@ -41,13 +42,6 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
-}
-
-/// `-u UID[:GID]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct User {
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// `-v SRC:DST[:ro]`: a host path bound into the container.
@@ -98,21 +92,6 @@ pub fn parse_cpuset(value: &str) -> Result<String, String> {
         Some(cpus) if !cpus.is_empty() => Ok(value.trim().to_string()),
         _ => Err("expected a CPU list like 0, 0-1 or 0,2-3".into()),
     }
-}
-
-/// `-u UID[:GID]`: numeric ids; the group defaults to the uid.
-pub fn parse_user(value: &str) -> Result<User, String> {
-    let bad = || "expected UID or UID:GID with numeric ids, like 1000 or 1000:1000".to_string();
-    let (uid, gid) = match value.split_once(':') {
-        Some((uid, gid)) => (uid, Some(gid)),
-        None => (value, None),
-    };
-    let uid: u32 = uid.parse().map_err(|_| bad())?;
-    let gid: u32 = match gid {
-        Some(gid) => gid.parse().map_err(|_| bad())?,
-        None => uid,
-    };
-    Ok(User { uid, gid })
 }
 
 /// `-v SRC:DST[:ro|rw]`: both absolute; SRC must exist.
@@ -211,20 +190,6 @@ mod tests {
         assert!(parse_cpus("0").is_err());
         assert!(parse_cpus("half").is_err());
         assert!(parse_cpus("NaN").is_err());
-    }
-
-    #[test]
-    fn users_are_numeric_with_an_optional_group() {
-        assert_eq!(
-            parse_user("1000"),
-            Ok(User {
-                uid: 1000,
-                gid: 1000
-            })
-        );
-        assert_eq!(parse_user("0:5"), Ok(User { uid: 0, gid: 5 }));
-        assert!(parse_user("nobody").is_err());
-        assert!(parse_user("1:x").is_err());
     }
 
     #[test]

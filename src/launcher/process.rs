@@ -8,7 +8,8 @@ use std::path::Path;
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
-use super::options::{RunSpec, User};
+use super::options::RunSpec;
+use super::user::User;
 
 /// What the payload runs: argv, environment, working directory and user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,7 @@ pub struct Command {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: String,
-    pub user: Option<User>,
+    pub user: User,
 }
 
 impl Command {
@@ -72,7 +73,7 @@ pub fn exec_payload(spec: &RunSpec, command: &Command) -> ! {
     }
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let _ = spec;
-    if let Err(e) = drop_privileges(command.user) {
+    if let Err(e) = drop_privileges(&command.user) {
         fail(EXIT_CANNOT_RUN, format!("cannot drop privileges: {e}"));
     }
     if let Err(e) = std::env::set_current_dir(&command.workdir) {
@@ -136,7 +137,7 @@ pub fn become_reaper() {
 
 /// Bounding set down to Docker's defaults (of those we still have), groups, gid, uid, then the
 /// capability sets; a non-root uid ends with none (the kernel clears them on setuid).
-fn drop_privileges(user: Option<User>) -> std::io::Result<()> {
+fn drop_privileges(user: &User) -> std::io::Result<()> {
     let mut keep = 0u64;
     for cap in 0..=last_capability() {
         // SAFETY: plain prctl.
@@ -163,8 +164,13 @@ fn drop_privileges(user: Option<User>) -> std::io::Result<()> {
             0,
         )
     };
-    let User { uid, gid } = user.unwrap_or(User { uid: 0, gid: 0 });
-    nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(gid)])?;
+    let (uid, gid) = (user.uid, user.gid);
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups)?;
     nix::unistd::setresgid(gid.into(), gid.into(), gid.into())?;
     nix::unistd::setresuid(uid.into(), uid.into(), uid.into())?;
     let set = if uid == 0 {

@@ -140,6 +140,7 @@ impl Prepared {
             ("HOSTNAME".into(), hostname),
             ("HOME".into(), "/root".into()),
         ];
+        let image_env_has_home = image.env.iter().flatten().any(|kv| kv.starts_with("HOME="));
         let image_env = image.env.iter().flatten().filter_map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -148,17 +149,26 @@ impl Prepared {
             env.retain(|(k, _)| *k != key);
             env.push((key, value));
         }
-        let user = match (spec.user, image.user.as_deref().filter(|u| !u.is_empty())) {
-            (Some(user), _) => Some(user),
-            (None, Some(image_user)) => {
-                Some(super::options::parse_user(image_user).map_err(|e| {
-                    LaunchError::Refused(format!(
-                        "the image's User {image_user:?}: {e}; pass -u UID[:GID]"
-                    ))
-                })?)
-            }
-            (None, None) => None,
-        };
+        let user_spec = spec
+            .user
+            .as_deref()
+            .or(image.user.as_deref().filter(|u| !u.is_empty()))
+            .unwrap_or("0");
+        let user = super::user::resolve(user_spec, self.root_dir()).map_err(|e| {
+            let option = if spec.user.is_some() {
+                "-u"
+            } else {
+                "the image's User"
+            };
+            LaunchError::Refused(format!("{option} {user_spec}: {e}"))
+        })?;
+        // HOME follows the user unless the image or -e sets it.
+        if let Some(home) = env.iter_mut().find(|(k, _)| k == "HOME")
+            && !image_env_has_home
+            && !spec.env.iter().any(|(k, _)| k == "HOME")
+        {
+            home.1 = user.home.clone();
+        }
         let workdir = spec
             .workdir
             .clone()
@@ -170,6 +180,14 @@ impl Prepared {
             workdir,
             user,
         })
+    }
+
+    /// The directory holding the container's files before it starts (its /etc/passwd is read here).
+    fn root_dir(&self) -> &Path {
+        match &self.root {
+            Root::Dir(dir) => dir,
+            Root::Overlay { lower, .. } => lower,
+        }
     }
 
     /// Removes the container's writable layer (the image stays cached).
