@@ -205,9 +205,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 fn wait_for(child: Pid) -> Result<u8, LaunchError> {
     loop {
         match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as u8),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => match exit_code(status) {
+                Some((_, code)) => return Ok(code),
+                None => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 return Err(LaunchError::io(
                     "cannot wait for",
@@ -216,6 +218,16 @@ fn wait_for(child: Pid) -> Result<u8, LaunchError> {
                 ));
             }
         }
+    }
+}
+
+/// The pid that ended and its code as a shell reports it (128 + N for signal N); `None` if it did
+/// not end (stopped, continued).
+fn exit_code(status: WaitStatus) -> Option<(Pid, u8)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid, code as u8)),
+        WaitStatus::Signaled(pid, signal, _) => Some((pid, 128 + signal as u8)),
+        _ => None,
     }
 }
 
@@ -265,11 +277,11 @@ fn init(
 fn reap_until(payload: Pid) -> u8 {
     loop {
         match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == payload => return code as u8,
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == payload => {
-                return 128 + signal as u8;
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => match exit_code(status) {
+                Some((pid, code)) if pid == payload => return code,
+                _ => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return EXIT_SETUP_FAILED,
         }
     }
