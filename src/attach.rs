@@ -11,10 +11,11 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+use rustix::fs::{CWD, Mode, OFlags};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
 
 use crate::files::bind_targets;
+use crate::in_root::{self, Symlinks};
 
 /// `FUSE_SUPER_MAGIC`, the f_type statfs reports for a FUSE mount.
 const FUSE_SUPER_MAGIC: rustix::fs::FsWord = 0x6573_5546;
@@ -229,13 +230,5 @@ fn detach_dead(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::R
 
 /// `relative` opened as an O_PATH fd, resolved as if `root_dir` were `/`.
 fn open_in_root(root_dir: &OwnedFd, relative: &str) -> io::Result<OwnedFd> {
-    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    rustix::fs::openat2(
-        root_dir,
-        relative,
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        how,
-    )
-    .map_err(Into::into)
+    in_root::open_at(root_dir, relative, OFlags::PATH, Symlinks::InRoot).map_err(Into::into)
 }

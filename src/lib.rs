@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod fs;
 pub mod host;
+pub mod in_root;
 pub mod launcher;
 pub mod mountinfo;
 pub mod oci;

@@ -11,7 +11,10 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use rustix::fs::OFlags;
+
 use super::LaunchError;
+use crate::in_root::{self, Symlinks};
 
 /// The defaults a container takes from its image (the `config` object of the image config).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -429,19 +432,7 @@ fn inside(rootfs: &Path, relative: &Path) -> io::Result<PathBuf> {
     if relative.as_os_str().is_empty() {
         return Ok(rootfs.to_path_buf());
     }
-    let root = rustix::fs::open(
-        rootfs,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    let how = rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS;
-    match rustix::fs::openat2(
-        &root,
-        relative,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-        how,
-    ) {
+    match in_root::open(rootfs, relative, OFlags::PATH, Symlinks::InRoot) {
         Ok(fd) => {
             let real = std::fs::read_link(format!(
                 "/proc/self/fd/{}",

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{CWD, FileType, Mode, OFlags};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
     fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
@@ -18,6 +18,7 @@ use super::image::{Image, ImageConfig};
 use super::options::{Network, RootSource, RunSpec};
 use super::process::Command;
 use crate::files::bind_targets;
+use crate::in_root::{self, Symlinks};
 
 /// Hidden like runc/Docker: a bind of /dev/null over files, an empty read-only tmpfs over directories.
 pub const MASKED_PATHS: &[&str] = &[
@@ -302,7 +303,7 @@ pub fn enter(spec: &RunSpec, prepared: &Prepared, workdir: &str) -> Result<(), L
     }
     let workdir = workdir.trim_start_matches('/');
     if !workdir.is_empty() {
-        tree.target(workdir, Needs::Dir, Resolve::InRoot)?;
+        tree.target(workdir, Needs::Dir, Symlinks::InRoot)?;
     }
     if spec.read_only {
         set_attributes(&root, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
@@ -340,16 +341,6 @@ enum Needs {
     Existing,
 }
 
-/// How a target path is resolved below the root.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Resolve {
-    /// Symlinks are followed as if the root were `/` (user volumes, like Docker).
-    InRoot,
-    /// No symlinks at all (the container's own /proc, /dev, /sys: an image that makes them links is
-    /// refused rather than followed).
-    NoSymlinks,
-}
-
 /// The root being built, with every target resolved below it.
 struct Tree<'a> {
     root: &'a OwnedFd,
@@ -365,7 +356,7 @@ impl Tree<'_> {
         attributes: MountAttrFlags,
     ) -> Result<(), LaunchError> {
         let shown = Path::new("/").join(relative);
-        let target = self.target(relative, Needs::Dir, Resolve::NoSymlinks)?;
+        let target = self.target(relative, Needs::Dir, Symlinks::Refused)?;
         let options: Vec<(&str, PathBuf)> = options
             .iter()
             .map(|(k, v)| (*k, PathBuf::from(v)))
@@ -386,9 +377,9 @@ impl Tree<'_> {
     ) -> Result<(), LaunchError> {
         let shown = Path::new("/").join(relative);
         let resolve = if needs == Needs::Existing {
-            Resolve::NoSymlinks
+            Symlinks::Refused
         } else {
-            Resolve::InRoot
+            Symlinks::InRoot
         };
         let target = match self.target(relative, needs, resolve) {
             Err(LaunchError::Io { source, .. })
@@ -469,7 +460,7 @@ impl Tree<'_> {
             &[("mode", "755"), ("size", "65536k")],
             MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_STRICTATIME,
         )?;
-        let dev = self.target("dev", Needs::Dir, Resolve::NoSymlinks)?;
+        let dev = self.target("dev", Needs::Dir, Symlinks::Refused)?;
         let dev = rustix::fs::openat(
             &dev,
             ".",
@@ -522,7 +513,7 @@ impl Tree<'_> {
 
     /// `relative` opened below the root if it exists (a kernel without /proc/timer_list, say).
     fn existing(&self, relative: &str) -> Option<Result<OwnedFd, LaunchError>> {
-        match open_below(self.root, relative, Resolve::NoSymlinks) {
+        match open_below(self.root, relative, Symlinks::Refused) {
             Ok(fd) => Some(Ok(fd)),
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => Some(Err(LaunchError::io(
@@ -538,11 +529,11 @@ impl Tree<'_> {
         &self,
         relative: &str,
         needs: Needs,
-        resolve: Resolve,
+        resolve: Symlinks,
     ) -> Result<OwnedFd, LaunchError> {
         let shown = Path::new("/").join(relative);
         let symlink_refused = |e: rustix::io::Errno| {
-            if e == rustix::io::Errno::LOOP && resolve == Resolve::NoSymlinks {
+            if e == rustix::io::Errno::LOOP && resolve == Symlinks::Refused {
                 LaunchError::Refused(format!(
                     "the root filesystem has a symlink at or above {}; refusing to mount there",
                     shown.display()
@@ -557,7 +548,7 @@ impl Tree<'_> {
             Err(e) => return Err(symlink_refused(e)),
         }
         let real = self.create(relative, needs, resolve)?;
-        open_below(self.root, &real, Resolve::NoSymlinks).map_err(symlink_refused)
+        open_below(self.root, &real, Symlinks::Refused).map_err(symlink_refused)
     }
 
     /// Creates the missing parts of `relative`, following symlinks inside the root as `resolve` allows
@@ -566,7 +557,7 @@ impl Tree<'_> {
         &self,
         relative: &str,
         needs: Needs,
-        resolve: Resolve,
+        resolve: Symlinks,
     ) -> Result<String, LaunchError> {
         let shown = Path::new("/").join(relative);
         let mut pending: std::collections::VecDeque<String> = relative
@@ -590,7 +581,7 @@ impl Tree<'_> {
             } else {
                 done.join("/")
             };
-            let parent_dir = open_below(self.root, &parent, Resolve::NoSymlinks)
+            let parent_dir = open_below(self.root, &parent, Symlinks::Refused)
                 .and_then(|fd| {
                     rustix::fs::openat(&fd, ".", OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 })
@@ -598,7 +589,7 @@ impl Tree<'_> {
             match rustix::fs::readlinkat(&parent_dir, component.as_str(), Vec::new()) {
                 Ok(target) => {
                     links_followed += 1;
-                    if resolve == Resolve::NoSymlinks || links_followed > 40 {
+                    if resolve == Symlinks::Refused || links_followed > 40 {
                         return Err(LaunchError::Refused(format!(
                             "the root filesystem has a symlink at or above {}; refusing to mount there",
                             shown.display()
@@ -654,19 +645,8 @@ impl Tree<'_> {
     }
 }
 
-fn open_below(root: &OwnedFd, relative: &str, resolve: Resolve) -> rustix::io::Result<OwnedFd> {
-    let how = match resolve {
-        Resolve::InRoot => ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        Resolve::NoSymlinks => ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS,
-    };
-    let relative = if relative.is_empty() { "." } else { relative };
-    rustix::fs::openat2(
-        root,
-        relative,
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        how,
-    )
+fn open_below(root: &OwnedFd, relative: &str, symlinks: Symlinks) -> rustix::io::Result<OwnedFd> {
+    in_root::open_at(root, relative, OFlags::PATH, symlinks)
 }
 
 /// A new, detached mount of `fstype` with comma-separated `key=value` options.

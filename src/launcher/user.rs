@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::OFlags;
+
+use crate::in_root::{self, Symlinks};
 
 /// The payload's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,19 +112,7 @@ pub fn resolve(spec: &str, rootfs: &Path) -> Result<User, String> {
 /// A file of the container, resolved as if `rootfs` were `/`; empty when missing or unreadable.
 fn read_in_root(rootfs: &Path, relative: &str) -> String {
     let read = || -> std::io::Result<String> {
-        let root = rustix::fs::open(
-            rootfs,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-        let fd = rustix::fs::openat2(
-            &root,
-            relative,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            how,
-        )?;
+        let fd = in_root::open(rootfs, relative, OFlags::RDONLY, Symlinks::InRoot)?;
         std::io::read_to_string(std::fs::File::from(fd))
     };
     read().unwrap_or_default()
