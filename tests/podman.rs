@@ -202,3 +202,37 @@ fn all_containers_hook_respects_an_opt_out() {
     assert_eq!(run(&[]).trim(), "MemTotal:         262144 kB");
     assert_eq!(run(&annotation("false")).trim(), host_mem_total());
 }
+
+#[test]
+fn vproc_run_takes_the_archives_podman_saves() {
+    let daemon = Daemon::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    for format in ["docker-archive", "oci-archive", "oci-dir"] {
+        let archive = work.path().join(format);
+        let out = Command::new("podman")
+            .args(["save", "--quiet", "--format", format, "-o"])
+            .arg(&archive)
+            .arg(image())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman save {format}: {out:?}");
+        let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .args(["run", "--memory", "256m", "--cpus", "0.5", "--lxcfs"])
+            .arg(&daemon.mountpoint)
+            .arg("--image")
+            .arg(&archive)
+            .arg("--image-cache")
+            .arg(&cache)
+            .args(["sh", "-c", REPORT])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let lines: Vec<String> = stdout(out).lines().map(String::from).collect();
+        assert_eq!(
+            lines[..4],
+            ["MemTotal:         262144 kB", "0", "1", "2"],
+            "{format}"
+        );
+    }
+}

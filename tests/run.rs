@@ -698,6 +698,30 @@ fn a_layer_that_does_not_match_its_digest_is_refused() {
 }
 
 #[test]
+fn an_archive_member_cannot_link_to_a_host_file() {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    write_oci_layout(&layout);
+    // The lower layer becomes a link to a valid layer on the host: it must be read inside the layout.
+    let host_layer = work.path().join("host-layer.tar");
+    let (lower, _) = layers();
+    std::fs::write(&host_layer, lower).unwrap();
+    let blob = layout.join("blobs/sha256").join(sha256(lower));
+    std::fs::remove_file(&blob).unwrap();
+    std::os::unix::fs::symlink(&host_layer, &blob).unwrap();
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--image",
+        layout.to_str().unwrap(),
+        "--image-cache",
+        work.path().join("cache").to_str().unwrap(),
+        "true",
+    ]);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(text(&out.stderr).contains("cannot read"), "{out:?}");
+}
+
+#[test]
 fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
     let name = unique("vproc-run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))

@@ -118,8 +118,7 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
         None => archive,
     };
     let located = locate(dir, archive)?;
-    let config_bytes = std::fs::read(&located.config)
-        .map_err(|e| LaunchError::io("cannot read the image config", &located.config, e))?;
+    let config_bytes = read_member(dir, &located.config)?;
     let id = hex(&Sha256::digest(&config_bytes));
     let parsed: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
         LaunchError::Refused(format!(
@@ -137,7 +136,7 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
         let target = unpacking.join("rootfs");
         std::fs::create_dir_all(&target)
             .map_err(|e| LaunchError::io("cannot create", &target, e))?;
-        let unpacked = unpack_layers(&located.layers, &diff_ids, &target, archive);
+        let unpacked = unpack_layers(dir, &located.layers, &diff_ids, &target, archive);
         if let Err(e) = unpacked {
             let _ = std::fs::remove_dir_all(&unpacking);
             return Err(e);
@@ -166,7 +165,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Extracts the outer archive (plain or gzip) into `dir`: regular files and directories only.
+/// Extracts the outer archive (plain or gzip) into `dir`: regular files, directories and symlinks
+/// (`docker save` links `<id>/layer.tar` to the blob; members are opened inside `dir` only).
 fn extract_archive(archive: &Path, dir: &Path) -> Result<(), LaunchError> {
     let file =
         File::open(archive).map_err(|e| LaunchError::io("--image: cannot open", archive, e))?;
@@ -178,7 +178,7 @@ fn extract_archive(archive: &Path, dir: &Path) -> Result<(), LaunchError> {
     for entry in entries {
         let mut entry = entry.map_err(|e| bad_archive(archive, e))?;
         let kind = entry.header().entry_type();
-        if kind.is_file() || kind.is_dir() {
+        if kind.is_file() || kind.is_dir() || kind.is_symlink() {
             entry.unpack_in(dir).map_err(|e| bad_archive(archive, e))?;
         }
     }
@@ -209,8 +209,7 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
     };
     let docker = dir.join("manifest.json");
     if docker.exists() {
-        let text =
-            std::fs::read(&docker).map_err(|e| LaunchError::io("cannot read", &docker, e))?;
+        let text = read_member(dir, &docker)?;
         let manifests: Vec<DockerManifest> = serde_json::from_slice(&text)
             .map_err(|e| refused(format!("manifest.json is not a docker save manifest: {e}")))?;
         let Some(first) = manifests.into_iter().next() else {
@@ -242,7 +241,7 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
             _ => Err(refused(format!("bad digest {:?}", descriptor.digest))),
         }
     };
-    let mut index: OciIndex = read_json(&index_path, &refused)?;
+    let mut index: OciIndex = read_json(dir, &index_path, &refused)?;
     // An index may point at further indexes (multi-platform images): follow to linux/amd64.
     for _ in 0..4 {
         let chosen = pick_manifest(&index.manifests)
@@ -250,10 +249,10 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
         let path = blob(chosen)?;
         if chosen.media_type.contains("image.index") || chosen.media_type.contains("manifest.list")
         {
-            index = read_json(&path, &refused)?;
+            index = read_json(dir, &path, &refused)?;
             continue;
         }
-        let manifest: OciManifest = read_json(&path, &refused)?;
+        let manifest: OciManifest = read_json(dir, &path, &refused)?;
         for layer in &manifest.layers {
             let media = layer.media_type.as_str();
             if media.contains("zstd") || !(media.contains("tar") || media.is_empty()) {
@@ -283,16 +282,34 @@ fn pick_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
     path: &Path,
     refused: &dyn Fn(String) -> LaunchError,
 ) -> Result<T, LaunchError> {
-    let text = std::fs::read(path).map_err(|e| LaunchError::io("cannot read", path, e))?;
+    let text = read_member(dir, path)?;
     serde_json::from_slice(&text).map_err(|e| {
         refused(format!(
             "{}: {e}",
             path.file_name().unwrap_or_default().to_string_lossy()
         ))
     })
+}
+
+/// A file of the archive's tree at `path` (below `dir`), opened inside that tree: a symlink in a hostile
+/// archive cannot make vproc read a host file into an image.
+fn open_member(dir: &Path, path: &Path) -> Result<File, LaunchError> {
+    let relative = path.strip_prefix(dir).unwrap_or(path);
+    in_root::open(dir, relative, OFlags::RDONLY, Symlinks::InRoot)
+        .map(File::from)
+        .map_err(|e| LaunchError::io("cannot read", path, e))
+}
+
+fn read_member(dir: &Path, path: &Path) -> Result<Vec<u8>, LaunchError> {
+    let mut bytes = Vec::new();
+    open_member(dir, path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| LaunchError::io("cannot read", path, e))?;
+    Ok(bytes)
 }
 
 /// Wraps `reader` in a gzip decoder when it starts with the gzip magic.
@@ -307,14 +324,14 @@ fn maybe_gzip<R: io::BufRead + 'static>(mut reader: R) -> io::Result<Box<dyn Rea
 
 /// Applies the layers in order onto `rootfs`, checking each one's content against its diff_id.
 fn unpack_layers(
+    dir: &Path,
     layers: &[PathBuf],
     diff_ids: &[String],
     rootfs: &Path,
     archive: &Path,
 ) -> Result<(), LaunchError> {
     for (i, layer) in layers.iter().enumerate() {
-        let file =
-            File::open(layer).map_err(|e| LaunchError::io("cannot open the layer", layer, e))?;
+        let file = open_member(dir, layer)?;
         let reader = maybe_gzip(BufReader::new(file))
             .map_err(|e| LaunchError::io("cannot read the layer", layer, e))?;
         let mut hashing = HashingReader {
