@@ -117,7 +117,9 @@ fn the_container_sees_its_limits_through_vprocd() {
         "sh",
         "-c",
         "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online; \
-         grep -c ^processor /proc/cpuinfo; cat /proc/uptime; hostname; nproc; ps -o pid,args; true",
+         grep -c ^processor /proc/cpuinfo; cat /proc/uptime; hostname; nproc; \
+         cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+         ps -o pid,args; true",
     ]);
     let stdout = text(&out.stdout);
     assert_eq!(code(&out), 0, "{out:?}");
@@ -131,10 +133,12 @@ fn the_container_sees_its_limits_through_vprocd() {
     assert!(lines[3].starts_with("0."), "uptime {:?}", lines[3]);
     assert_eq!(lines[4], "vproc-box");
     assert_eq!(lines[5], "1");
+    // Its own cgroup at the root of /sys/fs/cgroup, like Docker's.
+    assert_eq!(lines[6], "67108864");
     // The init is pid 1, the payload pid 2 (ps itself is a child of sh).
-    assert!(lines[7].trim_start().starts_with("1 "), "{stdout}");
+    assert!(lines[8].trim_start().starts_with("1 "), "{stdout}");
     assert!(
-        lines[8].trim_start().starts_with("2 sh -c"),
+        lines[9].trim_start().starts_with("2 sh -c"),
         "the payload is pid 2: {stdout}"
     );
     for dir in cgroup_dirs(&name) {

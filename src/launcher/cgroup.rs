@@ -61,6 +61,19 @@ struct Hierarchy {
     mount: PathBuf,
     /// v1: the controllers of this hierarchy among [`CONTROLLERS`]; v2: those enabled at its root.
     controllers: Vec<&'static str>,
+    /// v1: the super options that name the hierarchy (`cpu`, `cpuacct`, ...), to mount it again inside.
+    options: Vec<String>,
+}
+
+/// A hierarchy as the container mounts it below its /sys/fs/cgroup, read-only; its cgroup namespace
+/// makes the container's own cgroup the root there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    pub version: Version,
+    /// v1: the directory below /sys/fs/cgroup, the host's name for it (`cpu,cpuacct`).
+    pub dir: String,
+    /// v1: the mount options (`cpu`, `cpuacct`).
+    pub options: Vec<String>,
 }
 
 /// The cgroup of one running container.
@@ -111,6 +124,22 @@ impl ContainerCgroup {
             }
         }
         Ok(cgroup)
+    }
+
+    /// How the container mounts its hierarchies (the same ones it was created in).
+    pub fn mounts(&self) -> Vec<CgroupMount> {
+        self.dirs
+            .iter()
+            .map(|(h, _)| CgroupMount {
+                version: h.version,
+                dir: h
+                    .mount
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                options: h.options.clone(),
+            })
+            .collect()
     }
 
     /// The container's directories, one per hierarchy.
@@ -186,10 +215,17 @@ fn hierarchies(mountinfo: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec
                     .iter()
                     .any(|h| h.controllers.iter().any(|c| controllers.contains(c)));
                 if !controllers.is_empty() && !taken {
+                    let options = mount
+                        .super_options
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent="))
+                        .map(String::from)
+                        .collect();
                     found.push(Hierarchy {
                         version: Version::V1,
                         mount: PathBuf::from(mount.mount_point),
                         controllers,
+                        options,
                     });
                 }
             }
@@ -210,6 +246,7 @@ fn hierarchies(mountinfo: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec
                 version: Version::V2,
                 mount,
                 controllers,
+                options: Vec::new(),
             });
         }
     }
@@ -407,17 +444,24 @@ mod tests {
     #[test]
     fn hybrid_hosts_use_one_directory_per_v1_hierarchy() {
         let found = hierarchies(HYBRID, |_| String::new());
-        let mounts: Vec<(&str, Vec<&str>)> = found
+        let mounts: Vec<(&str, Vec<&str>, Vec<&str>)> = found
             .iter()
-            .map(|h| (h.mount.to_str().unwrap(), h.controllers.clone()))
+            .map(|h| {
+                let options = h.options.iter().map(String::as_str).collect();
+                (h.mount.to_str().unwrap(), h.controllers.clone(), options)
+            })
             .collect();
         assert_eq!(
             mounts,
             [
-                ("/sys/fs/cgroup/memory", vec!["memory"]),
-                ("/sys/fs/cgroup/cpu,cpuacct", vec!["cpu", "cpuacct"]),
-                ("/sys/fs/cgroup/cpuset", vec!["cpuset"]),
-                ("/sys/fs/cgroup/pids", vec!["pids"]),
+                ("/sys/fs/cgroup/memory", vec!["memory"], vec!["memory"]),
+                (
+                    "/sys/fs/cgroup/cpu,cpuacct",
+                    vec!["cpu", "cpuacct"],
+                    vec!["cpu", "cpuacct"]
+                ),
+                ("/sys/fs/cgroup/cpuset", vec!["cpuset"], vec!["cpuset"]),
+                ("/sys/fs/cgroup/pids", vec!["pids"], vec!["pids"]),
             ]
         );
     }
@@ -434,6 +478,7 @@ mod tests {
                 version: Version::V2,
                 mount: "/sys/fs/cgroup".into(),
                 controllers: vec!["memory", "cpu", "cpuset", "pids"],
+                options: vec![],
             }]
         );
     }

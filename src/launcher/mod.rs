@@ -170,7 +170,14 @@ fn start_and_wait(
         ForkResult::Child => {
             drop(go_write);
             drop(error_read);
-            init(spec, prepared, command, go_read, error_write)
+            init(
+                spec,
+                prepared,
+                command,
+                &cgroup.mounts(),
+                go_read,
+                error_write,
+            )
         }
         ForkResult::Parent { child } => {
             drop(go_read);
@@ -237,6 +244,7 @@ fn init(
     spec: &RunSpec,
     prepared: &rootfs::Prepared,
     command: &process::Command,
+    cgroups: &[cgroup::CgroupMount],
     go: OwnedFd,
     error_pipe: OwnedFd,
 ) -> ! {
@@ -250,7 +258,7 @@ fn init(
         std::process::exit(EXIT_SETUP_FAILED.into());
     }
     let mut error_pipe = File::from(error_pipe);
-    let setup = rootfs::enter(spec, prepared, &command.workdir);
+    let setup = rootfs::enter(spec, prepared, &command.workdir, cgroups);
     let payload = match setup {
         // SAFETY: still single-threaded.
         Ok(()) => unsafe { fork() }

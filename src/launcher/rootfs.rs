@@ -14,9 +14,11 @@ use rustix::mount::{
 };
 
 use super::LaunchError;
+use super::cgroup::CgroupMount;
 use super::image::{Image, ImageConfig};
 use super::options::{Network, RootSource, RunSpec};
 use super::process::Command;
+use crate::cgroup::Version;
 use crate::files::bind_targets;
 use crate::in_root::{self, Symlinks};
 
@@ -200,7 +202,12 @@ impl Prepared {
 }
 
 /// In the init, after it joined the cgroup: new namespaces, the mount tree, pivot_root, hostname, lo.
-pub fn enter(spec: &RunSpec, prepared: &Prepared, workdir: &str) -> Result<(), LaunchError> {
+pub fn enter(
+    spec: &RunSpec,
+    prepared: &Prepared,
+    workdir: &str,
+    cgroups: &[CgroupMount],
+) -> Result<(), LaunchError> {
     use nix::sched::CloneFlags as C;
     let mut flags = C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWCGROUP;
     if spec.network == Network::None {
@@ -281,6 +288,7 @@ pub fn enter(spec: &RunSpec, prepared: &Prepared, workdir: &str) -> Result<(), L
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )?;
+    tree.mount_cgroups(cgroups)?;
     if let Some(lxcfs) = &spec.lxcfs {
         for relative in bind_targets() {
             let source = lxcfs.join(relative);
@@ -450,6 +458,66 @@ impl Tree<'_> {
         .map_err(|e| fail(e.into()))?;
         set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_RDONLY, true).map_err(fail)?;
         attach(&tree, &target).map_err(fail)
+    }
+
+    /// /sys/fs/cgroup, read-only, as Docker mounts it: the container's cgroup namespace makes its own
+    /// cgroup the root there, so runtimes that read their limits from cgroup files (the JVM, Go's
+    /// automaxprocs) find the same numbers vprocd shows. v2: one cgroup2 mount; v1: a tmpfs with one
+    /// directory per hierarchy (and `cpu -> cpu,cpuacct` links, as on the host).
+    fn mount_cgroups(&self, mounts: &[CgroupMount]) -> Result<(), LaunchError> {
+        let read_only = MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+        let v1: Vec<&CgroupMount> = mounts.iter().filter(|m| m.version == Version::V1).collect();
+        if v1.is_empty() {
+            if mounts.iter().any(|m| m.version == Version::V2) {
+                return self.mount_new("sys/fs/cgroup", "cgroup2", &[], read_only);
+            }
+            return Ok(());
+        }
+        self.mount_new(
+            "sys/fs/cgroup",
+            "tmpfs",
+            &[("mode", "755"), ("size", "64k")],
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )?;
+        let shown = Path::new("/sys/fs/cgroup");
+        let base = self.target("sys/fs/cgroup", Needs::Dir, Symlinks::Refused)?;
+        let dir = rustix::fs::openat(
+            &base,
+            ".",
+            OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| LaunchError::io("cannot open", shown, e))?;
+        for mount in v1 {
+            let options: Vec<(&str, &str)> = mount
+                .options
+                .iter()
+                .map(|o| o.split_once('=').unwrap_or((o.as_str(), "")))
+                .collect();
+            self.mount_new(
+                &format!("sys/fs/cgroup/{}", mount.dir),
+                "cgroup",
+                &options,
+                read_only,
+            )?;
+            if mount.dir.contains(',') {
+                for alias in mount.dir.split(',') {
+                    match rustix::fs::symlinkat(mount.dir.as_str(), &dir, alias) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(LaunchError::io("cannot create", &shown.join(alias), e));
+                        }
+                    }
+                }
+            }
+        }
+        set_attributes(&base, MountAttrFlags::MOUNT_ATTR_RDONLY, false)
+            .map_err(|e| LaunchError::io("cannot make read-only:", shown, e))
     }
 
     /// /dev: a tmpfs with the usual devices, devpts with a private ptmx, shm and mqueue.
