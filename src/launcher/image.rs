@@ -3,7 +3,7 @@
 //! the image id (the sha256 of its config, which names every layer's content by its diff_id), so the
 //! next run of the same image starts at once. Each layer's content is checked against its diff_id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -101,24 +101,14 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
         .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?;
     std::fs::create_dir_all(cache)
         .map_err(|e| LaunchError::io("cannot create the image cache", cache, e))?;
-    // A tar is extracted next to the cache first: its manifests may come anywhere in the stream.
-    let scratch = if meta.is_dir() {
-        None
+    // The manifests and the config name the image; the layers are only read when it is not cached.
+    let members = if meta.is_dir() {
+        Members::Dir(archive)
     } else {
-        let dir = cache.join(format!(".archive-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
-        Some(Scratch(dir))
+        Members::Tar(scan_tar(archive)?)
     };
-    let dir = match &scratch {
-        Some(Scratch(dir)) => {
-            extract_archive(archive, dir)?;
-            dir.as_path()
-        }
-        None => archive,
-    };
-    let located = locate(dir, archive)?;
-    let config_bytes = read_member(dir, &located.config)?;
+    let located = locate(&members, archive)?;
+    let config_bytes = members.read_required(&located.config, archive)?;
     let id = hex(&Sha256::digest(&config_bytes));
     let parsed: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
         LaunchError::Refused(format!(
@@ -130,34 +120,122 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     let diff_ids = parsed.rootfs.map(|r| r.diff_ids).unwrap_or_default();
     let image_dir = cache.join(&id);
     let rootfs = image_dir.join("rootfs");
-    if !rootfs.is_dir() {
-        let unpacking = cache.join(format!(".unpack-{id}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&unpacking);
-        let target = unpacking.join("rootfs");
-        std::fs::create_dir_all(&target)
-            .map_err(|e| LaunchError::io("cannot create", &target, e))?;
-        let unpacked = unpack_layers(dir, &located.layers, &diff_ids, &target, archive);
-        if let Err(e) = unpacked {
-            let _ = std::fs::remove_dir_all(&unpacking);
-            return Err(e);
+    if rootfs.is_dir() {
+        return Ok(Image { rootfs, config });
+    }
+    // A tar is extracted next to the cache first: its layers may come in any order in the stream.
+    let scratch;
+    let dir = match members {
+        Members::Dir(dir) => dir,
+        Members::Tar(_) => {
+            scratch = Scratch::new(cache.join(format!(".archive-{}", std::process::id())))?;
+            extract_archive(archive, &scratch.0)?;
+            scratch.0.as_path()
         }
-        // Another `vproc run` of the same image may have won the race: keep its copy.
-        if std::fs::rename(&unpacking, &image_dir).is_err() {
-            let _ = std::fs::remove_dir_all(&unpacking);
-            if !rootfs.is_dir() {
-                return Err(LaunchError::io(
-                    "cannot store the image in",
-                    &image_dir,
-                    io::Error::from(io::ErrorKind::AlreadyExists),
-                ));
-            }
+    };
+    let unpacking = cache.join(format!(".unpack-{id}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&unpacking);
+    let target = unpacking.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(|e| LaunchError::io("cannot create", &target, e))?;
+    let unpacked = unpack_layers(dir, &located.layers, &diff_ids, &target, archive);
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&unpacking);
+        return Err(e);
+    }
+    // Another `vproc run` of the same image may have won the race: keep its copy.
+    if std::fs::rename(&unpacking, &image_dir).is_err() {
+        let _ = std::fs::remove_dir_all(&unpacking);
+        if !rootfs.is_dir() {
+            return Err(LaunchError::io(
+                "cannot store the image in",
+                &image_dir,
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            ));
         }
     }
     Ok(Image { rootfs, config })
 }
 
+/// The small files of an archive (manifests, configs), by path relative to its top.
+enum Members<'a> {
+    /// An OCI layout directory: files are read from it, inside it.
+    Dir(&'a Path),
+    /// A tar: its files of at most [`SMALL_MEMBER_BYTES`], read in one pass without unpacking.
+    Tar(HashMap<PathBuf, Vec<u8>>),
+}
+
+/// Manifests and image configs are kilobytes; layers are what is larger.
+const SMALL_MEMBER_BYTES: u64 = 4 << 20;
+
+impl Members<'_> {
+    /// The file at `relative`; `None` if the archive has no such (small) file.
+    fn read(&self, relative: &Path) -> Result<Option<Vec<u8>>, LaunchError> {
+        match self {
+            Members::Dir(dir) => {
+                match in_root::open(dir, relative, OFlags::RDONLY, Symlinks::InRoot) {
+                    Ok(fd) => {
+                        let mut bytes = Vec::new();
+                        File::from(fd)
+                            .read_to_end(&mut bytes)
+                            .map_err(|e| LaunchError::io("cannot read", &dir.join(relative), e))?;
+                        Ok(Some(bytes))
+                    }
+                    Err(rustix::io::Errno::NOENT) => Ok(None),
+                    Err(e) => Err(LaunchError::io("cannot read", &dir.join(relative), e)),
+                }
+            }
+            Members::Tar(files) => Ok(files.get(relative).cloned()),
+        }
+    }
+
+    fn read_required(&self, relative: &Path, archive: &Path) -> Result<Vec<u8>, LaunchError> {
+        self.read(relative)?.ok_or_else(|| {
+            LaunchError::Refused(format!(
+                "--image {}: {} is missing from the archive",
+                archive.display(),
+                relative.display()
+            ))
+        })
+    }
+}
+
+/// Reads the small regular files of a tar (plain or gzip) into memory, seeking past the rest when the
+/// tar is not compressed.
+fn scan_tar(archive: &Path) -> Result<HashMap<PathBuf, Vec<u8>>, LaunchError> {
+    let open =
+        || File::open(archive).map_err(|e| LaunchError::io("--image: cannot open", archive, e));
+    let mut head = [0u8; 2];
+    let gzip = open()?.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b];
+    let mut files = HashMap::new();
+    let scanned: io::Result<()> = if gzip {
+        let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(open()?)));
+        tar.entries().and_then(|entries| {
+            entries
+                .into_iter()
+                .try_for_each(|e| keep_small(e?, &mut files))
+        })
+    } else {
+        let mut tar = tar::Archive::new(open()?);
+        tar.entries_with_seek().and_then(|entries| {
+            entries
+                .into_iter()
+                .try_for_each(|e| keep_small(e?, &mut files))
+        })
+    };
+    scanned.map_err(|e| bad_archive(archive, e))?;
+    Ok(files)
+}
+
 /// A directory removed when dropped.
 struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(dir: PathBuf) -> Result<Self, LaunchError> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+        Ok(Scratch(dir))
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -185,6 +263,21 @@ fn extract_archive(archive: &Path, dir: &Path) -> Result<(), LaunchError> {
     Ok(())
 }
 
+fn keep_small<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    files: &mut HashMap<PathBuf, Vec<u8>>,
+) -> io::Result<()> {
+    if entry.header().entry_type().is_file()
+        && entry.size() <= SMALL_MEMBER_BYTES
+        && let Some(path) = clean(&entry.path()?)
+    {
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        files.insert(path, bytes);
+    }
+    Ok(())
+}
+
 fn bad_archive(archive: &Path, e: io::Error) -> LaunchError {
     LaunchError::Refused(format!(
         "--image {}: not a readable tar archive: {e}",
@@ -192,8 +285,9 @@ fn bad_archive(archive: &Path, e: io::Error) -> LaunchError {
     ))
 }
 
-/// Finds the config and layers: `manifest.json` (docker save), else `index.json` (OCI layout).
-fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
+/// Finds the config and layers (paths relative to the archive's top): `manifest.json` (docker save),
+/// else `index.json` (OCI layout).
+fn locate(members: &Members<'_>, archive: &Path) -> Result<Located, LaunchError> {
     let refused =
         |what: String| LaunchError::Refused(format!("--image {}: {what}", archive.display()));
     let inside = |name: &str| -> Result<PathBuf, LaunchError> {
@@ -202,14 +296,12 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            Ok(dir.join(relative))
+            Ok(relative.to_path_buf())
         } else {
             Err(refused(format!("the path {name:?} leaves the archive")))
         }
     };
-    let docker = dir.join("manifest.json");
-    if docker.exists() {
-        let text = read_member(dir, &docker)?;
+    if let Some(text) = members.read(Path::new("manifest.json"))? {
         let manifests: Vec<DockerManifest> = serde_json::from_slice(&text)
             .map_err(|e| refused(format!("manifest.json is not a docker save manifest: {e}")))?;
         let Some(first) = manifests.into_iter().next() else {
@@ -224,13 +316,12 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
                 .collect::<Result<_, _>>()?,
         });
     }
-    let index_path = dir.join("index.json");
-    if !index_path.exists() {
+    let Some(index) = members.read(Path::new("index.json"))? else {
         return Err(refused(
             "neither a docker save archive (manifest.json) nor an OCI image layout (index.json)"
                 .into(),
         ));
-    }
+    };
     let blob = |descriptor: &Descriptor| -> Result<PathBuf, LaunchError> {
         match descriptor.digest.split_once(':') {
             Some((algorithm, hex))
@@ -241,18 +332,19 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
             _ => Err(refused(format!("bad digest {:?}", descriptor.digest))),
         }
     };
-    let mut index: OciIndex = read_json(dir, &index_path, &refused)?;
+    let mut index: OciIndex = parse_json(Path::new("index.json"), &index, &refused)?;
     // An index may point at further indexes (multi-platform images): follow to linux/amd64.
     for _ in 0..4 {
         let chosen = pick_manifest(&index.manifests)
             .ok_or_else(|| refused("index.json has no linux/amd64 manifest".into()))?;
         let path = blob(chosen)?;
+        let bytes = members.read_required(&path, archive)?;
         if chosen.media_type.contains("image.index") || chosen.media_type.contains("manifest.list")
         {
-            index = read_json(dir, &path, &refused)?;
+            index = parse_json(&path, &bytes, &refused)?;
             continue;
         }
-        let manifest: OciManifest = read_json(dir, &path, &refused)?;
+        let manifest: OciManifest = parse_json(&path, &bytes, &refused)?;
         for layer in &manifest.layers {
             let media = layer.media_type.as_str();
             if media.contains("zstd") || !(media.contains("tar") || media.is_empty()) {
@@ -270,6 +362,14 @@ fn locate(dir: &Path, archive: &Path) -> Result<Located, LaunchError> {
     Err(refused("index.json nests indexes too deeply".into()))
 }
 
+fn parse_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    refused: &dyn Fn(String) -> LaunchError,
+) -> Result<T, LaunchError> {
+    serde_json::from_slice(bytes).map_err(|e| refused(format!("{}: {e}", path.display())))
+}
+
 fn pick_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
     manifests
         .iter()
@@ -281,35 +381,12 @@ fn pick_manifest(manifests: &[Descriptor]) -> Option<&Descriptor> {
         .or_else(|| manifests.iter().find(|m| m.platform.is_none()))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
-    dir: &Path,
-    path: &Path,
-    refused: &dyn Fn(String) -> LaunchError,
-) -> Result<T, LaunchError> {
-    let text = read_member(dir, path)?;
-    serde_json::from_slice(&text).map_err(|e| {
-        refused(format!(
-            "{}: {e}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ))
-    })
-}
-
 /// A file of the archive's tree at `path` (below `dir`), opened inside that tree: a symlink in a hostile
 /// archive cannot make vproc read a host file into an image.
-fn open_member(dir: &Path, path: &Path) -> Result<File, LaunchError> {
-    let relative = path.strip_prefix(dir).unwrap_or(path);
+fn open_member(dir: &Path, relative: &Path) -> Result<File, LaunchError> {
     in_root::open(dir, relative, OFlags::RDONLY, Symlinks::InRoot)
         .map(File::from)
-        .map_err(|e| LaunchError::io("cannot read", path, e))
-}
-
-fn read_member(dir: &Path, path: &Path) -> Result<Vec<u8>, LaunchError> {
-    let mut bytes = Vec::new();
-    open_member(dir, path)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| LaunchError::io("cannot read", path, e))?;
-    Ok(bytes)
+        .map_err(|e| LaunchError::io("cannot read", &dir.join(relative), e))
 }
 
 /// Wraps `reader` in a gzip decoder when it starts with the gzip magic.
