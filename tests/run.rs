@@ -463,6 +463,18 @@ fn environment_workdir_and_host_network() {
     );
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert_eq!(lines[3], host_links.to_string(), "the host's interfaces");
+    // Docker's /etc files: the hostname resolves inside (the JVM's getLocalHost needs it).
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "--hostname",
+        "web1",
+        "sh",
+        "-c",
+        "cat /etc/hostname; grep -c web1 /etc/hosts; ping -c1 -W1 web1 >/dev/null && echo resolves",
+    ]);
+    assert_eq!(text(&out.stdout), "web1\n1\nresolves\n", "{out:?}");
 }
 
 // ---- image archives ----

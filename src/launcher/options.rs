@@ -29,6 +29,13 @@ pub struct RunSpec {
     pub state_dir: PathBuf,
 }
 
+impl RunSpec {
+    /// `--hostname`, by default the container's name.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.name)
+    }
+}
+
 /// The root filesystem: a directory used as it is, or an image archive unpacked into the cache.
 #[derive(Debug, Clone)]
 pub enum RootSource {

@@ -70,20 +70,23 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 pub struct Prepared {
     root: Root,
     image: Option<ImageConfig>,
+    /// `<state dir>/<name>`: the overlay's layers and the container's /etc/hosts, hostname and
+    /// resolv.conf while it runs.
+    state: PathBuf,
 }
 
 #[derive(Debug)]
 enum Root {
     /// `--rootfs DIR`, mounted over itself in the container's namespace.
     Dir(PathBuf),
-    /// An unpacked image under an overlay whose upper layer lives in `state` while the container runs.
-    Overlay { lower: PathBuf, state: PathBuf },
+    /// An unpacked image under an overlay whose upper layer lives in the state directory.
+    Overlay { lower: PathBuf },
 }
 
 /// Host-side preparation: checks the root directory, or unpacks the image and makes the container's
 /// writable layer.
 pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
-    match &spec.root {
+    let (root, image) = match &spec.root {
         RootSource::Dir(dir) => {
             let meta = std::fs::metadata(dir)
                 .map_err(|e| LaunchError::io("--rootfs: cannot use", dir, e))?;
@@ -93,30 +96,49 @@ pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
                     dir.display()
                 )));
             }
-            Ok(Prepared {
-                root: Root::Dir(dir.clone()),
-                image: None,
-            })
+            (Root::Dir(dir.clone()), None)
         }
         RootSource::Image(archive) => {
             let Image { rootfs, config } = super::image::load(archive, &spec.image_cache)?;
-            let state = spec.state_dir.join(&spec.name);
-            // A killed `vproc run` of the same name may have left its layer; the name is ours now.
-            let _ = std::fs::remove_dir_all(&state);
-            for sub in ["upper", "work", "merged"] {
-                let dir = state.join(sub);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| LaunchError::io("cannot create", &dir, e))?;
-            }
-            Ok(Prepared {
-                root: Root::Overlay {
-                    lower: rootfs,
-                    state,
-                },
-                image: Some(config),
-            })
+            (Root::Overlay { lower: rootfs }, Some(config))
         }
+    };
+    let state = spec.state_dir.join(&spec.name);
+    // A killed `vproc run` of the same name may have left its state; the name is ours now.
+    let _ = std::fs::remove_dir_all(&state);
+    let prepared = Prepared { root, image, state };
+    let mut dirs = vec![prepared.state.clone()];
+    if let Root::Overlay { .. } = prepared.root {
+        dirs.extend(["upper", "work", "merged"].map(|sub| prepared.state.join(sub)));
     }
+    for dir in dirs {
+        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+    }
+    for (file, content) in ETC_FILES.into_iter().zip(etc_contents(spec)) {
+        let path = prepared.state.join(file);
+        std::fs::write(&path, content).map_err(|e| LaunchError::io("cannot write", &path, e))?;
+    }
+    Ok(prepared)
+}
+
+/// The files Docker gives every container below /etc: its hostname, a hosts file that resolves it (the
+/// JVM's `InetAddress.getLocalHost()` fails without), and the host's resolver configuration.
+const ETC_FILES: [&str; 3] = ["hostname", "hosts", "resolv.conf"];
+
+/// The contents of [`ETC_FILES`], in order.
+fn etc_contents(spec: &RunSpec) -> [String; 3] {
+    let hostname = spec.hostname();
+    let hosts = match spec.network {
+        Network::None => {
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
+        }
+        Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+    };
+    [
+        format!("{hostname}\n"),
+        format!("{hosts}127.0.1.1\t{hostname}\n"),
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    ]
 }
 
 impl Prepared {
@@ -137,7 +159,7 @@ impl Prepared {
                     .into(),
             ));
         }
-        let hostname = spec.hostname.clone().unwrap_or_else(|| spec.name.clone());
+        let hostname = spec.hostname().to_string();
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), Command::DEFAULT_PATH.into()),
             ("HOSTNAME".into(), hostname),
@@ -189,15 +211,13 @@ impl Prepared {
     fn root_dir(&self) -> &Path {
         match &self.root {
             Root::Dir(dir) => dir,
-            Root::Overlay { lower, .. } => lower,
+            Root::Overlay { lower } => lower,
         }
     }
 
     /// Removes the container's writable layer (the image stays cached).
     pub fn cleanup(&self) {
-        if let Root::Overlay { state, .. } = &self.root {
-            let _ = std::fs::remove_dir_all(state);
-        }
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
@@ -243,7 +263,8 @@ pub fn enter(
             .map_err(|e| LaunchError::io("cannot bind the root", dir, e))?;
             (tree, dir.clone())
         }
-        Root::Overlay { lower, state } => {
+        Root::Overlay { lower } => {
+            let state = &prepared.state;
             let options = [
                 ("lowerdir", lower.clone()),
                 ("upperdir", state.join("upper")),
@@ -303,6 +324,15 @@ pub fn enter(
         };
         tree.bind(&volume.source, relative, volume.read_only, kind)?;
     }
+    // Best effort, as the image may lack /etc and be read-only. Writable, as Docker's: each is a copy.
+    for file in ETC_FILES {
+        let _ = tree.bind(
+            &prepared.state.join(file),
+            &format!("etc/{file}"),
+            false,
+            Needs::File,
+        );
+    }
     for relative in MASKED_PATHS {
         tree.mask(relative)?;
     }
@@ -326,7 +356,7 @@ pub fn enter(
         .map_err(|e| LaunchError::io("cannot detach the old root from", &mount_at, e))?;
     rustix::process::chdir("/").map_err(|e| LaunchError::io("cannot enter", Path::new("/"), e))?;
 
-    let hostname = spec.hostname.as_deref().unwrap_or(&spec.name);
+    let hostname = spec.hostname();
     rustix::system::sethostname(hostname.as_bytes()).map_err(|e| {
         LaunchError::io(
             format!("cannot set hostname {hostname:?} for"),
