@@ -356,7 +356,8 @@ fn symlinks_in_the_root_cannot_redirect_mounts() {
 #[test]
 fn the_payload_is_confined() {
     let root = rootfs().to_str().unwrap();
-    let status = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ls /proc/self/fd; id -u; \
+    let status = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  unshare -U -r true 2>/dev/null || echo no-user-namespaces; ls /proc/self/fd; id -u; \
                   cat /proc/kcore | wc -c; echo x > /proc/sys/kernel/hostname || echo ro-proc-sys; \
                   ip -o link | wc -l";
     // An fd the launcher inherits (say a leaked directory of the host) must not reach the payload.
@@ -379,12 +380,15 @@ fn the_payload_is_confined() {
     assert_eq!(lines[0], "CapEff:\t00000000a80425fb", "{stdout}");
     assert_eq!(lines[1], "CapBnd:\t00000000a80425fb", "{stdout}");
     assert_eq!(lines[2], "NoNewPrivs:\t1", "{stdout}");
+    // Docker's default profile refuses new user namespaces (and more) to a container.
+    assert_eq!(lines[3], "Seccomp:\t2", "{stdout}");
+    assert_eq!(lines[4], "no-user-namespaces", "{stdout}");
     // ls's own directory fd is 3; nothing else above stderr.
-    assert_eq!(&lines[3..7], ["0", "1", "2", "3"], "{stdout}");
-    assert_eq!(lines[7], "0", "uid");
-    assert_eq!(lines[8], "0", "/proc/kcore is masked");
-    assert_eq!(lines[9], "ro-proc-sys");
-    assert_eq!(lines[10], "1", "only lo with --net none");
+    assert_eq!(&lines[5..9], ["0", "1", "2", "3"], "{stdout}");
+    assert_eq!(lines[9], "0", "uid");
+    assert_eq!(lines[10], "0", "/proc/kcore is masked");
+    assert_eq!(lines[11], "ro-proc-sys");
+    assert_eq!(lines[12], "1", "only lo with --net none");
 
     let out = vproc_run(&[
         "--no-lxcfs",

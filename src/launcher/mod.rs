@@ -6,7 +6,7 @@
 //! ```text
 //!  vproc run (host)          creates the cgroup, forwards SIGTERM/SIGINT/SIGHUP, waits, reports, cleans up
 //!   └─ init (pid 1 inside)   joins the cgroup, unshares, mounts, pivots; reaps zombies, forwards signals
-//!       └─ payload (pid 2)   user, capabilities, no_new_privs, fds closed, exec
+//!       └─ payload (pid 2)   user, capabilities, no_new_privs, fds closed, seccomp, exec
 //! ```
 //! [`cgroup`] makes the cgroup, [`image`] unpacks archives, [`rootfs`] builds the mount tree and
 //! [`process`] turns the last fork into the payload.
@@ -16,6 +16,7 @@ pub mod image;
 pub mod options;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod user;
 
 use std::fmt;

@@ -1,6 +1,7 @@
 //! The last steps before the payload runs, in the forked payload process: user, capabilities,
 //! no_new_privs, every inherited fd above stdio closed (CVE-2024-21626: a leaked host directory fd lets
-//! a container walk the host), then exec with the container's PATH. And the init's own hardening.
+//! a container walk the host), the seccomp filter, then exec with the container's PATH. And the
+//! init's own hardening.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -101,6 +102,13 @@ pub fn exec_payload(spec: &RunSpec, command: &Command) -> ! {
         fail(EXIT_CANNOT_RUN, format!("cannot set no_new_privs: {e}"));
     }
     close_inherited_fds();
+    // Last: the filter refuses some of the calls made above.
+    if let Err(e) = super::seccomp::install() {
+        fail(
+            EXIT_CANNOT_RUN,
+            format!("cannot install the seccomp filter: {e}"),
+        );
+    }
     let error = nix::unistd::execve(&program_c, &argv, &env).unwrap_err();
     let code = if error == nix::errno::Errno::ENOENT {
         EXIT_NOT_FOUND
