@@ -213,6 +213,40 @@ fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
 }
 
 #[test]
+fn sigterm_during_setup_still_ends_the_container() {
+    // The delays sweep the setup window (about 1-10 ms after spawn in a debug build).
+    for delay_ms in 0..16 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .args(["run", "--no-lxcfs", "--rootfs"])
+            .arg(rootfs())
+            .args(["sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(delay_ms * 700));
+        // SAFETY: kill of the child we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a SIGTERM sent during setup was lost"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // 143 once vproc run handles signals; before that the default action ends it.
+        let by_signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        assert!(
+            status.code() == Some(143) || by_signal == Some(libc::SIGTERM),
+            "{status:?}"
+        );
+    }
+}
+
+#[test]
 fn exit_codes_propagate() {
     let root = rootfs().to_str().unwrap();
     let run = |script: &str| vproc_run(&["--no-lxcfs", "--rootfs", root, "sh", "-c", script]);

@@ -86,12 +86,66 @@ pub struct Outcome {
 /// payload (in the init, which is a fork and so has its own copy).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
+/// A signal that came before there was anyone to forward it to (during the container's setup).
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
 extern "C" fn forward_signal(signal: libc::c_int) {
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, signal) };
+    } else {
+        PENDING.store(signal, Ordering::Relaxed);
     }
+}
+
+/// From now on signals go to `pid`; one that came while there was nobody goes there now.
+fn forward_to(pid: Pid) {
+    FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
+    let pending = PENDING.swap(0, Ordering::Relaxed);
+    if pending != 0 {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid.as_raw(), pending) };
+    }
+}
+
+/// Forks with the forwarded signals blocked, so none is handled by a copy of the handler that has
+/// nowhere to send it: the parent starts forwarding to the child before it unblocks, the child
+/// forgets what the parent had pending and unblocks once its handlers are what it wants
+/// ([`child_signals`]).
+fn fork_holding_signals() -> nix::Result<ForkResult> {
+    hold_signals(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+    // SAFETY: vproc run and its init are single-threaded; the children go on with plain syscalls.
+    let forked = unsafe { fork() };
+    match forked {
+        Ok(ForkResult::Parent { child }) => {
+            forward_to(child);
+            hold_signals(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+        }
+        Ok(ForkResult::Child) => PENDING.store(0, Ordering::Relaxed),
+        Err(_) => hold_signals(nix::sys::signal::SigmaskHow::SIG_UNBLOCK),
+    }
+    forked
+}
+
+/// In a child of [`fork_holding_signals`]: keep forwarding (the init) or take the default actions (the
+/// payload), then let the signals that came meanwhile in.
+pub(crate) fn child_signals(keep_forwarding: bool) {
+    if !keep_forwarding {
+        for signal in FORWARDED_SIGNALS {
+            // SAFETY: restoring the default disposition.
+            unsafe { libc::signal(signal as libc::c_int, libc::SIG_DFL) };
+        }
+    }
+    hold_signals(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+}
+
+fn hold_signals(how: nix::sys::signal::SigmaskHow) {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED_SIGNALS {
+        set.add(signal);
+    }
+    let _ = nix::sys::signal::sigprocmask(how, Some(&set), None);
 }
 
 const FORWARDED_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
@@ -164,11 +218,11 @@ fn start_and_wait(
             e,
         )
     })?;
-    // SAFETY: vproc run is single-threaded; the child goes on with plain syscalls and ends in exit.
-    match unsafe { fork() }
+    match fork_holding_signals()
         .map_err(|e| LaunchError::io("cannot fork", Path::new("vproc run"), e))?
     {
         ForkResult::Child => {
+            child_signals(true);
             drop(go_write);
             drop(error_read);
             init(
@@ -183,7 +237,6 @@ fn start_and_wait(
         ForkResult::Parent { child } => {
             drop(go_read);
             drop(error_write);
-            FORWARD_TO.store(child.as_raw(), Ordering::Relaxed);
             if let Err(e) = cgroup.add(child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = wait_for(child);
@@ -261,8 +314,7 @@ fn init(
     let mut error_pipe = File::from(error_pipe);
     let setup = rootfs::enter(spec, prepared, &command.workdir, cgroups);
     let payload = match setup {
-        // SAFETY: still single-threaded.
-        Ok(()) => unsafe { fork() }
+        Ok(()) => fork_holding_signals()
             .map_err(|e| LaunchError::io("cannot fork the payload in", Path::new("/"), e)),
         Err(e) => Err(e),
     };
@@ -273,7 +325,6 @@ fn init(
         }
         Ok(ForkResult::Child) => process::exec_payload(spec, command),
         Ok(ForkResult::Parent { child }) => {
-            FORWARD_TO.store(child.as_raw(), Ordering::Relaxed);
             drop(error_pipe);
             process::become_reaper();
             let code = reap_until(child);

@@ -68,10 +68,7 @@ pub fn exec_payload(spec: &RunSpec, command: &Command) -> ! {
         let _ = writeln!(std::io::stderr(), "vproc run: {message}");
         std::process::exit(code)
     };
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: restoring the default disposition.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
-    }
+    super::child_signals(false);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let _ = spec;
     if let Err(e) = drop_privileges(&command.user) {
