@@ -323,7 +323,7 @@ fn init(
             let _ = error_pipe.write_all(e.to_string().as_bytes());
             std::process::exit(EXIT_SETUP_FAILED.into());
         }
-        Ok(ForkResult::Child) => process::exec_payload(spec, command),
+        Ok(ForkResult::Child) => process::exec_payload(command),
         Ok(ForkResult::Parent { child }) => {
             drop(error_pipe);
             process::become_reaper();

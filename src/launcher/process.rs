@@ -9,7 +9,6 @@ use std::path::Path;
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
-use super::options::RunSpec;
 use super::user::User;
 
 /// What the payload runs: argv, environment, working directory and user.
@@ -63,14 +62,13 @@ const EXIT_NOT_FOUND: i32 = 127;
 const EXIT_CANNOT_RUN: i32 = 126;
 
 /// Becomes the payload. Never returns: exec, or an exit code with the reason on stderr.
-pub fn exec_payload(spec: &RunSpec, command: &Command) -> ! {
+pub fn exec_payload(command: &Command) -> ! {
     let fail = |code: i32, message: String| -> ! {
         let _ = writeln!(std::io::stderr(), "vproc run: {message}");
         std::process::exit(code)
     };
     super::child_signals(false);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
-    let _ = spec;
     if let Err(e) = drop_privileges(&command.user) {
         fail(EXIT_CANNOT_RUN, format!("cannot drop privileges: {e}"));
     }
