@@ -515,6 +515,42 @@ fn environment_workdir_and_host_network() {
     assert_eq!(text(&out.stdout), "web1\n1\nresolves\n", "{out:?}");
 }
 
+#[test]
+fn dev_sys_lo_and_read_only_volumes() {
+    let root = rootfs().to_str().unwrap();
+    let source = tempfile::tempdir().unwrap();
+    let volume = format!("{}:/data:ro", source.path().display());
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--rootfs",
+        root,
+        "-v",
+        &volume,
+        "sh",
+        "-c",
+        "ls /dev | tr '\\n' ' '; echo; cat /sys/class/net/lo/flags; \
+         touch /sys/x 2>/dev/null || echo ro-sys; touch /data/x 2>/dev/null || echo ro-volume; \
+         head -c 4 /dev/urandom | wc -c; test -c /dev/pts/ptmx && echo devpts",
+    ]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let dev: Vec<&str> = lines[0].split_whitespace().collect();
+    for name in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue",
+    ] {
+        assert!(dev.contains(&name), "/dev lacks {name}: {dev:?}");
+    }
+    // IFF_UP | IFF_LOOPBACK: lo is up in the new network namespace.
+    assert_eq!(lines[1], "0x9");
+    assert_eq!(
+        &lines[2..6],
+        ["ro-sys", "ro-volume", "4", "devpts"],
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(source.path()).unwrap().count(), 0);
+}
+
 // ---- image archives ----
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
