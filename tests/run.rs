@@ -65,6 +65,13 @@ fn build_busybox_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
 
+/// `vproc run --no-lxcfs --rootfs <the busybox root> ARGS`.
+fn run_busybox(args: &[&str]) -> Output {
+    let mut all = vec!["--no-lxcfs", "--rootfs", rootfs().to_str().unwrap()];
+    all.extend_from_slice(args);
+    vproc_run(&all)
+}
+
 /// `vproc run ARGS`, stdin closed.
 fn vproc_run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vproc"))
@@ -248,24 +255,22 @@ fn sigterm_during_setup_still_ends_the_container() {
 
 #[test]
 fn exit_codes_propagate() {
-    let root = rootfs().to_str().unwrap();
-    let run = |script: &str| vproc_run(&["--no-lxcfs", "--rootfs", root, "sh", "-c", script]);
+    let run = |script: &str| run_busybox(&["sh", "-c", script]);
     assert_eq!(code(&run("exit 0")), 0);
     assert_eq!(code(&run("exit 3")), 3);
     assert_eq!(code(&run("kill -TERM $$")), 143);
-    let missing = vproc_run(&["--no-lxcfs", "--rootfs", root, "no-such-command"]);
+    let missing = run_busybox(&["no-such-command"]);
     assert_eq!(code(&missing), 127);
     assert!(
         text(&missing.stderr).contains("no-such-command: command not found"),
         "{missing:?}"
     );
-    let not_executable = vproc_run(&["--no-lxcfs", "--rootfs", root, "/etc/passwd"]);
+    let not_executable = run_busybox(&["/etc/passwd"]);
     assert_eq!(code(&not_executable), 126, "{not_executable:?}");
 }
 
 #[test]
 fn bad_values_name_the_option_and_the_value() {
-    let root = rootfs().to_str().unwrap();
     for (option, value) in [
         ("--memory", "lots"),
         ("--cpus", "half"),
@@ -275,7 +280,7 @@ fn bad_values_name_the_option_and_the_value() {
         ("-v", "relative:/x"),
         ("--name", "a/b"),
     ] {
-        let out = vproc_run(&["--no-lxcfs", "--rootfs", root, option, value, "true"]);
+        let out = run_busybox(&[option, value, "true"]);
         assert_eq!(code(&out), 125, "{option} {value}");
         let stderr = text(&out.stderr);
         assert!(stderr.contains(value), "{option} {value}: {stderr}");
@@ -288,14 +293,7 @@ fn bad_values_name_the_option_and_the_value() {
     let out = vproc_run(&["--no-lxcfs", "--rootfs", "/no/such/vproc-root", "true"]);
     assert_eq!(code(&out), 125);
     assert!(text(&out.stderr).contains("/no/such/vproc-root"), "{out:?}");
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
-        "--cpuset-cpus",
-        "1000",
-        "true",
-    ]);
+    let out = run_busybox(&["--cpuset-cpus", "1000", "true"]);
     assert_eq!(code(&out), 125);
     assert!(text(&out.stderr).contains("--cpuset-cpus 1000"), "{out:?}");
 }
@@ -319,10 +317,7 @@ fn without_a_daemon_it_says_so_unless_no_lxcfs() {
 
 #[test]
 fn an_oom_killed_container_is_reported() {
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        rootfs().to_str().unwrap(),
+    let out = run_busybox(&[
         "--memory",
         "64m",
         "sh",
@@ -424,10 +419,7 @@ fn the_payload_is_confined() {
     assert_eq!(lines[11], "ro-proc-sys");
     assert_eq!(lines[12], "1", "only lo with --net none");
 
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
+    let out = run_busybox(&[
         "-u",
         "1000:1001",
         "sh",
@@ -440,28 +432,16 @@ fn the_payload_is_confined() {
         "{out:?}"
     );
     // Names come from the container's /etc/passwd, with its home.
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
-        "-u",
-        "nobody",
-        "sh",
-        "-c",
-        "id -u; id -g; echo $HOME",
-    ]);
+    let out = run_busybox(&["-u", "nobody", "sh", "-c", "id -u; id -g; echo $HOME"]);
     assert_eq!(text(&out.stdout), "65534\n65534\n/\n", "{out:?}");
-    let out = vproc_run(&["--no-lxcfs", "--rootfs", root, "-u", "nosuchuser", "true"]);
+    let out = run_busybox(&["-u", "nosuchuser", "true"]);
     assert_eq!(code(&out), 125);
     assert!(
         text(&out.stderr).contains("-u nosuchuser: no user"),
         "{out:?}"
     );
 
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
+    let out = run_busybox(&[
         "--read-only",
         "-w",
         "/tmp",
@@ -474,11 +454,7 @@ fn the_payload_is_confined() {
 
 #[test]
 fn environment_workdir_and_host_network() {
-    let root = rootfs().to_str().unwrap();
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
+    let out = run_busybox(&[
         "-e",
         "GREETING=hello there",
         "-w",
@@ -502,10 +478,7 @@ fn environment_workdir_and_host_network() {
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert_eq!(lines[3], host_links.to_string(), "the host's interfaces");
     // Docker's /etc files: the hostname resolves inside (the JVM's getLocalHost needs it).
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
+    let out = run_busybox(&[
         "--hostname",
         "web1",
         "sh",
@@ -517,13 +490,9 @@ fn environment_workdir_and_host_network() {
 
 #[test]
 fn dev_sys_lo_and_read_only_volumes() {
-    let root = rootfs().to_str().unwrap();
     let source = tempfile::tempdir().unwrap();
     let volume = format!("{}:/data:ro", source.path().display());
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        root,
+    let out = run_busybox(&[
         "-v",
         &volume,
         "sh",
@@ -763,23 +732,33 @@ fn images_run_with_their_defaults_and_whiteouts_applied() {
     assert_eq!(text(&out.stdout), "from layer 2\n/bin/ls\n", "{out:?}");
 }
 
-#[test]
-fn a_layer_that_does_not_match_its_digest_is_refused() {
+/// Runs an OCI layout whose lower layer blob `tamper` replaced (it gets the blob's path and a scratch
+/// directory outside the layout).
+fn run_with_tampered_lower_layer(tamper: impl Fn(&Path, &Path)) -> Output {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     write_oci_layout(&layout);
-    // Swap the lower layer's content for something else under the same name.
-    let blobs = layout.join("blobs/sha256");
     let (lower, _) = layers();
-    std::fs::write(blobs.join(sha256(lower)), tar_of(&[("evil", Some("x"))])).unwrap();
-    let out = vproc_run(&[
+    tamper(
+        &layout.join("blobs/sha256").join(sha256(lower)),
+        work.path(),
+    );
+    vproc_run(&[
         "--no-lxcfs",
         "--image",
         layout.to_str().unwrap(),
         "--image-cache",
         work.path().join("cache").to_str().unwrap(),
         "true",
-    ]);
+    ])
+}
+
+#[test]
+fn a_layer_that_does_not_match_its_digest_is_refused() {
+    // Something else under the same name.
+    let out = run_with_tampered_lower_layer(|blob, _| {
+        std::fs::write(blob, tar_of(&[("evil", Some("x"))])).unwrap();
+    });
     assert_eq!(code(&out), 125, "{out:?}");
     assert!(
         text(&out.stderr).contains("layer 1 has content sha256:"),
@@ -789,24 +768,12 @@ fn a_layer_that_does_not_match_its_digest_is_refused() {
 
 #[test]
 fn an_archive_member_cannot_link_to_a_host_file() {
-    let work = tempfile::tempdir().unwrap();
-    let layout = work.path().join("layout");
-    write_oci_layout(&layout);
-    // The lower layer becomes a link to a valid layer on the host: it must be read inside the layout.
-    let host_layer = work.path().join("host-layer.tar");
-    let (lower, _) = layers();
-    std::fs::write(&host_layer, lower).unwrap();
-    let blob = layout.join("blobs/sha256").join(sha256(lower));
-    std::fs::remove_file(&blob).unwrap();
-    std::os::unix::fs::symlink(&host_layer, &blob).unwrap();
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--image",
-        layout.to_str().unwrap(),
-        "--image-cache",
-        work.path().join("cache").to_str().unwrap(),
-        "true",
-    ]);
+    // A link to a valid layer on the host: it must be read inside the layout, where it is not.
+    let out = run_with_tampered_lower_layer(|blob, outside| {
+        let host_layer = outside.join("host-layer.tar");
+        std::fs::rename(blob, &host_layer).unwrap();
+        std::os::unix::fs::symlink(&host_layer, blob).unwrap();
+    });
     assert_eq!(code(&out), 125, "{out:?}");
     assert!(text(&out.stderr).contains("cannot read"), "{out:?}");
 }
@@ -859,14 +826,7 @@ fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // vproc run had no chance to remove its cgroup; the next run of that name takes the empty one over.
-    let out = vproc_run(&[
-        "--no-lxcfs",
-        "--rootfs",
-        rootfs().to_str().unwrap(),
-        "--name",
-        &name,
-        "true",
-    ]);
+    let out = run_busybox(&["--name", &name, "true"]);
     assert_eq!(code(&out), 0, "{out:?}");
     for dir in cgroup_dirs(&name) {
         assert!(!dir.exists(), "{} left behind", dir.display());
