@@ -223,10 +223,11 @@ fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
 fn sigterm_during_setup_still_ends_the_container() {
     // The delays sweep the setup window (about 1-10 ms after spawn in a debug build).
     for delay_ms in 0..16 {
+        let name = unique("vproc-run-term");
         let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
             .args(["run", "--no-lxcfs", "--rootfs"])
             .arg(rootfs())
-            .args(["sleep", "30"])
+            .args(["--name", &name, "sleep", "30"])
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -250,6 +251,12 @@ fn sigterm_during_setup_still_ends_the_container() {
             status.code() == Some(143) || by_signal == Some(libc::SIGTERM),
             "{status:?}"
         );
+        // Nothing left behind, wherever the signal landed.
+        for dir in cgroup_dirs(&name) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        let state = Path::new("/var/lib/vproc/containers").join(&name);
+        assert!(!state.exists(), "{} left behind", state.display());
     }
 }
 

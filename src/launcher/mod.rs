@@ -165,6 +165,10 @@ fn install_forwarding() -> io::Result<()> {
 
 /// Runs the container to its end. Prints nothing; the caller reports the outcome.
 pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
+    // First: a SIGTERM from here on waits for the container (and is passed to it) instead of killing
+    // vproc run halfway, which would leave the cgroup and the state directory behind.
+    install_forwarding()
+        .map_err(|e| LaunchError::io("cannot handle signals for", Path::new("vproc run"), e))?;
     if let Some(mountpoint) = &spec.lxcfs {
         if let Err(crate::attach::AttachError::NotMounted { detail, .. }) =
             crate::attach::check_daemon(mountpoint)
@@ -208,8 +212,6 @@ fn start_and_wait(
 ) -> Result<u8, LaunchError> {
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
-    install_forwarding()
-        .map_err(|e| LaunchError::io("cannot handle signals for", Path::new("vproc run"), e))?;
     // Only children land in the new pid namespace: the init is its pid 1.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
         LaunchError::io(
