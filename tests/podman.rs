@@ -41,6 +41,8 @@ fn image() -> &'static str {
             .output()
             .unwrap();
         assert!(out.status.success());
+        // The previous run's image would stay behind as a dangling `<none>` image once the tag moves.
+        let _ = Command::new("podman").args(["rmi", IMAGE]).output();
         stdout(
             Command::new("podman")
                 .arg("import")
