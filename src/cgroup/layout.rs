@@ -15,6 +15,9 @@ pub struct Hierarchy {
     pub mount: PathBuf,
     /// The cgroup path (as /proc/PID/cgroup spells it) that the mount point shows; `/` on a host.
     pub root: String,
+    /// v1: the super options that name the hierarchy (`cpu`, `cpuacct`), to mount it again in a
+    /// container; empty for v2.
+    pub options: Vec<String>,
 }
 
 /// The hierarchy that serves each controller.
@@ -24,6 +27,7 @@ pub struct CgroupLayout {
     cpu: Option<Hierarchy>,
     cpuacct: Option<Hierarchy>,
     cpuset: Option<Hierarchy>,
+    pids: Option<Hierarchy>,
 }
 
 impl CgroupLayout {
@@ -58,6 +62,15 @@ impl CgroupLayout {
                                 version: Version::V1,
                                 mount: PathBuf::from(&mount.mount_point),
                                 root: mount.root.clone(),
+                                options: mount
+                                    .super_options
+                                    .split(',')
+                                    .filter(|o| {
+                                        !matches!(*o, "rw" | "ro")
+                                            && !o.starts_with("release_agent=")
+                                    })
+                                    .map(String::from)
+                                    .collect(),
                             };
                             layout.offer(controller, hierarchy);
                         }
@@ -68,6 +81,7 @@ impl CgroupLayout {
                         version: Version::V2,
                         mount: PathBuf::from(&mount.mount_point),
                         root: mount.root.clone(),
+                        options: Vec::new(),
                     });
                 }
                 _ => {}
@@ -120,6 +134,7 @@ impl CgroupLayout {
             Controller::Cpu => self.cpu.as_ref(),
             Controller::Cpuacct => self.cpuacct.as_ref(),
             Controller::Cpuset => self.cpuset.as_ref(),
+            Controller::Pids => self.pids.as_ref(),
         }
     }
 
@@ -130,6 +145,7 @@ impl CgroupLayout {
             Controller::Cpu => &mut self.cpu,
             Controller::Cpuacct => &mut self.cpuacct,
             Controller::Cpuset => &mut self.cpuset,
+            Controller::Pids => &mut self.pids,
         };
         if slot
             .as_ref()
@@ -150,7 +166,7 @@ impl CgroupLayout {
             else {
                 return Err(Error::parse(source, "hierarchy line", line));
             };
-            for controller in Controller::ALL {
+            for controller in Controller::VIEWED {
                 let Some(hierarchy) = self.hierarchy(controller) else {
                     continue;
                 };
@@ -162,7 +178,9 @@ impl CgroupLayout {
                     let dir = hierarchy
                         .directory_of(path)
                         .ok_or_else(|| Error::parse(source, "cgroup path", path))?;
-                    *cgroups.slot(controller) = Some(dir);
+                    if let Some(slot) = cgroups.slot(controller) {
+                        *slot = Some(dir);
+                    }
                 }
             }
         }

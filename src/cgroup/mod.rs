@@ -23,18 +23,28 @@ pub enum Version {
     V2,
 }
 
-/// The controllers vproc reads.
+/// The controllers vproc knows: the views read the first four, `vproc run` also limits pids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Controller {
     Memory,
     Cpu,
     Cpuacct,
     Cpuset,
+    Pids,
 }
 
 impl Controller {
     /// All controllers, in a fixed order.
-    pub const ALL: [Controller; 4] = [
+    pub const ALL: [Controller; 5] = [
+        Controller::Memory,
+        Controller::Cpu,
+        Controller::Cpuacct,
+        Controller::Cpuset,
+        Controller::Pids,
+    ];
+
+    /// The controllers a reader's cgroups are resolved for (what the views read).
+    pub const VIEWED: [Controller; 4] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
@@ -48,6 +58,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::Cpuacct => "cpuacct",
             Controller::Cpuset => "cpuset",
+            Controller::Pids => "pids",
         }
     }
 }
@@ -72,22 +83,25 @@ pub struct ProcessCgroups {
 }
 
 impl ProcessCgroups {
-    /// The cgroup of `controller`, if that controller is mounted.
+    /// The cgroup of `controller`, if that controller is mounted and one of [`Controller::VIEWED`].
     pub fn get(&self, controller: Controller) -> Option<&CgroupDir> {
         match controller {
             Controller::Memory => self.memory.as_ref(),
             Controller::Cpu => self.cpu.as_ref(),
             Controller::Cpuacct => self.cpuacct.as_ref(),
             Controller::Cpuset => self.cpuset.as_ref(),
+            Controller::Pids => None,
         }
     }
 
-    fn slot(&mut self, controller: Controller) -> &mut Option<CgroupDir> {
+    /// Where the cgroup of a [`Controller::VIEWED`] controller goes.
+    fn slot(&mut self, controller: Controller) -> Option<&mut Option<CgroupDir>> {
         match controller {
-            Controller::Memory => &mut self.memory,
-            Controller::Cpu => &mut self.cpu,
-            Controller::Cpuacct => &mut self.cpuacct,
-            Controller::Cpuset => &mut self.cpuset,
+            Controller::Memory => Some(&mut self.memory),
+            Controller::Cpu => Some(&mut self.cpu),
+            Controller::Cpuacct => Some(&mut self.cpuacct),
+            Controller::Cpuset => Some(&mut self.cpuset),
+            Controller::Pids => None,
         }
     }
 }

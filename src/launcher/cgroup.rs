@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::LaunchError;
-use crate::cgroup::Version;
-use crate::mountinfo::MountinfoLine;
+use crate::cgroup::{CgroupLayout, Controller, Hierarchy, Version};
 
 /// CFS period for `--cpus`, as Docker: quota = cpus x 100000 us.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -25,7 +24,6 @@ const V1_CFS_QUOTA: &str = "cpu.cfs_quota_us";
 const V1_CPUSET_CPUS: &str = "cpuset.cpus";
 const V1_CPUSET_MEMS: &str = "cpuset.mems";
 const V2_SUBTREE_CONTROL: &str = "cgroup.subtree_control";
-const V2_CONTROLLERS: &str = "cgroup.controllers";
 const V2_MEMORY_MAX: &str = "memory.max";
 const V2_SWAP_MAX: &str = "memory.swap.max";
 const V2_MEMORY_EVENTS: &str = "memory.events";
@@ -33,9 +31,6 @@ const V2_CPU_MAX: &str = "cpu.max";
 const V2_CPUSET_CPUS: &str = "cpuset.cpus";
 const V2_KILL: &str = "cgroup.kill";
 const PIDS_MAX: &str = "pids.max";
-
-/// The controllers a container's cgroup is made in.
-const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "cpuset", "pids"];
 
 /// What `--memory`, `--cpus`, `--cpuset-cpus` and `--pids-limit` ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,103 +49,91 @@ impl Limits {
     }
 }
 
-/// A mounted hierarchy the container gets a directory in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Hierarchy {
-    version: Version,
-    mount: PathBuf,
-    /// v1: the controllers of this hierarchy among [`CONTROLLERS`]; v2: those enabled at its root.
-    controllers: Vec<&'static str>,
-    /// v1: the super options that name the hierarchy (`cpu`, `cpuacct`, ...), to mount it again inside.
-    options: Vec<String>,
-}
-
-/// A hierarchy as the container mounts it below its /sys/fs/cgroup, read-only; its cgroup namespace
-/// makes the container's own cgroup the root there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    pub version: Version,
-    /// v1: the directory below /sys/fs/cgroup, the host's name for it (`cpu,cpuacct`).
-    pub dir: String,
-    /// v1: the mount options (`cpu`, `cpuacct`).
-    pub options: Vec<String>,
-}
-
 /// The cgroup of one running container.
 #[derive(Debug)]
 pub struct ContainerCgroup {
-    /// One directory per hierarchy, e.g. `/sys/fs/cgroup/memory/vproc/web`.
-    dirs: Vec<(Hierarchy, PathBuf)>,
+    dirs: Vec<ContainerDir>,
+}
+
+/// The container's directory in one hierarchy, e.g. `/sys/fs/cgroup/memory/vproc/web`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContainerDir {
+    hierarchy: Hierarchy,
+    /// The controllers this hierarchy serves (v2: all of them; `cpuacct` rides with `cpu`).
+    controllers: Vec<Controller>,
+    path: PathBuf,
+}
+
+impl ContainerDir {
+    fn has(&self, controller: Controller) -> bool {
+        self.controllers.contains(&controller)
+    }
+}
+
+/// The distinct hierarchies of `layout`, each with the controllers it serves.
+fn hierarchies(layout: &CgroupLayout) -> Vec<(Hierarchy, Vec<Controller>)> {
+    let mut found: Vec<(Hierarchy, Vec<Controller>)> = Vec::new();
+    for controller in Controller::ALL {
+        let Some(hierarchy) = layout.hierarchy(controller) else {
+            continue;
+        };
+        match found.iter_mut().find(|(h, _)| h.mount == hierarchy.mount) {
+            Some((_, controllers)) => controllers.push(controller),
+            None => found.push((hierarchy.clone(), vec![controller])),
+        }
+    }
+    found
 }
 
 impl ContainerCgroup {
     /// Creates `vproc/<name>` in every hierarchy found in `<proc_root>/self/mountinfo` and writes the
     /// limits. Fails if a container of that name is running (its cgroup exists).
     pub fn create(proc_root: &Path, name: &str, limits: &Limits) -> Result<Self, LaunchError> {
-        let mountinfo_path = proc_root.join("self/mountinfo");
-        let mountinfo = std::fs::read_to_string(&mountinfo_path)
-            .map_err(|e| LaunchError::io("cannot read", &mountinfo_path, e))?;
-        let hierarchies = hierarchies(&mountinfo, |mount| {
-            std::fs::read_to_string(mount.join(V2_CONTROLLERS)).unwrap_or_default()
-        });
-        let mut cgroup = ContainerCgroup { dirs: Vec::new() };
-        for hierarchy in hierarchies {
-            // Pushed before the limits are written, so a failure removes it again.
-            let dir = make_dir(&hierarchy, name)?;
-            cgroup.dirs.push((hierarchy, dir));
-        }
-        for (hierarchy, dir) in &cgroup.dirs {
-            if let Err(e) = write_limits(hierarchy, dir, limits) {
-                let _ = cgroup.remove();
-                return Err(e);
+        let layout = CgroupLayout::detect(proc_root)
+            .map_err(|e| LaunchError::Refused(format!("cannot find the cgroup mounts: {e}")))?;
+        let hierarchies = hierarchies(&layout);
+        for (controller, asked) in [
+            (Controller::Memory, limits.memory_bytes.is_some()),
+            (Controller::Cpu, limits.cpus.is_some()),
+            (Controller::Cpuset, limits.cpuset_cpus.is_some()),
+            (Controller::Pids, limits.pids_max.is_some()),
+        ] {
+            if asked && layout.hierarchy(controller).is_none() {
+                return Err(LaunchError::Refused(format!(
+                    "the {} cgroup controller is not available on this host, so its limit cannot be set",
+                    controller.name()
+                )));
             }
         }
-        for (controller, asked) in [
-            ("memory", limits.memory_bytes.is_some()),
-            ("cpu", limits.cpus.is_some()),
-            ("cpuset", limits.cpuset_cpus.is_some()),
-            ("pids", limits.pids_max.is_some()),
-        ] {
-            if asked
-                && !cgroup
-                    .dirs
-                    .iter()
-                    .any(|(h, _)| h.controllers.contains(&controller))
-            {
+        let mut cgroup = ContainerCgroup { dirs: Vec::new() };
+        for (hierarchy, controllers) in hierarchies {
+            let made = make_dir(&hierarchy, &controllers, name).and_then(|path| {
+                let dir = ContainerDir {
+                    hierarchy,
+                    controllers,
+                    path,
+                };
+                // Kept before the limits are written, so a failure removes it again.
+                cgroup.dirs.push(dir.clone());
+                write_limits(&dir, limits)
+            });
+            if let Err(e) = made {
                 let _ = cgroup.remove();
-                return Err(LaunchError::Refused(format!(
-                    "the {controller} cgroup controller is not available on this host, so its limit cannot be set"
-                )));
+                return Err(e);
             }
         }
         Ok(cgroup)
     }
 
-    /// How the container mounts its hierarchies (the same ones it was created in).
-    pub fn mounts(&self) -> Vec<CgroupMount> {
-        self.dirs
-            .iter()
-            .map(|(h, _)| CgroupMount {
-                version: h.version,
-                dir: h
-                    .mount
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                options: h.options.clone(),
-            })
-            .collect()
-    }
-
-    /// The container's directories, one per hierarchy.
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.dirs.iter().map(|(_, dir)| dir.as_path())
+    /// The hierarchies the container is in, to mount them in its /sys/fs/cgroup.
+    pub fn hierarchies(&self) -> Vec<Hierarchy> {
+        self.dirs.iter().map(|d| d.hierarchy.clone()).collect()
     }
 
     /// Moves process `pid` into the container's cgroup in every hierarchy.
     pub fn add(&self, pid: i32) -> Result<(), LaunchError> {
-        for (_, dir) in &self.dirs {
-            let path = dir.join(CGROUP_PROCS);
+        for dir in &self.dirs {
+            let path = dir.path.join(CGROUP_PROCS);
             std::fs::write(&path, pid.to_string())
                 .map_err(|e| LaunchError::io(format!("cannot move pid {pid} into"), &path, e))?;
         }
@@ -162,13 +145,13 @@ impl ContainerCgroup {
     pub fn oom_kills(&self) -> u64 {
         self.dirs
             .iter()
-            .filter(|(h, _)| h.controllers.contains(&"memory"))
-            .map(|(h, dir)| {
-                let file = match h.version {
+            .filter(|dir| dir.has(Controller::Memory))
+            .map(|dir| {
+                let file = match dir.hierarchy.version {
                     Version::V1 => V1_OOM_CONTROL,
                     Version::V2 => V2_MEMORY_EVENTS,
                 };
-                std::fs::read_to_string(dir.join(file))
+                std::fs::read_to_string(dir.path.join(file))
                     .ok()
                     .and_then(|text| crate::cgroup::parse::keyed_value(&text, "oom_kill"))
                     .unwrap_or(0)
@@ -180,11 +163,11 @@ impl ContainerCgroup {
     /// `vproc/` when no other container uses it).
     pub fn remove(&self) -> Result<(), LaunchError> {
         let mut first_error = None;
-        for (hierarchy, dir) in self.dirs.iter().rev() {
-            if let Err(e) = remove_dir(hierarchy, dir) {
+        for dir in self.dirs.iter().rev() {
+            if let Err(e) = remove_dir(dir) {
                 first_error.get_or_insert(e);
             }
-            if let Some(parent) = dir.parent() {
+            if let Some(parent) = dir.path.parent() {
                 // EBUSY / ENOTEMPTY: another container is running; it removes the parent later.
                 let _ = std::fs::remove_dir(parent);
             }
@@ -196,66 +179,13 @@ impl ContainerCgroup {
     }
 }
 
-/// The hierarchies to create the container in: each v1 hierarchy with one of [`CONTROLLERS`], and the
-/// v2 hierarchy when it serves a controller no v1 hierarchy does.
-fn hierarchies(mountinfo: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec<Hierarchy> {
-    let mut found: Vec<Hierarchy> = Vec::new();
-    let mut unified: Option<PathBuf> = None;
-    for line in mountinfo.lines() {
-        let Some(mount) = MountinfoLine::parse(line) else {
-            continue;
-        };
-        match mount.fstype {
-            "cgroup" => {
-                let controllers: Vec<&'static str> = CONTROLLERS
-                    .into_iter()
-                    .filter(|c| mount.super_options.split(',').any(|o| o == *c))
-                    .collect();
-                let taken = found
-                    .iter()
-                    .any(|h| h.controllers.iter().any(|c| controllers.contains(c)));
-                if !controllers.is_empty() && !taken {
-                    let options = mount
-                        .super_options
-                        .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent="))
-                        .map(String::from)
-                        .collect();
-                    found.push(Hierarchy {
-                        version: Version::V1,
-                        mount: PathBuf::from(mount.mount_point),
-                        controllers,
-                        options,
-                    });
-                }
-            }
-            "cgroup2" if unified.is_none() => unified = Some(PathBuf::from(mount.mount_point)),
-            _ => {}
-        }
-    }
-    if let Some(mount) = unified {
-        let enabled = v2_controllers(&mount);
-        let controllers: Vec<&'static str> = CONTROLLERS
-            .into_iter()
-            .filter(|c| enabled.split_whitespace().any(|e| e == *c))
-            .filter(|c| !found.iter().any(|h| h.controllers.contains(c)))
-            .collect();
-        // On a hybrid host the unified tree has no controllers: nothing to limit there.
-        if !controllers.is_empty() {
-            found.push(Hierarchy {
-                version: Version::V2,
-                mount,
-                controllers,
-                options: Vec::new(),
-            });
-        }
-    }
-    found
-}
-
 /// Creates `<mount>/vproc/<name>`, readying `vproc/` first (v1 cpuset: copy the root's cpus and mems,
 /// which new cpusets start without; v2: delegate the controllers down to it).
-fn make_dir(hierarchy: &Hierarchy, name: &str) -> Result<PathBuf, LaunchError> {
+fn make_dir(
+    hierarchy: &Hierarchy,
+    controllers: &[Controller],
+    name: &str,
+) -> Result<PathBuf, LaunchError> {
     let parent = hierarchy.mount.join(PARENT);
     let dir = parent.join(name);
     // Another `vproc run` may remove an empty `vproc/` between our two mkdirs: try again.
@@ -265,7 +195,7 @@ fn make_dir(hierarchy: &Hierarchy, name: &str) -> Result<PathBuf, LaunchError> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(LaunchError::io("cannot create the cgroup", &parent, e)),
         }
-        ready_parent(hierarchy, &parent)?;
+        ready_parent(hierarchy, controllers, &parent)?;
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             // Left by a `vproc run` that was killed: no process in it, so take it over.
@@ -295,9 +225,13 @@ fn is_empty(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(CGROUP_PROCS)).is_ok_and(|procs| procs.trim().is_empty())
 }
 
-fn ready_parent(hierarchy: &Hierarchy, parent: &Path) -> Result<(), LaunchError> {
+fn ready_parent(
+    hierarchy: &Hierarchy,
+    controllers: &[Controller],
+    parent: &Path,
+) -> Result<(), LaunchError> {
     match hierarchy.version {
-        Version::V1 if hierarchy.controllers.contains(&"cpuset") => {
+        Version::V1 if controllers.contains(&Controller::Cpuset) => {
             for file in [V1_CPUSET_CPUS, V1_CPUSET_MEMS] {
                 let current = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
                 if current.trim().is_empty() {
@@ -308,36 +242,43 @@ fn ready_parent(hierarchy: &Hierarchy, parent: &Path) -> Result<(), LaunchError>
         }
         Version::V1 => {}
         Version::V2 => {
-            let enable: String = hierarchy
-                .controllers
-                .iter()
-                .filter(|c| **c != "cpuacct")
-                .map(|c| format!("+{c} "))
-                .collect();
+            let enable = subtree_control(controllers);
             for dir in [hierarchy.mount.as_path(), parent] {
-                write(&dir.join(V2_SUBTREE_CONTROL), enable.trim())?;
+                write(&dir.join(V2_SUBTREE_CONTROL), &enable)?;
             }
         }
     }
     Ok(())
 }
 
-fn write_limits(hierarchy: &Hierarchy, dir: &Path, limits: &Limits) -> Result<(), LaunchError> {
-    let has = |controller: &str| hierarchy.controllers.contains(&controller);
-    match hierarchy.version {
+/// What v2 `cgroup.subtree_control` takes to delegate `controllers`: `+memory +cpu ...` (cpuacct is
+/// part of v2's cpu controller).
+fn subtree_control(controllers: &[Controller]) -> String {
+    controllers
+        .iter()
+        .filter(|c| **c != Controller::Cpuacct)
+        .map(|c| format!("+{}", c.name()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn write_limits(container: &ContainerDir, limits: &Limits) -> Result<(), LaunchError> {
+    let dir = container.path.as_path();
+    let has = |controller| container.has(controller);
+    match container.hierarchy.version {
         Version::V1 => {
-            if let (true, Some(bytes)) = (has("memory"), limits.memory_bytes) {
+            if let (true, Some(bytes)) = (has(Controller::Memory), limits.memory_bytes) {
                 write(&dir.join(V1_MEMORY_LIMIT), &bytes.to_string())?;
                 // No swap beyond the limit (memsw = memory + swap), so the limit is what MemTotal says.
                 if dir.join(V1_MEMSW_LIMIT).exists() {
                     write(&dir.join(V1_MEMSW_LIMIT), &bytes.to_string())?;
                 }
             }
-            if let (true, Some(quota)) = (has("cpu"), limits.cpu_quota_us()) {
+            if let (true, Some(quota)) = (has(Controller::Cpu), limits.cpu_quota_us()) {
                 write(&dir.join(V1_CFS_PERIOD), &CPU_PERIOD_US.to_string())?;
                 write(&dir.join(V1_CFS_QUOTA), &quota.to_string())?;
             }
-            if has("cpuset") {
+            if has(Controller::Cpuset) {
                 let parent = dir.parent().unwrap_or(dir);
                 let mems = read(&parent.join(V1_CPUSET_MEMS))?;
                 write(&dir.join(V1_CPUSET_MEMS), mems.trim())?;
@@ -353,16 +294,16 @@ fn write_limits(hierarchy: &Hierarchy, dir: &Path, limits: &Limits) -> Result<()
             }
         }
         Version::V2 => {
-            if let (true, Some(bytes)) = (has("memory"), limits.memory_bytes) {
+            if let (true, Some(bytes)) = (has(Controller::Memory), limits.memory_bytes) {
                 write(&dir.join(V2_MEMORY_MAX), &bytes.to_string())?;
                 if dir.join(V2_SWAP_MAX).exists() {
                     write(&dir.join(V2_SWAP_MAX), "0")?;
                 }
             }
-            if let (true, Some(quota)) = (has("cpu"), limits.cpu_quota_us()) {
+            if let (true, Some(quota)) = (has(Controller::Cpu), limits.cpu_quota_us()) {
                 write(&dir.join(V2_CPU_MAX), &format!("{quota} {CPU_PERIOD_US}"))?;
             }
-            if let (true, Some(cpus)) = (has("cpuset"), &limits.cpuset_cpus) {
+            if let (true, Some(cpus)) = (has(Controller::Cpuset), &limits.cpuset_cpus) {
                 let parent = dir.parent().unwrap_or(dir);
                 write_cpuset(
                     &dir.join(V2_CPUSET_CPUS),
@@ -372,7 +313,7 @@ fn write_limits(hierarchy: &Hierarchy, dir: &Path, limits: &Limits) -> Result<()
             }
         }
     }
-    if let (true, Some(max)) = (has("pids"), limits.pids_max) {
+    if let (true, Some(max)) = (has(Controller::Pids), limits.pids_max) {
         write(&dir.join(PIDS_MAX), &max.to_string())?;
     }
     Ok(())
@@ -394,7 +335,8 @@ fn write_cpuset(path: &Path, cpus: &str, available_from: &Path) -> Result<(), La
 }
 
 /// Empties the directory (SIGKILL to what the init's end left behind) and removes it.
-fn remove_dir(hierarchy: &Hierarchy, dir: &Path) -> Result<(), LaunchError> {
+fn remove_dir(container: &ContainerDir) -> Result<(), LaunchError> {
+    let dir = container.path.as_path();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match std::fs::remove_dir(dir) {
@@ -405,7 +347,7 @@ fn remove_dir(hierarchy: &Hierarchy, dir: &Path) -> Result<(), LaunchError> {
             }
             Err(_) => {}
         }
-        if hierarchy.version == Version::V2 && dir.join(V2_KILL).exists() {
+        if container.hierarchy.version == Version::V2 && dir.join(V2_KILL).exists() {
             let _ = std::fs::write(dir.join(V2_KILL), "1");
         } else {
             let procs = std::fs::read_to_string(dir.join(CGROUP_PROCS)).unwrap_or_default();
@@ -443,12 +385,13 @@ mod tests {
 
     #[test]
     fn hybrid_hosts_use_one_directory_per_v1_hierarchy() {
-        let found = hierarchies(HYBRID, |_| String::new());
+        let found = hierarchies(&CgroupLayout::from_mountinfo(HYBRID, |_| String::new()));
         let mounts: Vec<(&str, Vec<&str>, Vec<&str>)> = found
             .iter()
-            .map(|h| {
+            .map(|(h, controllers)| {
+                let names = controllers.iter().map(|c| c.name()).collect();
                 let options = h.options.iter().map(String::as_str).collect();
-                (h.mount.to_str().unwrap(), h.controllers.clone(), options)
+                (h.mount.to_str().unwrap(), names, options)
             })
             .collect();
         assert_eq!(
@@ -469,18 +412,17 @@ mod tests {
     #[test]
     fn unified_hosts_use_one_directory_with_the_enabled_controllers() {
         let mountinfo = "26 25 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        let found = hierarchies(mountinfo, |_| {
+        let layout = CgroupLayout::from_mountinfo(mountinfo, |_| {
             "cpuset cpu io memory hugetlb pids rdma".into()
         });
+        let found = hierarchies(&layout);
+        assert_eq!(found.len(), 1);
+        let (hierarchy, controllers) = &found[0];
         assert_eq!(
-            found,
-            [Hierarchy {
-                version: Version::V2,
-                mount: "/sys/fs/cgroup".into(),
-                controllers: vec!["memory", "cpu", "cpuset", "pids"],
-                options: vec![],
-            }]
+            (hierarchy.version, hierarchy.mount.to_str().unwrap()),
+            (Version::V2, "/sys/fs/cgroup")
         );
+        assert_eq!(subtree_control(controllers), "+memory +cpu +cpuset +pids");
     }
 
     #[test]

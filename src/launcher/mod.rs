@@ -231,7 +231,7 @@ fn start_and_wait(
                 spec,
                 prepared,
                 command,
-                &cgroup.mounts(),
+                &cgroup.hierarchies(),
                 go_read,
                 error_write,
             )
@@ -300,7 +300,7 @@ fn init(
     spec: &RunSpec,
     prepared: &rootfs::Prepared,
     command: &process::Command,
-    cgroups: &[cgroup::CgroupMount],
+    cgroups: &[crate::cgroup::Hierarchy],
     go: OwnedFd,
     error_pipe: OwnedFd,
 ) -> ! {

@@ -14,11 +14,10 @@ use rustix::mount::{
 };
 
 use super::LaunchError;
-use super::cgroup::CgroupMount;
 use super::image::{Image, ImageConfig};
 use super::options::{Network, RootSource, RunSpec};
 use super::process::Command;
-use crate::cgroup::Version;
+use crate::cgroup::{Hierarchy, Version};
 use crate::files::bind_targets;
 use crate::in_root::{self, Symlinks};
 
@@ -226,7 +225,7 @@ pub fn enter(
     spec: &RunSpec,
     prepared: &Prepared,
     workdir: &str,
-    cgroups: &[CgroupMount],
+    cgroups: &[Hierarchy],
 ) -> Result<(), LaunchError> {
     use nix::sched::CloneFlags as C;
     let mut flags = C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWCGROUP;
@@ -494,12 +493,12 @@ impl Tree<'_> {
     /// cgroup the root there, so runtimes that read their limits from cgroup files (the JVM, Go's
     /// automaxprocs) find the same numbers vprocd shows. v2: one cgroup2 mount; v1: a tmpfs with one
     /// directory per hierarchy (and `cpu -> cpu,cpuacct` links, as on the host).
-    fn mount_cgroups(&self, mounts: &[CgroupMount]) -> Result<(), LaunchError> {
+    fn mount_cgroups(&self, mounts: &[Hierarchy]) -> Result<(), LaunchError> {
         let read_only = MountAttrFlags::MOUNT_ATTR_RDONLY
             | MountAttrFlags::MOUNT_ATTR_NOSUID
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-        let v1: Vec<&CgroupMount> = mounts.iter().filter(|m| m.version == Version::V1).collect();
+        let v1: Vec<&Hierarchy> = mounts.iter().filter(|m| m.version == Version::V1).collect();
         if v1.is_empty() {
             if mounts.iter().any(|m| m.version == Version::V2) {
                 return self.mount_new("sys/fs/cgroup", "cgroup2", &[], read_only);
@@ -524,20 +523,26 @@ impl Tree<'_> {
         )
         .map_err(|e| LaunchError::io("cannot open", shown, e))?;
         for mount in v1 {
+            // The host's name for the hierarchy (`cpu,cpuacct`).
+            let name = mount
+                .mount
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
             let options: Vec<(&str, &str)> = mount
                 .options
                 .iter()
                 .map(|o| o.split_once('=').unwrap_or((o.as_str(), "")))
                 .collect();
             self.mount_new(
-                &format!("sys/fs/cgroup/{}", mount.dir),
+                &format!("sys/fs/cgroup/{name}"),
                 "cgroup",
                 &options,
                 read_only,
             )?;
-            if mount.dir.contains(',') {
-                for alias in mount.dir.split(',') {
-                    match rustix::fs::symlinkat(mount.dir.as_str(), &dir, alias) {
+            if name.contains(',') {
+                for alias in name.split(',') {
+                    match rustix::fs::symlinkat(name.as_ref(), &dir, alias) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => {
                             return Err(LaunchError::io("cannot create", &shown.join(alias), e));
