@@ -264,12 +264,15 @@ pub fn enter(
         }
         Root::Overlay { lower } => {
             let state = &prepared.state;
+            let [lower_dir, upper_dir, work_dir] =
+                [lower.clone(), state.join("upper"), state.join("work")]
+                    .map(|dir| dir.to_string_lossy().into_owned());
             let options = [
-                ("lowerdir", lower.clone()),
-                ("upperdir", state.join("upper")),
-                ("workdir", state.join("work")),
+                ("lowerdir", lower_dir.as_str()),
+                ("upperdir", upper_dir.as_str()),
+                ("workdir", work_dir.as_str()),
             ];
-            let tree = new_mount("overlay", &options_str(&options), MountAttrFlags::empty())
+            let tree = new_mount("overlay", &options, MountAttrFlags::empty())
                 .map_err(|e| LaunchError::io("cannot mount an overlay over the image", lower, e))?;
             (tree, state.join("merged"))
         }
@@ -394,11 +397,7 @@ impl Tree<'_> {
     ) -> Result<(), LaunchError> {
         let shown = Path::new("/").join(relative);
         let target = self.target(relative, Needs::Dir, Symlinks::Refused)?;
-        let options: Vec<(&str, PathBuf)> = options
-            .iter()
-            .map(|(k, v)| (*k, PathBuf::from(v)))
-            .collect();
-        let mount = new_mount(fstype, &options_str(&options), attributes)
+        let mount = new_mount(fstype, options, attributes)
             .map_err(|e| LaunchError::io(format!("cannot mount {fstype} on"), &shown, e))?;
         attach(&mount, &target)
             .map_err(|e| LaunchError::io(format!("cannot mount {fstype} on"), &shown, e))
@@ -456,7 +455,7 @@ impl Tree<'_> {
                 .st_mode,
         ) == FileType::Directory;
         let cover = if is_dir {
-            new_mount("tmpfs", "size=0", MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(fail)?
+            new_mount("tmpfs", &[("size", "0")], MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(fail)?
         } else {
             open_tree(
                 self.root,
@@ -752,13 +751,19 @@ fn open_below(root: &OwnedFd, relative: &str, symlinks: Symlinks) -> rustix::io:
     in_root::open_at(root, relative, OFlags::PATH, symlinks)
 }
 
-/// A new, detached mount of `fstype` with comma-separated `key=value` options.
-fn new_mount(fstype: &str, options: &str, attributes: MountAttrFlags) -> io::Result<OwnedFd> {
+/// A new, detached mount of `fstype` with `key = value` options (an empty value sets a flag). Each goes
+/// to the kernel on its own (fsconfig), so a path with a comma in it stays one value.
+fn new_mount(
+    fstype: &str,
+    options: &[(&str, &str)],
+    attributes: MountAttrFlags,
+) -> io::Result<OwnedFd> {
     let context = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
-    for option in options.split(',').filter(|o| !o.is_empty()) {
-        match option.split_once('=') {
-            Some((key, value)) => fsconfig_set_string(&context, key, value)?,
-            None => rustix::mount::fsconfig_set_flag(&context, option)?,
+    for (key, value) in options {
+        if value.is_empty() {
+            rustix::mount::fsconfig_set_flag(&context, *key)?;
+        } else {
+            fsconfig_set_string(&context, *key, *value)?;
         }
     }
     fsconfig_create(&context)?;
@@ -767,21 +772,6 @@ fn new_mount(fstype: &str, options: &str, attributes: MountAttrFlags) -> io::Res
         FsMountFlags::FSMOUNT_CLOEXEC,
         attributes,
     )?)
-}
-
-fn options_str(options: &[(&str, PathBuf)]) -> String {
-    options
-        .iter()
-        .map(|(k, v)| {
-            let v = v.to_string_lossy();
-            if v.is_empty() {
-                k.to_string()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn attach(mount: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
