@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
@@ -467,6 +468,7 @@ pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
     tar.set_preserve_mtime(true);
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
+    let root = LayerRoot::open(rootfs)?;
     // Paths this layer wrote: an opaque whiteout keeps them, whatever the order in the tar.
     let mut written: HashSet<PathBuf> = HashSet::new();
     for entry in tar.entries()? {
@@ -480,7 +482,7 @@ pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
             .unwrap_or_default();
         let parent = relative.parent().unwrap_or(Path::new(""));
         if name == OPAQUE {
-            let dir = inside(rootfs, parent)?;
+            let dir = root.inside(parent)?;
             if let Ok(children) = std::fs::read_dir(&dir) {
                 for child in children.flatten() {
                     if !written.contains(&parent.join(child.file_name())) {
@@ -491,11 +493,11 @@ pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            remove_any(&inside(rootfs, parent)?.join(hidden))?;
+            remove_any(&root.inside(parent)?.join(hidden))?;
             continue;
         }
         // A directory replacing a file, or anything replacing a directory: remove what is there.
-        let existing = inside(rootfs, parent)?.join(&name);
+        let existing = root.inside(parent)?.join(&name);
         if let Ok(meta) = std::fs::symlink_metadata(&existing)
             && meta.is_dir() != entry.header().entry_type().is_dir()
         {
@@ -520,31 +522,54 @@ fn clean(path: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// `relative` below `rootfs`, its symlinks resolved as if `rootfs` were `/` (so a link in a lower layer
-/// cannot make a whiteout delete a host file). Missing directories are fine: nothing to remove there.
-fn inside(rootfs: &Path, relative: &Path) -> io::Result<PathBuf> {
-    if relative.as_os_str().is_empty() {
-        return Ok(rootfs.to_path_buf());
+/// The root a layer is unpacked into, opened once for all its entries.
+struct LayerRoot {
+    path: PathBuf,
+    dir: OwnedFd,
+    /// `path` with its symlinks resolved, to check where a resolved entry really is.
+    canonical: PathBuf,
+}
+
+impl LayerRoot {
+    fn open(path: &Path) -> io::Result<Self> {
+        let dir = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(LayerRoot {
+            path: path.to_path_buf(),
+            dir,
+            canonical: path.canonicalize()?,
+        })
     }
-    match in_root::open(rootfs, relative, OFlags::PATH, Symlinks::InRoot) {
-        Ok(fd) => {
-            let real = std::fs::read_link(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&fd)
-            ))?;
-            let canonical_root = rootfs.canonicalize()?;
-            if real.starts_with(&canonical_root) {
-                Ok(real)
-            } else {
-                Err(io::Error::other(format!(
-                    "{} resolves outside the image",
-                    relative.display()
-                )))
-            }
+
+    /// `relative` below the root, its symlinks resolved as if the root were `/` (so a link in a lower
+    /// layer cannot make a whiteout delete a host file). Missing directories are fine: nothing to
+    /// remove there.
+    fn inside(&self, relative: &Path) -> io::Result<PathBuf> {
+        if relative.as_os_str().is_empty() {
+            return Ok(self.path.clone());
         }
-        // Nothing there: a path that cannot hold anything to remove or replace.
-        Err(rustix::io::Errno::NOENT) => Ok(rootfs.join(".vproc-missing").join(relative)),
-        Err(e) => Err(e.into()),
+        match in_root::open_at(&self.dir, relative, OFlags::PATH, Symlinks::InRoot) {
+            Ok(fd) => {
+                let real = std::fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ))?;
+                if real.starts_with(&self.canonical) {
+                    Ok(real)
+                } else {
+                    Err(io::Error::other(format!(
+                        "{} resolves outside the image",
+                        relative.display()
+                    )))
+                }
+            }
+            // Nothing there: a path that cannot hold anything to remove or replace.
+            Err(rustix::io::Errno::NOENT) => Ok(self.path.join(".vproc-missing").join(relative)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
