@@ -23,13 +23,9 @@ fn image() -> &'static str {
             "podman is not installed: apt-get install podman runc busybox-static (or run .ci/run)"
         );
         let rootfs = tempfile::tempdir().unwrap();
-        for dir in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        common::busybox_rootfs(rootfs.path());
+        for dir in ["proc", "sys", "dev"] {
             std::fs::create_dir_all(rootfs.path().join(dir)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", rootfs.path().join("bin/busybox"))
-            .expect("busybox-static's /bin/busybox");
-        for applet in ["sh", "cat", "head", "grep", "ls"] {
-            std::os::unix::fs::symlink("busybox", rootfs.path().join("bin").join(applet)).unwrap();
         }
         let tar = rootfs.path().with_extension("tar");
         let out = Command::new("tar")

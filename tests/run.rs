@@ -20,7 +20,7 @@ fn rootfs() -> &'static Path {
     ROOTFS.get_or_init(|| {
         remove_stale_roots();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-rootfs"));
-        build_busybox_rootfs(&dir);
+        common::busybox_rootfs(&dir);
         dir
     })
 }
@@ -39,30 +39,6 @@ fn remove_stale_roots() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-fn build_busybox_rootfs(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    for sub in ["bin", "etc", "tmp", "root"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
-        .expect("busybox-static's /bin/busybox: apt-get install busybox-static (or run .ci/run)");
-    let list = Command::new(dir.join("bin/busybox"))
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
 
 /// `vproc run --no-lxcfs --rootfs <the busybox root> ARGS`.
@@ -339,7 +315,7 @@ fn an_oom_killed_container_is_reported() {
 #[test]
 fn symlinks_in_the_root_cannot_redirect_mounts() {
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-links"));
-    build_busybox_rootfs(&root);
+    common::busybox_rootfs(&root);
 
     // /proc -> /: mounting proc through it would cover the container's root; refused.
     std::os::unix::fs::symlink("/", root.join("proc")).unwrap();
@@ -575,7 +551,7 @@ fn layers() -> &'static (Vec<u8>, Vec<u8>) {
 fn build_layers() -> (Vec<u8>, Vec<u8>) {
     // A root of its own: containers run on rootfs() add directories to it while this is built.
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-image-root"));
-    build_busybox_rootfs(&root);
+    common::busybox_rootfs(&root);
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.append_dir_all(".", &root).unwrap();

@@ -364,3 +364,28 @@ pub fn stdout(output: Output) -> String {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// A root filesystem of Debian's busybox-static with every applet, a passwd with root and nobody.
+pub fn busybox_rootfs(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    for sub in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .expect("busybox-static's /bin/busybox: apt-get install busybox-static (or run .ci/run)");
+    let list = Command::new(dir.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
