@@ -41,11 +41,20 @@ fn remove_stale_roots() {
     }
 }
 
-/// `vproc run --no-lxcfs --rootfs <the busybox root> ARGS`.
+/// `vproc run --no-lxcfs --rootfs <the busybox root> ARGS`, stdin closed, not started yet.
+fn busybox_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vproc"));
+    command
+        .args(["run", "--no-lxcfs", "--rootfs"])
+        .arg(rootfs())
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+/// [`busybox_command`], run to its end.
 fn run_busybox(args: &[&str]) -> Output {
-    let mut all = vec!["--no-lxcfs", "--rootfs", rootfs().to_str().unwrap()];
-    all.extend_from_slice(args);
-    vproc_run(&all)
+    busybox_command(args).output().unwrap()
 }
 
 /// `vproc run ARGS`, stdin closed.
@@ -132,24 +141,23 @@ fn the_container_sees_its_limits_through_vprocd() {
 #[test]
 fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
     let name = unique("vproc-run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
-        .args(["run", "--no-lxcfs", "--rootfs"])
-        .arg(rootfs())
-        .args([
-            "--memory",
-            "64m",
-            "--cpus",
-            "1.5",
-            "--pids-limit",
-            "50",
-            "--name",
-            &name,
-        ])
-        .args(["--", "sh", "-c", "echo started; exec sleep 100"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = busybox_command(&[
+        "--memory",
+        "64m",
+        "--cpus",
+        "1.5",
+        "--pids-limit",
+        "50",
+        "--name",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo started; exec sleep 100",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
@@ -200,11 +208,7 @@ fn sigterm_during_setup_still_ends_the_container() {
     // The delays sweep the setup window (about 1-10 ms after spawn in a debug build).
     for delay_ms in 0..16 {
         let name = unique("vproc-run-term");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
-            .args(["run", "--no-lxcfs", "--rootfs"])
-            .arg(rootfs())
-            .args(["--name", &name, "sleep", "30"])
-            .stdin(Stdio::null())
+        let mut child = busybox_command(&["--name", &name, "sleep", "30"])
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_micros(delay_ms * 700));
@@ -367,7 +371,6 @@ fn symlinks_in_the_root_cannot_redirect_mounts() {
 
 #[test]
 fn the_payload_is_confined() {
-    let root = rootfs().to_str().unwrap();
     let status = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
                   unshare -U -r true 2>/dev/null || echo no-user-namespaces; ls /proc/self/fd; id -u; \
                   cat /proc/kcore | wc -c; echo x > /proc/sys/kernel/hostname || echo ro-proc-sys; \
@@ -375,8 +378,7 @@ fn the_payload_is_confined() {
     // An fd the launcher inherits (say a leaked directory of the host) must not reach the payload.
     let leaked = std::fs::File::open("/").unwrap();
     let leaked_fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vproc"));
-    command.args(["run", "--no-lxcfs", "--rootfs", root, "sh", "-c", status]);
+    let mut command = busybox_command(&["sh", "-c", status]);
     // SAFETY: dup2 in the child before exec; async-signal-safe.
     unsafe {
         command.pre_exec(move || {
@@ -384,7 +386,7 @@ fn the_payload_is_confined() {
             Ok(())
         });
     }
-    let out = command.stdin(Stdio::null()).output().unwrap();
+    let out = command.output().unwrap();
     assert_eq!(code(&out), 0, "{out:?}");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -764,11 +766,7 @@ fn an_archive_member_cannot_link_to_a_host_file() {
 #[test]
 fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
     let name = unique("vproc-run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
-        .args(["run", "--no-lxcfs", "--rootfs"])
-        .arg(rootfs())
-        .args(["--name", &name, "sleep", "100"])
-        .stdin(Stdio::null())
+    let mut child = busybox_command(&["--name", &name, "sleep", "100"])
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
