@@ -44,11 +44,20 @@ pub enum LaunchError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A system call failed that concerns no particular path (fork, unshare, sethostname).
+    Os { action: String, source: io::Error },
     /// The request cannot be carried out as given (a bad image, no daemon mounted, a taken name).
     Refused(String),
 }
 
 impl LaunchError {
+    pub fn os(action: impl Into<String>, source: impl Into<io::Error>) -> Self {
+        LaunchError::Os {
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
     pub fn io(action: impl Into<String>, path: &Path, source: impl Into<io::Error>) -> Self {
         LaunchError::Io {
             action: action.into(),
@@ -66,6 +75,7 @@ impl fmt::Display for LaunchError {
                 path,
                 source,
             } => write!(f, "{action} {}: {source}", path.display()),
+            LaunchError::Os { action, source } => write!(f, "{action}: {source}"),
             LaunchError::Refused(message) => f.write_str(message),
         }
     }
@@ -167,8 +177,7 @@ fn install_forwarding() -> io::Result<()> {
 pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
     // First: a SIGTERM from here on waits for the container (and is passed to it) instead of killing
     // vproc run halfway, which would leave the cgroup and the state directory behind.
-    install_forwarding()
-        .map_err(|e| LaunchError::io("cannot handle signals for", Path::new("vproc run"), e))?;
+    install_forwarding().map_err(|e| LaunchError::os("cannot handle signals for vproc run", e))?;
     if let Some(mountpoint) = &spec.lxcfs {
         if let Err(crate::attach::AttachError::NotMounted { detail, .. }) =
             crate::attach::check_daemon(mountpoint)
@@ -213,16 +222,9 @@ fn start_and_wait(
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
     // Only children land in the new pid namespace: the init is its pid 1.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| {
-        LaunchError::io(
-            "cannot create a pid namespace for",
-            Path::new("vproc run"),
-            e,
-        )
-    })?;
-    match fork_holding_signals()
-        .map_err(|e| LaunchError::io("cannot fork", Path::new("vproc run"), e))?
-    {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(|e| LaunchError::os("cannot create a pid namespace for vproc run", e))?;
+    match fork_holding_signals().map_err(|e| LaunchError::os("cannot fork vproc run", e))? {
         ForkResult::Child => {
             child_signals(true);
             drop(go_write);
@@ -261,7 +263,7 @@ fn start_and_wait(
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| LaunchError::io("cannot create a pipe for", Path::new("vproc run"), e))
+        .map_err(|e| LaunchError::os("cannot create a pipe for vproc run", e))
 }
 
 /// Waits for `child` through signal interruptions; its exit code, or 128 + N for signal N.
@@ -274,11 +276,7 @@ fn wait_for(child: Pid) -> Result<u8, LaunchError> {
             },
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                return Err(LaunchError::io(
-                    "cannot wait for",
-                    Path::new("the container's init"),
-                    e,
-                ));
+                return Err(LaunchError::os("cannot wait for the container's init", e));
             }
         }
     }
@@ -316,8 +314,7 @@ fn init(
     let mut error_pipe = File::from(error_pipe);
     let setup = rootfs::enter(spec, prepared, &command.workdir, cgroups);
     let payload = match setup {
-        Ok(()) => fork_holding_signals()
-            .map_err(|e| LaunchError::io("cannot fork the payload in", Path::new("/"), e)),
+        Ok(()) => fork_holding_signals().map_err(|e| LaunchError::os("cannot fork the payload", e)),
         Err(e) => Err(e),
     };
     match payload {

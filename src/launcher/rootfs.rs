@@ -232,13 +232,8 @@ pub fn enter(
     if spec.network == Network::None {
         flags |= C::CLONE_NEWNET;
     }
-    nix::sched::unshare(flags).map_err(|e| {
-        LaunchError::io(
-            "cannot create namespaces for",
-            Path::new("the container"),
-            e,
-        )
-    })?;
+    nix::sched::unshare(flags)
+        .map_err(|e| LaunchError::os("cannot create namespaces for the container", e))?;
     // Nothing mounted from here on may propagate back to the host.
     nix::mount::mount(
         None::<&str>,
@@ -360,14 +355,13 @@ pub fn enter(
 
     let hostname = spec.hostname();
     rustix::system::sethostname(hostname.as_bytes()).map_err(|e| {
-        LaunchError::io(
-            format!("cannot set hostname {hostname:?} for"),
-            Path::new("the container"),
+        LaunchError::os(
+            format!("cannot set hostname {hostname:?} for the container"),
             e,
         )
     })?;
     if spec.network == Network::None {
-        loopback_up().map_err(|e| LaunchError::io("cannot bring up", Path::new("lo"), e))?;
+        loopback_up().map_err(|e| LaunchError::os("cannot bring up lo", e))?;
     }
     Ok(())
 }
