@@ -122,12 +122,16 @@ pub enum VprocCommand {
         #[arg(long, default_value = "/var/log/vproc-hook.log")]
         log: PathBuf,
     },
-    /// Exit 0 if vprocd serves MOUNTPOINT (a FUSE mount that answers a read), 1 otherwise: a liveness
-    /// probe that fails on a dead mount (ENOTCONN).
+    /// Exit 0 if vprocd serves MOUNTPOINT and is healthy, 1 with the reason otherwise: a liveness probe
+    /// that fails on a dead mount (ENOTCONN) and on a daemon that serves the host's files because of its
+    /// own errors (out of file descriptors or memory) within the last 10 s, or is near its fd limit.
     Check {
         /// Where vprocd is mounted.
         #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
         mountpoint: PathBuf,
+        /// Print the daemon's health report (fds, readers, open handles, errors) when healthy too.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Heal containers whose files went dead with a previous vprocd (ENOTCONN): replace each such bind
     /// mount, in every mount namespace, with the same file from the running daemon. vprocd runs this

@@ -16,6 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::cgroup::CgroupLayout;
 use crate::fs::VprocFs;
 use crate::host::HostRoots;
+use crate::reader::{Budget, SWEEP_PERIOD};
 use crate::render::{Options, Renderer};
 
 /// What the daemon is asked to do.
@@ -87,8 +88,11 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     join_host_cgroup_namespace(&roots.proc)?;
     let layout = CgroupLayout::detect(&roots.proc).map_err(DaemonError::Setup)?;
     log::info!("cgroup layout: {layout:?}");
-    let renderer =
-        Arc::new(Renderer::new(roots, layout, config.options.clone()).map_err(DaemonError::Setup)?);
+    let mut options = config.options.clone();
+    options.budget = Budget::for_open_files(raise_open_file_limit());
+    log::info!("budget: {:?}", options.budget);
+    let renderer = Arc::new(Renderer::new(roots, layout, options).map_err(DaemonError::Setup)?);
+    sweep_periodically(Arc::clone(&renderer));
 
     prepare_mountpoint(&config.mountpoint)?;
     let mountpoint = crate::reattach::canonical_mountpoint(&config.mountpoint);
@@ -152,6 +156,36 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     std::mem::forget(background);
     pidfile.remove();
     Ok(())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (systemd starts services at a soft 1024 whatever
+/// the hard limit) and returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if limit.current != limit.maximum {
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            log::warn!("cannot raise the open file limit to the hard limit: {e}");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    log::info!("open file limit: {current}");
+    current
+}
+
+/// Drops what readers and cgroups gone have left in the registry (closing their pidfds), also while
+/// no read comes to do it.
+fn sweep_periodically(renderer: Arc<Renderer>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(SWEEP_PERIOD);
+            renderer.registry().sweep();
+        }
+    });
 }
 
 /// Tells systemd (Type=notify) about our state through $NOTIFY_SOCKET, a unix datagram socket given as

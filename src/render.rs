@@ -4,19 +4,16 @@
 //! A reader that cannot be resolved (pid 0, gone, in an unknown cgroup) gets the host's own file, what it
 //! would have read without us, and the cause is logged once rather than on every read.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
-use crate::cgroup::{CgroupDir, CgroupLayout, CpuUsage, MemoryLimits, MemoryUsage, ProcessCgroups};
+use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage};
 use crate::error::{Error, Result};
 use crate::files::Content;
+use crate::health::Health;
 use crate::host::{Host, HostFile, HostRoots, boottime_now, uptime_seconds};
-use crate::reader::{PidNamespace, PidNamespaces, ReaderCache, process_cgroups};
-use crate::ttl::TtlCache;
+use crate::lru::Lru;
+use crate::reader::{Budget, Container, Freshness, PidNamespace, Registry, process_cgroups};
 use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
 use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
@@ -34,6 +31,8 @@ pub struct Options {
     pub reader_ttl: Duration,
     /// How old a cgroup's usage figures and the host's files may be; zero: read them on every render.
     pub usage_ttl: Duration,
+    /// How much per-reader and per-cgroup state may be kept.
+    pub budget: Budget,
 }
 
 /// The daemon's usage freshness: one USER_HZ tick, the granularity at which /proc/stat itself moves, so
@@ -48,63 +47,57 @@ impl Default for Options {
             swap_enabled: true,
             reader_ttl: Duration::from_millis(250),
             usage_ttl: DAEMON_USAGE_TTL,
+            budget: Budget::for_open_files(1024),
         }
     }
 }
 
-/// A resolved reader: its cgroups and the limits that apply to it. Limits are cached with the reader
-/// (they change rarely); usage is read on every render.
-#[derive(Debug)]
-struct Container {
-    cgroups: ProcessCgroups,
-    /// `None` when the reader's memory cgroup is the root: it gets the host's meminfo.
-    memory_limits: Option<MemoryLimits>,
-    /// The host CPUs it sees; `None` when its cpu and cpuset cgroups are the root: host CPU files.
-    cpus: Option<Vec<u32>>,
-    pidns: PidNamespace,
-}
-
-/// Bound on remembered per-cgroup /proc/stat counters.
-const MAX_STAT_HISTORY: usize = 4096;
-/// Bound on cgroups whose usage is kept.
-const MAX_USAGE_ENTRIES: usize = 4096;
-/// Bound on remembered log causes.
+/// Causes of fallbacks remembered, so each is logged once (again after [`LOG_AGAIN_AFTER`]).
 const MAX_LOGGED_CAUSES: usize = 1024;
+/// A cause still happening is logged again after this long, so an ongoing problem stays in the log.
+const LOG_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
 /// Renders virtual files for readers.
 #[derive(Debug)]
 pub struct Renderer {
     host: Host,
     layout: CgroupLayout,
-    pidns: PidNamespaces,
-    readers: ReaderCache<Container>,
-    memory_usage: TtlCache<PathBuf, MemoryUsage>,
-    cpu_usage: TtlCache<PathBuf, CpuUsage>,
+    registry: Registry,
     options: Options,
-    /// Last /proc/stat counters per cpuacct cgroup, so they never go backwards.
-    stat_history: Mutex<HashMap<PathBuf, CpuTimes>>,
-    logged_causes: Mutex<HashSet<String>>,
+    logged_causes: Lru<String, ()>,
+    health: Health,
 }
 
 impl Renderer {
     /// A renderer over the given host roots and cgroup layout.
     pub fn new(roots: HostRoots, layout: CgroupLayout, options: Options) -> Result<Self> {
+        let freshness = Freshness {
+            reader_ttl: options.reader_ttl,
+            usage_ttl: options.usage_ttl,
+        };
         Ok(Renderer {
-            pidns: PidNamespaces::new(roots.clone())?,
+            registry: Registry::new(roots.clone(), options.budget, freshness)?,
             host: Host::new(roots, options.usage_ttl),
             layout,
-            readers: ReaderCache::new(options.reader_ttl),
-            memory_usage: TtlCache::new(options.usage_ttl, MAX_USAGE_ENTRIES),
-            cpu_usage: TtlCache::new(options.usage_ttl, MAX_USAGE_ENTRIES),
             options,
-            stat_history: Mutex::new(HashMap::new()),
-            logged_causes: Mutex::new(HashSet::new()),
+            logged_causes: Lru::new(MAX_LOGGED_CAUSES, LOG_AGAIN_AFTER),
+            health: Health::default(),
         })
     }
 
     /// The host files this renderer reads.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The state kept between reads.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Whether the daemon serves what it should, or falls back to the host's files by its own fault.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable.
@@ -138,14 +131,20 @@ impl Renderer {
     }
 
     fn container(&self, pid: u32) -> Result<Arc<Container>> {
-        self.readers.get_or_resolve(pid, || self.resolve(pid))
+        self.registry
+            .readers
+            .get_or_resolve(pid, || self.resolve(pid))
     }
 
     fn resolve(&self, pid: u32) -> Result<Container> {
         let cgroups = process_cgroups(self.host.roots(), &self.layout, pid)?;
-        let memory_limits = match &cgroups.memory {
-            Some(memory) if !memory.is_root() => Some(memory.memory_limits()?),
+        let memory = match &cgroups.memory {
+            Some(memory) if !memory.is_root() => Some((memory.id()?, memory.memory_limits()?)),
             _ => None,
+        };
+        let cpuacct = match &cgroups.cpuacct {
+            Some(cpuacct) => Some(cpuacct.id()?),
+            None => None,
         };
         let cpu_root = cgroups.cpu.as_ref().is_none_or(|c| c.is_root());
         let cpuset_root = cgroups.cpuset.as_ref().is_none_or(|c| c.is_root());
@@ -168,10 +167,11 @@ impl Renderer {
                 self.options.cpu_rule,
             ))
         };
-        let pidns = self.pidns.of(pid)?;
+        let pidns = self.registry.pid_namespaces.of(pid)?;
         Ok(Container {
             cgroups,
-            memory_limits,
+            memory,
+            cpuacct,
             cpus,
             pidns,
         })
@@ -181,16 +181,17 @@ impl Renderer {
     fn render_for(&self, content: Content, container: &Container) -> Result<Option<Vec<u8>>> {
         let text = match content {
             Content::Meminfo | Content::Swaps => {
-                let (Some(limits), Some(memory)) =
-                    (container.memory_limits, &container.cgroups.memory)
+                let (Some((id, limits)), Some(memory)) =
+                    (container.memory, &container.cgroups.memory)
                 else {
                     return Ok(None);
                 };
                 let facts = MemoryFacts {
                     limits,
                     usage: self
+                        .registry
                         .memory_usage
-                        .get_or_try_insert(&memory.path, || memory.memory_usage())?,
+                        .get_or_try_insert(&id, || memory.memory_usage())?,
                     swap_enabled: self.options.swap_enabled,
                 };
                 let meminfo = self.host.read(HostFile::Meminfo)?;
@@ -213,12 +214,13 @@ impl Renderer {
                 let Some(cpus) = &container.cpus else {
                     return Ok(None);
                 };
-                let Some(cpuacct) = &container.cgroups.cpuacct else {
+                let (Some(cpuacct), Some(id)) = (&container.cgroups.cpuacct, container.cpuacct)
+                else {
                     return Ok(None);
                 };
                 let uptime = self.uptime_secs(container)?;
-                let times = CpuTimes::spread(self.cpu_usage_of(cpuacct)?, cpus.len(), uptime);
-                let times = self.monotonic(cpuacct.path.clone(), times);
+                let times = CpuTimes::spread(self.cpu_usage_of(cpuacct, id)?, cpus.len(), uptime);
+                let times = self.registry.monotonic_stat(id, times);
                 render_stat(&self.host.read(HostFile::Stat)?, &times)
             }
             Content::Uptime => {
@@ -230,9 +232,9 @@ impl Renderer {
                     Some(cpus) => cpus.len(),
                     None => self.host.online_cpus()?.len(),
                 };
-                let used = match &container.cgroups.cpuacct {
-                    Some(cpuacct) if !cpuacct.is_root() => {
-                        let usage = self.cpu_usage_of(cpuacct)?;
+                let used = match (&container.cgroups.cpuacct, container.cpuacct) {
+                    (Some(cpuacct), Some(id)) if !cpuacct.is_root() => {
+                        let usage = self.cpu_usage_of(cpuacct, id)?;
                         usage.user_ns.saturating_add(usage.system_ns) as f64 / 1e9
                     }
                     _ => 0.0,
@@ -250,9 +252,10 @@ impl Renderer {
         Ok(Some(text.into_bytes()))
     }
 
-    fn cpu_usage_of(&self, cpuacct: &CgroupDir) -> Result<CpuUsage> {
-        self.cpu_usage
-            .get_or_try_insert(&cpuacct.path, || cpuacct.cpu_usage())
+    fn cpu_usage_of(&self, cpuacct: &CgroupDir, id: CgroupId) -> Result<CpuUsage> {
+        self.registry
+            .cpu_usage
+            .get_or_try_insert(&id, || cpuacct.cpu_usage())
     }
 
     /// The host's own file for `content`.
@@ -285,29 +288,19 @@ impl Renderer {
         }
     }
 
-    fn monotonic(&self, cgroup: PathBuf, times: CpuTimes) -> CpuTimes {
-        let mut history = self.stat_history.lock();
-        let times = match history.get(&cgroup) {
-            Some(previous) => times.at_least(previous),
-            None => times,
-        };
-        if history.len() >= MAX_STAT_HISTORY && !history.contains_key(&cgroup) {
-            history.clear();
-        }
-        history.insert(cgroup, times.clone());
-        times
-    }
-
-    /// Logs an error the first time its cause is seen; a vanished process is routine and logged at
-    /// debug. Returns whether it logged at warn level.
+    /// Logs an error the first time its cause is seen (and again after [`LOG_AGAIN_AFTER`]), and counts
+    /// it against the daemon's health; a vanished process is routine, logged at debug and not counted.
+    /// Returns whether it logged at warn level.
     fn log_once(&self, error: &Error) -> bool {
         if error.is_not_found() {
             log::debug!("reader gone, serving the host's file: {error}");
             return false;
         }
-        let mut logged = self.logged_causes.lock();
-        let first = logged.len() < MAX_LOGGED_CAUSES && logged.insert(error.cause_key());
+        self.health.record(error);
+        let key = error.cause_key();
+        let first = self.logged_causes.get(&key).is_none();
         if first {
+            self.logged_causes.insert(key, ());
             log::warn!("serving the host's file: {error} (logged once per cause)");
         }
         first

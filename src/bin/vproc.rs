@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 swap_enabled: !disable_swap,
                 reader_ttl: std::time::Duration::ZERO,
                 usage_ttl: std::time::Duration::ZERO,
+                ..Options::default()
             };
             let pid = pid.unwrap_or_else(std::process::id);
             show(
@@ -80,21 +81,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { mountpoint } => {
-            let read = vproc::attach::check_daemon(&mountpoint)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    std::fs::read_to_string(mountpoint.join("proc/uptime"))
-                        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))
-                });
-            match read {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("vproc check: {e}");
-                    ExitCode::FAILURE
+        Command::Check {
+            mountpoint,
+            verbose,
+        } => match vproc::health::check(&mountpoint) {
+            Ok(report) => {
+                if verbose {
+                    print!("{report}");
                 }
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("vproc check: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Reattach { mountpoint } => {
             let mountpoint = vproc::reattach::canonical_mountpoint(&mountpoint);
             if let Err(e) = vproc::attach::check_daemon(&mountpoint) {

@@ -73,6 +73,16 @@ pub struct CgroupDir {
     pub mount: PathBuf,
 }
 
+/// What a cgroup is, as opposed to where it is: the device and inode of its directory. A cgroup removed
+/// and created again at the same path (a restarted container) is a new cgroup with a new inode; kernfs
+/// does not reuse inode numbers (on 64-bit the inode is the kernfs node id, a generation in its upper
+/// half), and on v2 it is also the cgroup id (`name_to_handle_at`, bpf's `cgroup_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CgroupId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// The cgroups of one process, per controller; `None` where the controller is not mounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessCgroups {
@@ -188,6 +198,16 @@ impl CgroupDir {
     /// True for the root of the hierarchy (the host's own cgroup, or a container's namespace root).
     pub fn is_root(&self) -> bool {
         self.path == self.mount
+    }
+
+    /// The identity of the cgroup now at this path.
+    pub fn id(&self) -> Result<CgroupId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        Ok(CgroupId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
 
     /// Effective memory and swap limits.

@@ -14,11 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, Request,
+    ReplyOpen, ReplyXattr, Request,
 };
 
 use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
+use crate::health::{HEALTH_XATTR, Report};
 use crate::render::Renderer;
+pub use handles::{BUFFER_BUDGET, MAX_OPEN_HANDLES};
 use handles::{HandleSource, Handles, Lookup};
 pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
 
@@ -53,6 +55,15 @@ impl VprocFs {
             handles: Handles::default(),
             started: SystemTime::now(),
         }
+    }
+
+    /// The daemon's health, with what this filesystem holds.
+    pub fn health_report(&self) -> Report {
+        self.renderer.health().report(
+            self.renderer.registry().occupancy(),
+            self.handles.len(),
+            self.handles.buffered_bytes(),
+        )
     }
 
     fn host_cpu_dir(&self) -> PathBuf {
@@ -270,6 +281,7 @@ impl VprocFs {
         match source {
             HandleSource::Virtual(content) => self.renderer.render(*content, pid).map_err(|e| {
                 log::error!("cannot read the host's file: {e}");
+                self.renderer.health().record(&e);
                 Errno::EIO
             }),
             HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),
@@ -323,12 +335,15 @@ impl Filesystem for VprocFs {
             Some(_) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
         };
-        match source {
+        match source.map(|source| self.handles.open(source)) {
             // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
-            Ok(source) => reply.opened(
-                FileHandle(self.handles.open(source)),
-                FopenFlags::FOPEN_DIRECT_IO,
-            ),
+            Ok(Some(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(None) => {
+                self.renderer.health().record(&format!(
+                    "{MAX_OPEN_HANDLES} handles open: refusing opens (ENFILE) until some close"
+                ));
+                reply.error(Errno::ENFILE)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -355,12 +370,16 @@ impl Filesystem for VprocFs {
         }
         // A read at offset 0 renders afresh (tools like top rewind and re-read); reads at other offsets
         // slice what the handle rendered last, so a reader reading in chunks sees one consistent file.
-        let content = match self.handles.lookup(fh.0, offset == 0) {
+        let content = match self.handles.lookup(fh.0, offset) {
             None => Err(Errno::EBADF),
+            Some(Lookup::Ended) => {
+                reply.data(&[]);
+                return;
+            }
             Some(Lookup::Rendered(buffer)) => Ok(buffer),
             Some(Lookup::Render(source)) => self
                 .produce(&source, req.pid())
-                .map(|bytes| self.handles.store(fh.0, bytes)),
+                .map(|bytes| self.handles.buffer(&source, bytes)),
         };
         match content {
             Ok(buffer) => {
@@ -369,6 +388,7 @@ impl Filesystem for VprocFs {
                     .min(buffer.len());
                 let end = start.saturating_add(size as usize).min(buffer.len());
                 reply.data(&buffer[start..end]);
+                self.handles.served(fh.0, &buffer, end);
             }
             Err(e) => reply.error(e),
         }
@@ -442,6 +462,23 @@ impl Filesystem for VprocFs {
         reply: ReplyAttr,
     ) {
         reply.error(Errno::EROFS);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Only the root carries an attribute: the health report `vproc check` reads. The kernel keeps
+        // `trusted.` names to CAP_SYS_ADMIN before asking us.
+        if ino.0 != ROOT_INO || name != HEALTH_XATTR {
+            reply.error(Errno::ENODATA);
+            return;
+        }
+        let report = self.health_report().to_string();
+        if size == 0 {
+            reply.size(report.len() as u32);
+        } else if report.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(report.as_bytes());
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::cgroup::parse::parse_cpu_list;
 use crate::error::{Error, Result, read_to_string};
-use crate::ttl::TtlCache;
+use crate::lru::Lru;
+
+/// How many [`HostFile`]s there are.
+const HOST_FILES: usize = 10;
 
 /// A host file that views start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,7 +67,7 @@ impl Default for HostRoots {
 #[derive(Debug)]
 pub struct Host {
     roots: HostRoots,
-    cache: TtlCache<HostFile, Arc<str>>,
+    cache: Lru<HostFile, Arc<str>>,
 }
 
 impl Host {
@@ -72,7 +75,8 @@ impl Host {
     pub fn new(roots: HostRoots, ttl: Duration) -> Self {
         Host {
             roots,
-            cache: TtlCache::new(ttl, 16),
+            // One entry per host file: the map never evicts.
+            cache: Lru::new(HOST_FILES, ttl),
         }
     }
 

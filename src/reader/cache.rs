@@ -1,16 +1,16 @@
 //! A pid -> resolved-reader cache. An entry is used only while its pidfd says the process is alive
 //! (a reused pid gets a fresh entry) and for at most `ttl` (a process that moved to another cgroup is
 //! seen within `ttl`). Checking a held pidfd costs ~0.7 us against ~10 us per /proc read.
+//!
+//! Each entry holds one pidfd, so the cache's capacity is an fd budget (see
+//! [`super::Budget`]): a full cache evicts its least recently used reader, and a reader that exited is
+//! dropped (its pidfd closed) at most one TTL after its last read.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
-
-/// Past this many entries the cache drops the expired ones (and everything if that is not enough).
-const MAX_ENTRIES: usize = 8192;
+use crate::lru::Lru;
 
 /// `PIDFD_THREAD` (= O_EXCL): lets pidfd_open accept a thread id, which is what FUSE sends (Linux 6.9+).
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -18,7 +18,6 @@ const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 struct Entry<T> {
     liveness: Liveness,
     value: Arc<T>,
-    resolved_at: Instant,
 }
 
 /// How an entry checks that its reader is still the task it was resolved for.
@@ -35,10 +34,9 @@ enum Liveness {
     },
 }
 
-/// Caches one resolved value per pid.
+/// Caches one resolved value per pid, holding at most `capacity` pidfds.
 pub struct ReaderCache<T> {
-    ttl: Duration,
-    entries: Mutex<HashMap<u32, Entry<T>>>,
+    entries: Lru<u32, Arc<Entry<T>>>,
     /// False only in tests, to exercise the pre-6.9 path on a newer kernel.
     thread_pidfds: bool,
 }
@@ -46,17 +44,16 @@ pub struct ReaderCache<T> {
 impl<T> std::fmt::Debug for ReaderCache<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReaderCache")
-            .field("ttl", &self.ttl)
+            .field("len", &self.entries.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<T> ReaderCache<T> {
-    /// A cache whose entries live at most `ttl`; a zero TTL disables caching.
-    pub fn new(ttl: Duration) -> Self {
+    /// A cache of at most `capacity` readers, each kept at most `ttl`; a zero TTL disables caching.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
         ReaderCache {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: Lru::new(capacity, ttl),
             thread_pidfds: true,
         }
     }
@@ -67,35 +64,36 @@ impl<T> ReaderCache<T> {
         pid: u32,
         resolve: impl FnOnce() -> Result<T, E>,
     ) -> Result<Arc<T>, E> {
-        if self.ttl.is_zero() {
-            return resolve().map(Arc::new);
-        }
-        if let Some(entry) = self.entries.lock().get(&pid) {
-            if entry.resolved_at.elapsed() < self.ttl && entry.liveness.holds() {
-                return Ok(Arc::clone(&entry.value));
-            }
+        if let Some(entry) = self.entries.get_if(&pid, |e| e.liveness.holds()) {
+            return Ok(Arc::clone(&entry.value));
         }
         // Take the pidfd before resolving: if the pid dies and is reused in between, the pidfd refers to
         // the old task and the entry is never used.
         let liveness = Liveness::of(pid, self.thread_pidfds);
         let value = Arc::new(resolve()?);
         if let Some(liveness) = liveness {
-            let mut entries = self.entries.lock();
-            if entries.len() >= MAX_ENTRIES {
-                let ttl = self.ttl;
-                entries.retain(|_, e| e.resolved_at.elapsed() < ttl);
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-            }
             let entry = Entry {
                 liveness,
                 value: Arc::clone(&value),
-                resolved_at: Instant::now(),
             };
-            entries.insert(pid, entry);
+            self.entries.insert(pid, Arc::new(entry));
         }
         Ok(value)
+    }
+
+    /// Drops readers unused for a TTL, closing their pidfds.
+    pub fn sweep(&self) -> usize {
+        self.entries.sweep()
+    }
+
+    /// Readers held now (one pidfd each).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no reader is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -167,7 +165,7 @@ mod tests {
 
     #[test]
     fn live_pid_is_resolved_once_within_ttl() {
-        let cache = ReaderCache::new(Duration::from_secs(60));
+        let cache = ReaderCache::new(16, Duration::from_secs(60));
         let calls = Cell::new(0);
         let pid = std::process::id();
         for _ in 0..3 {
@@ -184,7 +182,7 @@ mod tests {
 
     #[test]
     fn dead_pid_is_resolved_again() {
-        let cache = ReaderCache::new(Duration::from_secs(60));
+        let cache = ReaderCache::new(16, Duration::from_secs(60));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         cache.get_or_resolve(pid, || Ok::<_, ()>(1)).unwrap();
@@ -196,7 +194,7 @@ mod tests {
     /// The pre-6.9 path: a non-leader thread is checked through its leader and tgkill.
     #[test]
     fn non_leader_threads_are_cached_without_thread_pidfds() {
-        let mut cache = ReaderCache::new(Duration::from_secs(60));
+        let mut cache = ReaderCache::new(16, Duration::from_secs(60));
         cache.thread_pidfds = false;
         let (tid_sender, tid) = std::sync::mpsc::channel();
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -231,8 +229,29 @@ mod tests {
     }
 
     #[test]
+    fn a_full_cache_evicts_instead_of_holding_more_pidfds() {
+        let cache = ReaderCache::new(3, Duration::from_secs(60));
+        let mut children: Vec<_> = (0..8)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in &children {
+            cache.get_or_resolve(child.id(), || Ok::<_, ()>(0)).unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        for child in &mut children {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
     fn expired_entry_is_resolved_again() {
-        let cache = ReaderCache::new(Duration::from_millis(1));
+        let cache = ReaderCache::new(16, Duration::from_millis(1));
         let pid = std::process::id();
         cache.get_or_resolve(pid, || Ok::<_, ()>(1)).unwrap();
         std::thread::sleep(Duration::from_millis(5));

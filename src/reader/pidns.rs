@@ -1,13 +1,12 @@
 //! The pid namespace of a reader and the start time of that namespace's init, which is where the
 //! container's uptime counts from.
 
-use std::collections::HashMap;
 use std::path::Path;
-
-use parking_lot::Mutex;
+use std::time::Duration;
 
 use crate::error::{Error, Result, read_to_string};
 use crate::host::{HostRoots, proc_path};
+use crate::lru::Lru;
 
 /// Where a reader's pid namespace stands relative to the daemon's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,7 +24,8 @@ pub struct PidNamespaces {
     roots: HostRoots,
     /// `pid:[4026531836]`, the daemon's own namespace.
     own: String,
-    inits: Mutex<HashMap<String, Init>>,
+    /// Keyed by the namespace's identity, `pid:[4026532301]` (its inode).
+    inits: Lru<String, Init>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,17 +43,18 @@ struct Status {
     parent: u32,
 }
 
-/// Bound on remembered namespaces; past it the map starts afresh (entries are cheap to rebuild).
-const MAX_NAMESPACES: usize = 4096;
+/// How long a namespace's init is trusted without a check; each use re-validates it anyway (its start
+/// time and namespace), so this only bounds how long a gone namespace is remembered.
+const INIT_TTL: Duration = Duration::from_secs(600);
 
 impl PidNamespaces {
-    /// Reads the daemon's own namespace from `<proc>/self/ns/pid`.
-    pub fn new(roots: HostRoots) -> Result<Self> {
+    /// Reads the daemon's own namespace from `<proc>/self/ns/pid`; remembers at most `capacity` others.
+    pub fn new(roots: HostRoots, capacity: usize) -> Result<Self> {
         let own = ns_link(&roots.proc.join("self/ns/pid"))?;
         Ok(PidNamespaces {
             roots,
             own,
-            inits: Mutex::new(HashMap::new()),
+            inits: Lru::new(capacity, INIT_TTL),
         })
     }
 
@@ -63,7 +64,7 @@ impl PidNamespaces {
         if ns == self.own {
             return Ok(PidNamespace::Host);
         }
-        let cached = self.inits.lock().get(&ns).copied();
+        let cached = self.inits.get(&ns);
         if let Some(init) = cached {
             if self.start_ticks(init.pid).ok() == Some(init.start_ticks)
                 && ns_link(&proc_path(&self.roots, init.pid, "ns/pid"))
@@ -76,11 +77,7 @@ impl PidNamespaces {
         }
         let init_pid = self.find_init(pid)?;
         let start_ticks = self.start_ticks(init_pid)?;
-        let mut inits = self.inits.lock();
-        if inits.len() >= MAX_NAMESPACES {
-            inits.clear();
-        }
-        inits.insert(
+        self.inits.insert(
             ns,
             Init {
                 pid: init_pid,
@@ -88,6 +85,21 @@ impl PidNamespaces {
             },
         );
         Ok(container(start_ticks))
+    }
+
+    /// Drops namespaces unused for [`INIT_TTL`].
+    pub fn sweep(&self) -> usize {
+        self.inits.sweep()
+    }
+
+    /// Namespaces remembered now.
+    pub fn len(&self) -> usize {
+        self.inits.len()
+    }
+
+    /// True when no namespace is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.inits.is_empty()
     }
 
     /// Walks up the parents of `pid` to the process that is pid 1 in the same namespace: the last

@@ -1,0 +1,263 @@
+//! Whether the daemon does its job. A live mount is not enough: a daemon out of fds or memory still
+//! answers every read, with the host's files, and every container silently sees the host again. Such
+//! fallbacks by the daemon's own fault (anything but a reader that went away) are counted here; the
+//! report is served as the extended attribute [`HEALTH_XATTR`] of the mount's root, which `vproc check`
+//! (the DaemonSet's liveness probe) reads and fails on.
+
+use std::fmt::{self, Display, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::reader::Occupancy;
+
+/// The extended attribute of the mount's root that holds the health report. `trusted.` keeps it to
+/// CAP_SYS_ADMIN (the kernel answers ENODATA to others without asking us).
+pub const HEALTH_XATTR: &str = "trusted.vproc.health";
+
+/// How long after its last own error the daemon reports itself degraded. A liveness probe every 10 s
+/// (failureThreshold 3) then restarts a daemon whose errors go on for 30 s, not one that had a blip.
+pub const HEALTH_WINDOW: Duration = Duration::from_secs(10);
+
+/// Fds in use, as a share of the limit, from which the daemon reports itself degraded before it fails.
+const FD_ALARM_PERCENT: u64 = 90;
+
+/// Counts the daemon's own errors.
+#[derive(Debug, Default)]
+pub struct Health {
+    own_errors_total: AtomicU64,
+    streak: Mutex<Option<Streak>>,
+}
+
+/// Own errors with less than [`HEALTH_WINDOW`] between each and the next.
+#[derive(Debug, Clone)]
+struct Streak {
+    first: Instant,
+    last: Instant,
+    count: u64,
+    last_error: String,
+}
+
+impl Health {
+    /// Counts a fallback caused by the daemon itself; the first of a streak is logged as an error.
+    pub fn record(&self, error: &dyn Display) {
+        self.own_errors_total.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut streak = self.streak.lock();
+        match streak.as_mut() {
+            Some(s) if now.duration_since(s.last) < HEALTH_WINDOW => {
+                s.last = now;
+                s.count += 1;
+                s.last_error = error.to_string();
+            }
+            _ => {
+                log::error!(
+                    "serving the host's files because of the daemon's own error: {error}; \
+                     `vproc check` fails until none happened for {} s",
+                    HEALTH_WINDOW.as_secs()
+                );
+                *streak = Some(Streak {
+                    first: now,
+                    last: now,
+                    count: 1,
+                    last_error: error.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Own errors since the daemon started.
+    pub fn own_errors_total(&self) -> u64 {
+        self.own_errors_total.load(Ordering::Relaxed)
+    }
+
+    /// The report on the daemon now, with what the caller adds about the maps and handles it keeps.
+    pub fn report(
+        &self,
+        registry: Occupancy,
+        open_handles: usize,
+        buffered_bytes: usize,
+    ) -> Report {
+        let fds = FdUse::now();
+        let now = Instant::now();
+        let streak = self
+            .streak
+            .lock()
+            .clone()
+            .filter(|s| now.duration_since(s.last) < HEALTH_WINDOW);
+        let mut problems = Vec::new();
+        if let Some(s) = &streak {
+            problems.push(format!(
+                "{} reads got the host's files because of the daemon's own errors in the last {:.0} s \
+                 (last {:.1} s ago: {})",
+                s.count,
+                now.duration_since(s.first).as_secs_f64(),
+                now.duration_since(s.last).as_secs_f64(),
+                s.last_error
+            ));
+        }
+        if let (Some(open), Some(limit)) = (fds.open, fds.limit) {
+            if open * 100 >= limit * FD_ALARM_PERCENT {
+                problems.push(format!(
+                    "{open} of {limit} file descriptors in use (raise LimitNOFILE)"
+                ));
+            }
+        }
+        Report {
+            problems,
+            own_errors_total: self.own_errors_total(),
+            fds,
+            registry,
+            open_handles,
+            buffered_bytes,
+        }
+    }
+}
+
+/// The daemon's fds: how many are open and how many may be (its soft RLIMIT_NOFILE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdUse {
+    pub open: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+impl FdUse {
+    fn now() -> FdUse {
+        // read_dir needs an fd itself: at the limit, the count is unknown (and the errors say why).
+        let open = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|dir| dir.count().saturating_sub(1) as u64);
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        FdUse { open, limit }
+    }
+}
+
+/// What `vproc check` and an operator read.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Empty when healthy.
+    pub problems: Vec<String>,
+    pub own_errors_total: u64,
+    pub fds: FdUse,
+    pub registry: Occupancy,
+    pub open_handles: usize,
+    pub buffered_bytes: usize,
+}
+
+impl Display for Report {
+    /// `key: value` lines, `status` first: `ok`, or `degraded` followed by one `problem:` line each.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        let status = if self.problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        let _ = writeln!(text, "status: {status}");
+        for problem in &self.problems {
+            let _ = writeln!(text, "problem: {problem}");
+        }
+        let known = |n: Option<u64>| n.map_or("unknown".to_string(), |n| n.to_string());
+        let _ = writeln!(text, "own_errors_total: {}", self.own_errors_total);
+        let _ = writeln!(text, "open_fds: {}", known(self.fds.open));
+        let _ = writeln!(text, "open_files_limit: {}", known(self.fds.limit));
+        let r = &self.registry;
+        let _ = writeln!(text, "readers: {} of {}", r.readers, r.reader_capacity);
+        let _ = writeln!(text, "pid_namespaces: {}", r.pid_namespaces);
+        let _ = writeln!(text, "usage_cgroups: {}", r.usage_cgroups);
+        let _ = writeln!(text, "stat_history_cgroups: {}", r.stat_history);
+        let _ = writeln!(text, "open_handles: {}", self.open_handles);
+        let _ = writeln!(text, "buffered_bytes: {}", self.buffered_bytes);
+        f.write_str(&text)
+    }
+}
+
+/// `vproc check`: the daemon at `mountpoint` is mounted, answers a read, and reports no problem.
+/// Returns its health report, or why it is not healthy.
+pub fn check(mountpoint: &Path) -> Result<String, String> {
+    crate::attach::check_daemon(mountpoint).map_err(|e| e.to_string())?;
+    std::fs::read_to_string(mountpoint.join("proc/uptime"))
+        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
+    let mut buffer = vec![0u8; 4096];
+    let len = rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]).map_err(|e| {
+        format!(
+            "cannot read the daemon's health ({HEALTH_XATTR} of {}): {e}; is it a vprocd?",
+            mountpoint.display()
+        )
+    })?;
+    let report = String::from_utf8_lossy(&buffer[..len]).into_owned();
+    let problems = problems_in(&report)?;
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!(
+            "vprocd at {} is degraded: {}",
+            mountpoint.display(),
+            problems.join("; ")
+        ))
+    }
+}
+
+/// The problems a report's text names; empty when its status is `ok`. Fails on text that is not a
+/// report.
+pub fn problems_in(report: &str) -> Result<Vec<String>, String> {
+    let mut lines = report.lines();
+    match lines.next().and_then(|l| l.strip_prefix("status: ")) {
+        Some("ok") => Ok(Vec::new()),
+        Some("degraded") => Ok(lines
+            .filter_map(|l| l.strip_prefix("problem: "))
+            .map(str::to_string)
+            .collect()),
+        _ => Err(format!(
+            "not a health report: {:?}",
+            report.chars().take(80).collect::<String>()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occupancy() -> Occupancy {
+        Occupancy {
+            readers: 3,
+            reader_capacity: 384,
+            pid_namespaces: 1,
+            usage_cgroups: 2,
+            stat_history: 2,
+        }
+    }
+
+    #[test]
+    fn a_healthy_daemon_reports_ok() {
+        let health = Health::default();
+        let text = health.report(occupancy(), 5, 1500).to_string();
+        assert!(text.starts_with("status: ok\n"), "{text}");
+        assert!(text.contains("readers: 3 of 384\n"), "{text}");
+        assert_eq!(problems_in(&text), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn own_errors_make_it_degraded_and_say_why() {
+        let health = Health::default();
+        health.record(&"/proc/77/cgroup: Too many open files (os error 24)");
+        health.record(&"/proc/78/cgroup: Too many open files (os error 24)");
+        let text = health.report(occupancy(), 0, 0).to_string();
+        let problems = problems_in(&text).unwrap();
+        assert_eq!(problems.len(), 1, "{text}");
+        assert!(
+            problems[0].starts_with("2 reads got the host's files"),
+            "{text}"
+        );
+        assert!(problems[0].contains("/proc/78/cgroup: Too many open files"));
+        assert_eq!(health.own_errors_total(), 2);
+    }
+
+    #[test]
+    fn other_text_is_not_a_report() {
+        assert!(problems_in("MemTotal: 1 kB").is_err());
+    }
+}

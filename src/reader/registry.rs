@@ -1,0 +1,185 @@
+//! Everything the daemon remembers between reads, in one place: resolved readers, pid-namespace inits,
+//! per-cgroup usage snapshots and /proc/stat history. Each map is an [`Lru`] (the one eviction policy),
+//! keyed by what the kernel identifies (a pid validated by its pidfd, a namespace inode, a cgroup
+//! directory's inode), never by a path, and bounded by the budget below.
+//!
+//! | map | key | entries | fds | bytes per entry | kept |
+//! |---|---|---|---|---|---|
+//! | readers | pid + pidfd | [`Budget::readers`] (<= 8192, from RLIMIT_NOFILE) | 1 each | ~1 KiB (cgroup paths) | 250 ms after resolving |
+//! | pid namespaces | `pid:[inode]` | 4096 | 0 | ~100 | 10 min, re-validated on use |
+//! | memory usage | cgroup inode | 4096 | 0 | ~150 | one tick (10 ms) |
+//! | cpu usage | cgroup inode | 4096 | 0 | ~50 | one tick (10 ms) |
+//! | /proc/stat history | cgroup inode | 16384 | 0 | ~100 + 24 per CPU | 1 h after the last read |
+//!
+//! At most ~8 MiB of readers plus ~4 MiB for the rest, whatever containers do; an expired entry goes at
+//! the next insert or sweep (the daemon sweeps every [`SWEEP_PERIOD`]).
+
+use std::time::Duration;
+
+use super::{Container, PidNamespaces, ReaderCache};
+use crate::cgroup::{CgroupId, CpuUsage, MemoryUsage};
+use crate::error::Result;
+use crate::host::HostRoots;
+use crate::lru::Lru;
+use crate::view::stat::CpuTimes;
+
+/// Resolved readers at most, however many fds the daemon may open.
+pub const MAX_READERS: usize = 8192;
+/// Fds left to everything but reader pidfds: the FUSE device (one per worker), each worker's transient
+/// kernel-file reads, the pidfile, logging, `vproc reattach`'s pipes.
+pub const FD_RESERVE: u64 = 256;
+/// Pid namespaces remembered at most.
+pub const MAX_PID_NAMESPACES: usize = 4096;
+/// Cgroups whose memory or CPU usage snapshot is kept at most (each of the two maps).
+pub const MAX_USAGE_CGROUPS: usize = 4096;
+/// Cgroups whose /proc/stat counters are remembered at most.
+pub const MAX_STAT_HISTORY: usize = 16384;
+/// How long a cgroup's /proc/stat counters are remembered after its last read. Between two reads of
+/// top or htop the counters must not go backwards; after an hour of silence they cannot have caught up
+/// with nothing (idle time alone has grown by an hour per CPU).
+pub const STAT_HISTORY_TTL: Duration = Duration::from_secs(3600);
+/// How often the daemon drops expired entries (and so closes the pidfds of readers gone).
+pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
+
+/// How many entries each map may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Resolved readers, each holding one pidfd.
+    pub readers: usize,
+    pub pid_namespaces: usize,
+    pub usage_cgroups: usize,
+    pub stat_history: usize,
+}
+
+impl Budget {
+    /// The budget for a daemon that may have `open_files` fds open (its soft RLIMIT_NOFILE): half of
+    /// what the reserve leaves goes to reader pidfds, so a burst of new readers never starves the
+    /// kernel-file reads that serve them. Under systemd's default 1024: 384 readers; past them the least
+    /// recently used reader is resolved again on its next read (correct, ~50 us slower).
+    pub fn for_open_files(open_files: u64) -> Budget {
+        let readers = open_files.saturating_sub(FD_RESERVE) / 2;
+        Budget {
+            readers: usize::try_from(readers)
+                .unwrap_or(MAX_READERS)
+                .clamp(1, MAX_READERS),
+            pid_namespaces: MAX_PID_NAMESPACES,
+            usage_cgroups: MAX_USAGE_CGROUPS,
+            stat_history: MAX_STAT_HISTORY,
+        }
+    }
+}
+
+/// How long entries live, from the daemon's options.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    /// A resolved reader (its cgroups and limits) is reused this long; zero: never.
+    pub reader_ttl: Duration,
+    /// A cgroup's usage figures are reused this long; zero: read on every render.
+    pub usage_ttl: Duration,
+}
+
+/// Sizes of the registry's maps now, for the health report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub readers: usize,
+    pub reader_capacity: usize,
+    pub pid_namespaces: usize,
+    pub usage_cgroups: usize,
+    pub stat_history: usize,
+}
+
+/// The owner of all per-reader and per-cgroup state.
+#[derive(Debug)]
+pub struct Registry {
+    pub readers: ReaderCache<Container>,
+    pub pid_namespaces: PidNamespaces,
+    pub memory_usage: Lru<CgroupId, MemoryUsage>,
+    pub cpu_usage: Lru<CgroupId, CpuUsage>,
+    /// The last /proc/stat counters shown for each cpuacct cgroup, so they never go backwards.
+    pub stat_history: Lru<CgroupId, CpuTimes>,
+    reader_capacity: usize,
+}
+
+impl Registry {
+    /// Empty maps within `budget`; namespaces are resolved below `roots`.
+    pub fn new(roots: HostRoots, budget: Budget, freshness: Freshness) -> Result<Self> {
+        Ok(Registry {
+            readers: ReaderCache::new(budget.readers, freshness.reader_ttl),
+            pid_namespaces: PidNamespaces::new(roots, budget.pid_namespaces)?,
+            memory_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
+            cpu_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
+            stat_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
+            reader_capacity: budget.readers,
+        })
+    }
+
+    /// The counters to show for `cgroup`: `times`, raised to what was shown before where lower.
+    pub fn monotonic_stat(&self, cgroup: CgroupId, times: CpuTimes) -> CpuTimes {
+        self.stat_history.update(cgroup, |previous| match previous {
+            Some(previous) => times.at_least(previous),
+            None => times,
+        })
+    }
+
+    /// Drops every expired entry; returns how many went.
+    pub fn sweep(&self) -> usize {
+        self.readers.sweep()
+            + self.pid_namespaces.sweep()
+            + self.memory_usage.sweep()
+            + self.cpu_usage.sweep()
+            + self.stat_history.sweep()
+    }
+
+    /// How full the maps are.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            readers: self.readers.len(),
+            reader_capacity: self.reader_capacity,
+            pid_namespaces: self.pid_namespaces.len(),
+            usage_cgroups: self.memory_usage.len().max(self.cpu_usage.len()),
+            stat_history: self.stat_history.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::stat::CpuTicks;
+
+    #[test]
+    fn the_reader_budget_follows_the_open_file_limit() {
+        assert_eq!(Budget::for_open_files(1024).readers, 384);
+        assert_eq!(Budget::for_open_files(524_288).readers, MAX_READERS);
+        assert_eq!(Budget::for_open_files(100).readers, 1);
+    }
+
+    fn times(user: u64) -> CpuTimes {
+        CpuTimes {
+            per_cpu: vec![CpuTicks {
+                user,
+                system: 0,
+                idle: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn stat_history_is_kept_per_cgroup_identity_not_per_path() {
+        let roots = HostRoots::default();
+        let freshness = Freshness {
+            reader_ttl: Duration::from_secs(1),
+            usage_ttl: Duration::from_secs(1),
+        };
+        let registry = Registry::new(roots, Budget::for_open_files(1024), freshness).unwrap();
+        let old = CgroupId { dev: 30, ino: 7 };
+        let new = CgroupId { dev: 30, ino: 9 };
+        assert_eq!(registry.monotonic_stat(old, times(156)), times(156));
+        assert_eq!(registry.monotonic_stat(old, times(100)), times(156));
+        assert_eq!(
+            registry.monotonic_stat(new, times(3)),
+            times(3),
+            "a cgroup re-created on the old path starts from its own usage"
+        );
+    }
+}
