@@ -38,9 +38,41 @@ impl Daemon {
         Daemon::start_at(&mountpoint, &pidfile, args)
     }
 
+    /// Starts vprocd with soft and hard RLIMIT_NOFILE at `open_files` (what `ulimit -n` sets).
+    pub fn start_with_open_files(args: &[&str], open_files: u64) -> Daemon {
+        let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
+        let pidfile = mountpoint.with_extension("pid");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vprocd"));
+        // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                let limit = libc::rlimit {
+                    rlim_cur: open_files,
+                    rlim_max: open_files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        };
+        Daemon::start_command(command, &mountpoint, &pidfile, args)
+    }
+
     /// Starts vprocd at a given mountpoint and pidfile.
     pub fn start_at(mountpoint: &Path, pidfile: &Path, args: &[&str]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_vprocd"))
+        let command = Command::new(env!("CARGO_BIN_EXE_vprocd"));
+        Daemon::start_command(command, mountpoint, pidfile, args)
+    }
+
+    fn start_command(
+        mut command: Command,
+        mountpoint: &Path,
+        pidfile: &Path,
+        args: &[&str],
+    ) -> Daemon {
+        let child = command
             .args(args)
             .arg("--pidfile")
             .arg(pidfile)
@@ -90,6 +122,39 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// File descriptors the daemon holds now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's resident memory in bytes (VmRSS).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb * 1024
+    }
+
+    /// `vproc check --verbose` on this daemon: (exit status success, stdout + stderr).
+    pub fn check(&self) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .args(["check", "--verbose", "--mountpoint"])
+            .arg(&self.mountpoint)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// Sends `signal` and waits for the exit status.
@@ -204,6 +269,16 @@ impl TestCgroup {
         group
     }
 
+    /// A new top-level group at `relative`, e.g. where an earlier group was removed.
+    pub fn at(relative: &str, limits: Limits) -> TestCgroup {
+        let group = TestCgroup {
+            relative: relative.to_string(),
+            owns_root: true,
+        };
+        group.create(&limits);
+        group
+    }
+
     /// A child of this group.
     pub fn child(&self, limits: Limits) -> TestCgroup {
         let group = TestCgroup {
@@ -299,17 +374,26 @@ impl TestCgroup {
 
     /// Starts `sh -c script` in this group (host pid namespace) and returns the child.
     pub fn spawn(&self, script: &str) -> Child {
+        self.spawn_command(script).spawn().expect("spawn sh")
+    }
+
+    /// Like [`TestCgroup::spawn`], with the child's stdin piped too.
+    pub fn spawn_with_stdin(&self, script: &str) -> Child {
+        self.spawn_command(script)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh")
+    }
+
+    fn spawn_command(&self, script: &str) -> Command {
         let script = format!(
             "{} && exec sh -c '{}'",
             self.join_script(),
             script.replace('\'', "'\\''")
         );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sh")
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).stdout(Stdio::piped());
+        command
     }
 }
 

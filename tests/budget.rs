@@ -1,0 +1,333 @@
+//! vprocd on node-like load: its fds, memory and per-cgroup state stay within their budget, and
+//! `vproc check` notices when it serves the host's files by its own fault. Real mounts and cgroup v1.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+
+const LIMITED_MEMTOTAL: &str = "MemTotal:          65536 kB";
+
+fn limited() -> Limits {
+    Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    }
+}
+
+/// Samples the daemon's fd count every few ms while `work` runs; returns (work's result, the most fds).
+fn with_fd_watch<T>(daemon: &Daemon, work: impl FnOnce() -> T) -> (T, usize) {
+    let most = Arc::new(AtomicUsize::new(daemon.open_fds()));
+    let done = Arc::new(AtomicBool::new(false));
+    let pid = daemon.pid();
+    let watcher = {
+        let (most, done) = (Arc::clone(&most), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+                most.fetch_max(fds, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let result = work();
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    (result, most.load(Ordering::Relaxed))
+}
+
+/// Waits up to `within` for the daemon to hold at most `fds` fds; returns what it holds then.
+fn fds_settle(daemon: &Daemon, fds: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = daemon.open_fds();
+        if now <= fds || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The fd budget under `ulimit -n 1024` (systemd's default soft limit): 384 reader pidfds plus what
+/// the daemon holds anyway, far below the limit.
+const MOST_FDS_AT_1024: usize = 512;
+
+#[test]
+fn five_thousand_short_lived_readers_under_ulimit_1024_all_see_their_limit() {
+    let daemon = Daemon::start_with_open_files(&[], 1024);
+    let baseline = daemon.open_fds();
+    let group = TestCgroup::new(limited());
+    let script = format!(
+        "for i in $(seq 5000); do head -n1 {}; done",
+        daemon.path("proc/meminfo").display()
+    );
+    let (out, most) = with_fd_watch(&daemon, || stdout(group.run(&script)));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5000);
+    let host = lines.iter().filter(|l| **l != LIMITED_MEMTOTAL).count();
+    assert_eq!(host, 0, "{host} of 5000 readers got another MemTotal");
+    assert!(
+        most <= MOST_FDS_AT_1024,
+        "the daemon held {most} fds (limit 1024)"
+    );
+    let settled = fds_settle(&daemon, baseline + 4, Duration::from_secs(5));
+    assert!(
+        settled <= baseline + 4,
+        "readers gone, the daemon still holds {settled} fds (started with {baseline})"
+    );
+    let (healthy, report) = daemon.check();
+    assert!(healthy, "{report}");
+}
+
+/// Reads the file in argv[1] from argv[2] threads one after another, 8 at a time, each a new task id
+/// (what FUSE names the reader); prints how many saw a first line other than argv[3].
+const THREAD_READERS: &str = r#"
+import sys, threading
+path, count, expected = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+other = 0
+def read():
+    global other
+    with open(path) as f:
+        if f.readline().rstrip("\n") != expected:
+            other += 1
+for _ in range(0, count, 8):
+    batch = [threading.Thread(target=read) for _ in range(8)]
+    for t in batch: t.start()
+    for t in batch: t.join()
+print(other)
+"#;
+
+#[test]
+fn a_hundred_thousand_reader_threads_under_ulimit_1024_keep_the_fd_count_flat() {
+    let daemon = Daemon::start_with_open_files(&[], 1024);
+    let baseline = daemon.open_fds();
+    let group = TestCgroup::new(limited());
+    let script = format!(
+        "python3 -c '{THREAD_READERS}' {} 100000 '{LIMITED_MEMTOTAL}'",
+        daemon.path("proc/meminfo").display()
+    );
+    let started = Instant::now();
+    let (out, most) = with_fd_watch(&daemon, || stdout(group.run_in_host_pidns(&script)));
+    println!(
+        "100000 reader threads in {:.1} s, at most {most} daemon fds",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.trim(), "0", "readers that saw another MemTotal");
+    assert!(
+        most <= MOST_FDS_AT_1024,
+        "the daemon held {most} fds (limit 1024)"
+    );
+    let settled = fds_settle(&daemon, baseline + 4, Duration::from_secs(5));
+    assert!(
+        settled <= baseline + 4,
+        "{settled} fds after (before: {baseline})"
+    );
+}
+
+/// Burns `secs` of CPU time in the calling process.
+fn burn(secs: f64) -> String {
+    format!("python3 -c 'import time\nwhile time.process_time() < {secs}: pass'")
+}
+
+/// `user + system` of the `cpu` line of a /proc/stat, in ticks.
+fn busy_ticks(stat: &str) -> u64 {
+    let cpu = stat.lines().next().unwrap();
+    let fields: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    fields[0] + fields[2]
+}
+
+#[test]
+fn a_container_recreated_on_the_same_cgroup_path_shows_its_own_cpu_time_growing() {
+    let daemon = Daemon::start(&[]);
+    let stat = daemon.path("proc/stat");
+    let read_stat = format!("head -n1 {}", stat.display());
+    let old = TestCgroup::new(limited());
+    let relative = old.relative.clone();
+    let old_busy = busy_ticks(&stdout(old.run(&format!("{} && {read_stat}", burn(1.5)))));
+    assert!(
+        old_busy >= 140,
+        "the first run burned 1.5 s: {old_busy} ticks"
+    );
+    drop(old);
+
+    let new = TestCgroup::at(&relative, limited());
+    let first = busy_ticks(&stdout(new.run(&read_stat)));
+    let then = busy_ticks(&stdout(new.run(&format!("{} && {read_stat}", burn(0.5)))));
+    assert!(
+        first < old_busy,
+        "the new cgroup starts from its own usage: {first} ticks, the old run had {old_busy}"
+    );
+    assert!(
+        then >= first + 40,
+        "0.5 s of CPU burned: /proc/stat went from {first} to {then} ticks"
+    );
+}
+
+/// Opens argv[2] handles of argv[1], reads one byte of each (so each is read in pieces), prints
+/// `ready`, waits for a line on stdin, then closes them.
+const HANDLE_HOLDER: &str = r#"
+import os, resource, sys
+path, count = sys.argv[1], int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+fds = []
+for _ in range(count):
+    fd = os.open(path, os.O_RDONLY)
+    assert len(os.read(fd, 1)) == 1
+    fds.append(fd)
+print("ready", flush=True)
+sys.stdin.readline()
+for fd in fds:
+    os.close(fd)
+"#;
+
+/// README's budget: at most 200 bytes of table per open handle (~120 measured), rendered bytes shared
+/// and capped at 16 MiB.
+const RSS_BOUND_FOR_100K_HANDLES: u64 = 100_000 * 200 + 16 * MIB;
+
+#[test]
+fn a_hundred_thousand_open_handles_keep_rss_under_the_bound() {
+    let daemon = Daemon::start(&[]);
+    // Room for ten Pythons and the kernel's 100000 open files, still a container's own meminfo.
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(2048 * MIB),
+        ..Limits::default()
+    });
+    for _ in 0..100 {
+        std::fs::read(daemon.path("proc/meminfo")).unwrap();
+    }
+    let before = daemon.rss_bytes();
+    // A process may hold fewer fds than that (the hard limit here is 20000, and CI's root cannot raise
+    // it): ten holders of 10000 each.
+    let script = format!(
+        "exec python3 -c '{HANDLE_HOLDER}' {} 10000",
+        daemon.path("proc/meminfo").display()
+    );
+    let mut holders: Vec<_> = (0..10).map(|_| group.spawn_with_stdin(&script)).collect();
+    for holder in &mut holders {
+        let mut ready = String::new();
+        BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready, "ready\n", "a holder did not open its handles");
+    }
+    let during = daemon.rss_bytes();
+    let (healthy, report) = daemon.check();
+    for holder in &mut holders {
+        writeln!(holder.stdin.as_mut().unwrap()).unwrap();
+        assert!(holder.wait().unwrap().success());
+    }
+    println!(
+        "RSS before {} KiB, with 100000 open handles {} KiB ({} bytes per handle)\n{report}",
+        before / 1024,
+        during / 1024,
+        during.saturating_sub(before) / 100_000
+    );
+    assert!(
+        during.saturating_sub(before) <= RSS_BOUND_FOR_100K_HANDLES,
+        "RSS grew by {} MiB for 100000 handles",
+        during.saturating_sub(before) / MIB
+    );
+    assert!(report.contains("open_handles: 100000"), "{report}");
+    assert!(healthy, "{report}");
+}
+
+#[test]
+fn check_fails_while_the_daemon_serves_the_hosts_files_for_lack_of_fds() {
+    let daemon = Daemon::start(&[]);
+    let (healthy, report) = daemon.check();
+    assert!(healthy, "{report}");
+    let group = TestCgroup::new(limited());
+
+    // As if the daemon had run out: no fd can be opened any more.
+    let before = soft_open_files(daemon.pid(), None);
+    soft_open_files(daemon.pid(), Some(daemon.open_fds() as u64));
+    let _ = group.run(&format!(
+        "head -n1 {}",
+        daemon.path("proc/meminfo").display()
+    ));
+    let (healthy, report) = daemon.check();
+    soft_open_files(daemon.pid(), Some(before));
+    assert!(!healthy, "check passed while out of fds:\n{report}");
+    assert!(
+        report.contains("degraded") && report.contains("Too many open files"),
+        "{report}"
+    );
+
+    let out = stdout(group.run(&format!(
+        "head -n1 {}",
+        daemon.path("proc/meminfo").display()
+    )));
+    assert_eq!(out.trim_end(), LIMITED_MEMTOTAL);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (healthy, report) = daemon.check();
+        if healthy {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "still degraded:\n{report}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(report.starts_with("status: ok"), "{report}");
+}
+
+/// Process `pid`'s soft RLIMIT_NOFILE, set to `soft` when given (the hard limit stays: raising it
+/// needs CAP_SYS_RESOURCE, which CI's root may not have). Returns the soft limit before.
+fn soft_open_files(pid: u32, soft: Option<u64>) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on a pid we started, reading into a struct we own.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    if let Some(soft) = soft {
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: as above, with a valid new limit.
+        let rc = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+    old.rlim_cur
+}
+
+#[test]
+fn check_says_why_when_nothing_is_mounted() {
+    let dir = std::env::temp_dir().join(common::unique("vproc-test-nomount"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["check", "--mountpoint"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a FUSE mount"), "{stderr}");
+}
