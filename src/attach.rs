@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, Mode, OFlags};
@@ -77,6 +77,17 @@ pub enum Attached {
     AlreadyAttached(PathBuf),
     /// The container has no such path (an image without /sys, say); nothing to cover.
     Missing(PathBuf),
+    /// Healing only: what is there is not a dead vprocd mount, so it was left as it is.
+    LeftAlone(PathBuf),
+}
+
+/// What to do with each target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Cover the container's own file, or replace a dead vprocd mount (attach, hook).
+    Attach,
+    /// Replace dead vprocd mounts only (reattach: the container's mounts may have changed since the scan).
+    HealOnly,
 }
 
 /// Bind-mounts the daemon's files over the container's: the mount namespace of `pid`, whose root is at
@@ -92,12 +103,28 @@ pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>,
 }
 
 /// Like [`attach`], for explicit pairs: `source` below the mountpoint goes over `target` below `root`
-/// (both relative, e.g. `proc/meminfo`). Re-attaching uses the pairs found in a container's mountinfo.
+/// (both relative, e.g. `proc/meminfo`).
 pub fn attach_pairs(
     pid: u32,
     root: &Path,
     mountpoint: &Path,
     pairs: &[(String, String)],
+) -> Result<Vec<Attached>, AttachError> {
+    let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
+    let ns = File::open(&ns_path).map_err(|source| AttachError::Namespace { pid, source })?;
+    attach_in(ns.as_fd(), pid, root, mountpoint, pairs, AttachMode::Attach)
+}
+
+/// Puts `pairs` into the mount namespace `namespace` (an fd of its `ns/mnt`, so no pid is resolved
+/// again: a pid reused since the namespace was found cannot send the mounts elsewhere). `pid` only
+/// names the namespace in errors. Enters the namespace: call it from a single-threaded process.
+pub fn attach_in(
+    namespace: BorrowedFd<'_>,
+    pid: u32,
+    root: &Path,
+    mountpoint: &Path,
+    pairs: &[(String, String)],
+    mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
     let mut clones: Vec<(&str, OwnedFd)> = Vec::new();
@@ -125,9 +152,7 @@ pub fn attach_pairs(
         pid,
         source: e.into(),
     })?;
-    let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
-    let ns = File::open(&ns_path).map_err(|source| AttachError::Namespace { pid, source })?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
         AttachError::Namespace {
             pid,
             source: e.into(),
@@ -151,6 +176,10 @@ pub fn attach_pairs(
             source,
         };
         match what_is_at(&root_dir, relative).map_err(target_error)? {
+            Target::Missing | Target::Plain if mode == AttachMode::HealOnly => {
+                results.push(Attached::LeftAlone(shown));
+                continue;
+            }
             Target::Missing => {
                 results.push(Attached::Missing(shown));
                 continue;

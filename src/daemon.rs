@@ -160,7 +160,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (systemd starts services at a soft 1024 whatever
 /// the hard limit) and returns the soft limit in force.
-fn raise_open_file_limit() -> u64 {
+pub fn raise_open_file_limit() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let raised = Rlimit {

@@ -41,12 +41,18 @@ pub fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
+        // The kernel escapes bytes as three octal digits (`\134` for a backslash); anything above
+        // `\377` is not an escape and stays as written.
+        let escaped = bytes
             .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|d| {
+                let value = u16::from(d[0] - b'0') * 64 + u16::from(d[1] - b'0') * 8;
+                u8::try_from(value + u16::from(d[2] - b'0')).ok()
+            });
+        match (bytes[i], escaped) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
                 i += 4;
             }
             (b, _) => {
@@ -61,6 +67,14 @@ pub fn unescape(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_above_a_byte_stay_as_written() {
+        assert_eq!(unescape("a\\040b"), "a b");
+        assert_eq!(unescape("\\134"), "\\");
+        assert_eq!(unescape("x\\777y"), "x\\777y");
+        assert_eq!(unescape("x\\400"), "x\\400");
+    }
 
     #[test]
     fn parses_a_bind_mount_of_a_fuse_file() {

@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+use vproc::reattach;
 
 /// CLOCK_MONOTONIC in seconds, the clock Python's time.monotonic() reads.
 fn monotonic() -> f64 {
@@ -177,4 +178,66 @@ fn twenty_containers_heal_at_once_and_an_exited_one_is_skipped() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+#[test]
+fn a_hung_fuse_mount_in_another_namespace_delays_no_heal_beyond_the_timeout() {
+    let mut daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let healthy = container(&group, &daemon, "sh -c \"echo ready; exec sleep 300\"");
+    daemon.stop_with(libc::SIGKILL);
+
+    // A FUSE mount that never answers (nobody reads its /dev/fuse), under the daemon's own fsname so
+    // that the heal has to look at it, in a mount namespace of its own.
+    let fs_name = reattach::fs_name(&reattach::canonical_mountpoint(&daemon.mountpoint));
+    let hung_dir = std::env::temp_dir().join(common::unique("vproc-test-hung"));
+    std::fs::create_dir_all(&hung_dir).unwrap();
+    let mut hung = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/fuse; mount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 {fs_name} {} \
+             && echo ready && exec sleep 300",
+            hung_dir.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(hung.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n", "the hung mount was not made");
+
+    let started = Instant::now();
+    let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
+    let budget = reattach::NAMESPACE_TIMEOUT + Duration::from_secs(1);
+    let healed = loop {
+        let out = group.run_in_host_pidns(&format!(
+            "exec nsenter -t {} -m head -1 /proc/meminfo",
+            healthy.id()
+        ));
+        if String::from_utf8_lossy(&out.stdout) == "MemTotal:          65536 kB\n" {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > budget {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = hung.kill();
+    let _ = hung.wait();
+    let _ = std::fs::remove_dir(&hung_dir);
+    let mut healthy = healthy;
+    let _ = healthy.kill();
+    let _ = healthy.wait();
+    let healed = healed.unwrap_or_else(|| {
+        panic!("a hung mount elsewhere kept the container from healing for {budget:?}")
+    });
+    println!(
+        "healed {:.0} ms after the new daemon started, beside a hung FUSE mount",
+        healed.as_secs_f64() * 1e3
+    );
 }

@@ -102,16 +102,25 @@ fn main() -> ExitCode {
                 eprintln!("vproc reattach: {e}");
                 return ExitCode::FAILURE;
             }
+            // One fd per namespace with the daemon's mounts is held between the scan and its heal.
+            vproc::daemon::raise_open_file_limit();
             let outcomes =
                 vproc::reattach::reattach_all(std::path::Path::new("/proc"), &mountpoint);
             let mut failed = false;
             let mut lines = Vec::new();
             for outcome in outcomes {
                 match outcome {
+                    Outcome::Healed { pid, mounts: 0 } => {
+                        lines.push(format!("pid {pid}: every mount live"))
+                    }
                     Outcome::Healed { pid, mounts } => {
                         lines.push(format!("healed pid {pid}: {mounts} mounts"))
                     }
-                    Outcome::Gone { pid } => lines.push(format!("skipped pid {pid}: exited")),
+                    Outcome::TimedOut { pid } => lines.push(format!(
+                        "skipped pid {pid}: its mount namespace did not answer within {} s \
+                         (a FUSE mount there hangs); run vproc reattach again once it answers",
+                        vproc::reattach::NAMESPACE_TIMEOUT.as_secs()
+                    )),
                     Outcome::Failed { pid, error } => {
                         failed = true;
                         eprintln!("vproc reattach: pid {pid}: {error}");
@@ -187,6 +196,9 @@ fn attach(
             Attached::Mounted(p) => format!("mounted {}", p.display()),
             Attached::AlreadyAttached(p) => format!("already attached {}", p.display()),
             Attached::Missing(p) => format!("skipped {} (not in the container)", p.display()),
+            Attached::LeftAlone(p) => {
+                format!("left {} alone (not a dead vprocd mount)", p.display())
+            }
         })
         .collect())
 }

@@ -455,8 +455,18 @@ pub fn busybox_rootfs(dir: &Path) {
     for sub in ["bin", "etc", "tmp", "root"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
-        .expect("busybox-static's /bin/busybox: apt-get install busybox-static (or run .ci/run)");
+    // Copied by a child process, never by this one: a file this process holds open for writing is
+    // inherited by every child another test thread forks meanwhile, and exec of it fails with ETXTBSY
+    // until they all exec (seen on a fresh machine's first CI run).
+    let copied = Command::new("cp")
+        .arg("/bin/busybox")
+        .arg(dir.join("bin/busybox"))
+        .status()
+        .expect("run cp");
+    assert!(
+        copied.success(),
+        "busybox-static's /bin/busybox: apt-get install busybox-static (or run .ci/run)"
+    );
     let list = Command::new(dir.join("bin/busybox"))
         .arg("--list")
         .output()
