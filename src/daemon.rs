@@ -230,11 +230,9 @@ fn reattach_containers(mountpoint: &Path) {
             if !report.trim().is_empty() {
                 log::info!("re-attached: {}", report.trim().replace('\n', "; "));
             }
-            if !out.status.success() {
-                log::warn!(
-                    "vproc reattach: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+            // Failures and skipped namespaces, whether or not it succeeded overall.
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                log::warn!("{line}");
             }
         }
         Err(e) => log::warn!(

@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+use common::{Daemon, HandleHolders, Limits, MIB, TestCgroup, stdout};
 
 const LIMITED_MEMTOTAL: &str = "MemTotal:          65536 kB";
 
@@ -172,24 +171,6 @@ fn a_container_recreated_on_the_same_cgroup_path_shows_its_own_cpu_time_growing(
     );
 }
 
-/// Opens argv[2] handles of argv[1], reads one byte of each (so each is read in pieces), prints
-/// `ready`, waits for a line on stdin, then closes them.
-const HANDLE_HOLDER: &str = r#"
-import os, resource, sys
-path, count = sys.argv[1], int(sys.argv[2])
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-fds = []
-for _ in range(count):
-    fd = os.open(path, os.O_RDONLY)
-    assert len(os.read(fd, 1)) == 1
-    fds.append(fd)
-print("ready", flush=True)
-sys.stdin.readline()
-for fd in fds:
-    os.close(fd)
-"#;
-
 /// README's budget: at most 200 bytes of table per open handle (~120 measured), rendered bytes shared
 /// and capped at 16 MiB.
 const RSS_BOUND_FOR_100K_HANDLES: u64 = 100_000 * 200 + 16 * MIB;
@@ -206,26 +187,10 @@ fn a_hundred_thousand_open_handles_keep_rss_under_the_bound() {
         std::fs::read(daemon.path("proc/meminfo")).unwrap();
     }
     let before = daemon.rss_bytes();
-    // A process may hold fewer fds than that (the hard limit here is 20000, and CI's root cannot raise
-    // it): ten holders of 10000 each.
-    let script = format!(
-        "exec python3 -c '{HANDLE_HOLDER}' {} 10000",
-        daemon.path("proc/meminfo").display()
-    );
-    let mut holders: Vec<_> = (0..10).map(|_| group.spawn_with_stdin(&script)).collect();
-    for holder in &mut holders {
-        let mut ready = String::new();
-        BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        assert_eq!(ready, "ready\n", "a holder did not open its handles");
-    }
+    let holders = HandleHolders::open(&group, &daemon.path("proc/meminfo"), 100_000);
     let during = daemon.rss_bytes();
     let (healthy, report) = daemon.check();
-    for holder in &mut holders {
-        writeln!(holder.stdin.as_mut().unwrap()).unwrap();
-        assert!(holder.wait().unwrap().success());
-    }
+    holders.close();
     println!(
         "RSS before {} KiB, with 100000 open handles {} KiB ({} bytes per handle)\n{report}",
         before / 1024,

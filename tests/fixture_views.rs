@@ -323,23 +323,65 @@ fn quota_of_one_and_a_half_with_two_cpus_shows_two() {
     );
 }
 
+/// `(user, idle)` of the `cpu` line of a /proc/stat.
+fn user_and_idle(stat: &[u8]) -> (u64, u64) {
+    let text = String::from_utf8(stat.to_vec()).unwrap();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (fields[0], fields[3])
+}
+
 #[test]
-fn stat_counters_never_go_backwards() {
-    let renderer = renderer("cgroup-v2", uncached());
-    let idle = |text: &str| -> u64 {
-        text.lines()
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(4)
-            .unwrap()
-            .parse()
-            .unwrap()
+fn stat_counters_never_go_backwards_and_a_recreated_cgroup_starts_from_its_own() {
+    // A copy of the v2 tree whose cpu.stat the test changes between reads.
+    let tree = tempfile::tempdir().unwrap();
+    let copy = |to: &Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixtures().join("cgroup-v2"))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
     };
-    let first = String::from_utf8(renderer.render(Content::Stat, 200).unwrap()).unwrap();
-    std::thread::sleep(Duration::from_millis(30));
-    let second = String::from_utf8(renderer.render(Content::Stat, 200).unwrap()).unwrap();
-    assert!(idle(&second) >= idle(&first));
+    let root = tree.path().join("cgroup-v2");
+    copy(&root);
+    let roots = HostRoots {
+        proc: fixtures().join("proc"),
+        sys: fixtures().join("sys"),
+    };
+    let options = Options {
+        reader_ttl: Duration::ZERO,
+        usage_ttl: Duration::ZERO,
+        ..Options::default()
+    };
+    let renderer = Renderer::new(roots, CgroupLayout::from_root_dir(&root), options).unwrap();
+    let stat = || user_and_idle(&renderer.render(Content::Stat, 200).unwrap());
+    let cpu_stat = root.join("limited/child/cpu.stat");
+    let original = std::fs::read_to_string(&cpu_stat).unwrap();
+
+    let (user, idle) = stat();
+    // 1000 s of user time appear at once (accounting catching up): idle = uptime - busy would drop.
+    let jumped = original.replace("user_usec 2000000", "user_usec 1002000000");
+    std::fs::write(&cpu_stat, jumped).unwrap();
+    let (user_after, idle_after) = stat();
+    assert!(user_after > user, "user {user} -> {user_after}");
+    assert!(idle_after >= idle, "idle went back: {idle} -> {idle_after}");
+
+    // The container is removed and created again on the same path: a new directory, a new cgroup.
+    std::fs::rename(&root, tree.path().join("removed")).unwrap();
+    copy(&root);
+    let (user_new, _) = stat();
+    assert_eq!(
+        user_new, user,
+        "the new cgroup shows its own usage, not the removed one's"
+    );
 }
 
 #[test]

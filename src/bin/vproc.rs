@@ -116,11 +116,11 @@ fn main() -> ExitCode {
                     Outcome::Healed { pid, mounts } => {
                         lines.push(format!("healed pid {pid}: {mounts} mounts"))
                     }
-                    Outcome::TimedOut { pid } => lines.push(format!(
-                        "skipped pid {pid}: its mount namespace did not answer within {} s \
+                    Outcome::TimedOut { pid } => eprintln!(
+                        "vproc reattach: skipped pid {pid}: its mount namespace did not answer within {} s \
                          (a FUSE mount there hangs); run vproc reattach again once it answers",
                         vproc::reattach::NAMESPACE_TIMEOUT.as_secs()
-                    )),
+                    ),
                     Outcome::Failed { pid, error } => {
                         failed = true;
                         eprintln!("vproc reattach: pid {pid}: {error}");

@@ -164,10 +164,23 @@ impl Handles {
         };
     }
 
-    /// Forgets the handle and its buffer.
+    /// Forgets the handle and its buffer. A table that grew for a burst of handles shrinks once most
+    /// are closed (a hash map keeps its capacity otherwise).
     pub fn release(&self, fh: u64) {
-        let handle = self.open.lock().remove(&fh);
+        let mut open = self.open.lock();
+        let handle = open.remove(&fh);
+        let shrink = open.capacity() > 4096 && open.len() * 8 < open.capacity();
+        if shrink {
+            let keep = open.len() * 2;
+            open.shrink_to(keep);
+        }
+        drop(open);
         drop(handle);
+        if shrink {
+            // glibc keeps freed pages in its arenas; hand them back after a burst went away.
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 
     /// Handles open now.

@@ -99,7 +99,7 @@ impl Host {
             .ok_or_else(|| Error::parse(&HostFile::CpuOnline.path(&self.roots), "cpu list", &text))
     }
 
-    /// The path of `name` in the host's `/sys/devices/system/cpu`.
+    /// The host's `/sys/devices/system/cpu` directory.
     pub fn cpu_dir(&self) -> PathBuf {
         self.roots.sys.join("devices/system/cpu")
     }
@@ -127,7 +127,7 @@ pub fn boottime_now() -> f64 {
     now.unwrap_or(0.0)
 }
 
-/// Reads `path` below the proc root (`<proc>/<pid>/cgroup`).
+/// The path of `file` in process `pid`'s directory below the proc root (`<proc>/<pid>/cgroup`).
 pub fn proc_path(roots: &HostRoots, pid: u32, file: &str) -> PathBuf {
     roots.proc.join(pid.to_string()).join(file)
 }

@@ -483,3 +483,76 @@ pub fn busybox_rootfs(dir: &Path) {
     .unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
+
+/// Opens argv[2] handles of argv[1], reads one byte of each (so each is read in pieces), prints
+/// `ready`, waits for a line on stdin, then closes them.
+const HANDLE_HOLDER: &str = r#"
+import os, resource, sys
+path, count = sys.argv[1], int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+fds = []
+for _ in range(count):
+    fd = os.open(path, os.O_RDONLY)
+    assert len(os.read(fd, 1)) == 1
+    fds.append(fd)
+print("ready", flush=True)
+sys.stdin.readline()
+for fd in fds:
+    os.close(fd)
+"#;
+
+/// Processes in a cgroup holding many open handles of one file, each read one byte into it.
+pub struct HandleHolders {
+    children: Vec<Child>,
+}
+
+/// Handles one holder process opens: below the hard RLIMIT_NOFILE here (20000), which CI's root
+/// cannot raise (no CAP_SYS_RESOURCE).
+const HANDLES_PER_HOLDER: usize = 10_000;
+
+impl HandleHolders {
+    /// Opens `count` handles of `path` from processes in `group`; returns once all are open.
+    pub fn open(group: &TestCgroup, path: &Path, count: usize) -> HandleHolders {
+        let mut holders = HandleHolders {
+            children: Vec::new(),
+        };
+        let mut left = count;
+        while left > 0 {
+            let here = left.min(HANDLES_PER_HOLDER);
+            let script = format!(
+                "exec python3 -c '{HANDLE_HOLDER}' {} {here}",
+                path.display()
+            );
+            holders.children.push(group.spawn_with_stdin(&script));
+            left -= here;
+        }
+        for holder in &mut holders.children {
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+                &mut ready,
+            )
+            .unwrap();
+            assert_eq!(ready, "ready\n", "a holder did not open its handles");
+        }
+        holders
+    }
+
+    /// Closes every handle and waits for the holders to exit.
+    pub fn close(mut self) {
+        for mut holder in std::mem::take(&mut self.children) {
+            std::io::Write::write_all(holder.stdin.as_mut().unwrap(), b"\n").unwrap();
+            assert!(holder.wait().unwrap().success());
+        }
+    }
+}
+
+impl Drop for HandleHolders {
+    fn drop(&mut self) {
+        for holder in &mut self.children {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The daemon's memory under load, as an operator sizing a DaemonSet's limit would measure it:
+//! - RSS over 10^6 open+read+close of proc/meminfo by 8 readers in 8 cgroups (one per cgroup, each with
+//!   its own limit): sampled every second after a warm-up; must stay flat (within 10%);
+//! - RSS before and with 100,000 open handles, each read one byte (so each is mid-read): must stay under
+//!   the README's bound (200 bytes per handle + the 16 MiB buffer budget).
+//!
+//! Needs root and cgroup v1. Run: `cargo bench --bench memory` (VPROC_BENCH_READS sets the total
+//! reads). Exits 1 when a bound is missed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, HandleHolders, Limits, MIB, TestCgroup};
+
+/// Reads argv[1] argv[2] times (open, read all, close) and prints how many did not start with argv[3].
+const READER: &str = r#"
+import sys
+path, count, expected = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+other = 0
+for _ in range(count):
+    with open(path, "rb", buffering=0) as f:
+        if not f.read(65536).startswith(expected.encode()):
+            other += 1
+print(other)
+"#;
+
+const READERS: usize = 8;
+/// RSS may move this much after the warm-up.
+const FLAT_PERCENT: f64 = 10.0;
+const HANDLES: usize = 100_000;
+const HANDLE_BYTES_BOUND: u64 = 200;
+const BUFFER_BUDGET: u64 = 16 * MIB;
+
+fn main() -> ExitCode {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing and expects a quick exit.
+    if !std::env::args().any(|a| a == "--bench") {
+        return ExitCode::SUCCESS;
+    }
+    let reads: usize = std::env::var("VPROC_BENCH_READS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let daemon = Daemon::start(&[]);
+    let mut ok = true;
+
+    let groups: Vec<TestCgroup> = (1..=READERS as u64)
+        .map(|i| {
+            TestCgroup::new(Limits {
+                memory_bytes: Some(64 * MIB * i),
+                ..Limits::default()
+            })
+        })
+        .collect();
+    let started_rss = daemon.rss_bytes();
+    let per_reader = reads / READERS;
+    let started = Instant::now();
+    let readers: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let expected = format!("MemTotal:{:>15} kB", 65536 * (i + 1));
+            group.spawn(&format!(
+                "exec python3 -c '{READER}' {} {per_reader} '{expected}'",
+                daemon.path("proc/meminfo").display()
+            ))
+        })
+        .collect();
+    // Warm-up: the first 5% of the reads (or 3 s), when caches and the allocator's arenas fill.
+    let warm = Duration::from_secs(3);
+    std::thread::sleep(warm);
+    let mut samples = vec![daemon.rss_bytes()];
+    let mut readers = readers;
+    while readers.iter_mut().any(|r| r.try_wait().unwrap().is_none()) {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push(daemon.rss_bytes());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut wrong = 0;
+    for reader in readers {
+        let out = reader.wait_with_output().unwrap();
+        wrong += String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(per_reader);
+    }
+    let after_warm = samples[0];
+    let (low, high) = (
+        *samples.iter().min().unwrap(),
+        *samples.iter().max().unwrap(),
+    );
+    let drift = (high as f64 - after_warm as f64) / after_warm as f64 * 100.0;
+    println!(
+        "{} reads by {READERS} readers in {READERS} cgroups in {elapsed:.1} s ({:.0}/s); {wrong} saw another MemTotal",
+        per_reader * READERS,
+        (per_reader * READERS) as f64 / elapsed
+    );
+    println!(
+        "RSS: {} KiB before, {} KiB after {warm:?} of reads, then {} to {} KiB over {} samples \
+         (max {drift:+.1}% of the post-warm-up value; bound ±{FLAT_PERCENT}%)",
+        started_rss / 1024,
+        after_warm / 1024,
+        low / 1024,
+        high / 1024,
+        samples.len()
+    );
+    if drift.abs() > FLAT_PERCENT || wrong > 0 {
+        println!("FAILED: RSS is not flat or readers saw another container's file");
+        ok = false;
+    }
+
+    let holders_group = TestCgroup::new(Limits {
+        memory_bytes: Some(2048 * MIB),
+        ..Limits::default()
+    });
+    let before = daemon.rss_bytes();
+    let holders = HandleHolders::open(&holders_group, &daemon.path("proc/meminfo"), HANDLES);
+    let during = daemon.rss_bytes();
+    holders.close();
+    // The kernel sends the handles' RELEASEs after the holders exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.check().1.contains("open_handles: 0\n") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = daemon.rss_bytes();
+    let bound = HANDLES as u64 * HANDLE_BYTES_BOUND + BUFFER_BUDGET;
+    println!(
+        "RSS: {} KiB before {HANDLES} open handles, {} KiB with them ({} bytes each; bound {} KiB of growth), \
+         {} KiB after they closed",
+        before / 1024,
+        during / 1024,
+        during.saturating_sub(before) / HANDLES as u64,
+        bound / 1024,
+        after / 1024
+    );
+    if during.saturating_sub(before) > bound {
+        println!("FAILED: open handles grew the daemon past the bound");
+        ok = false;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
