@@ -18,6 +18,7 @@ pub mod launcher;
 pub mod lru;
 pub mod mountinfo;
 pub mod oci;
+pub mod pidfd;
 pub mod reader;
 pub mod reattach;
 pub mod render;

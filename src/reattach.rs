@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::attach::{AttachMode, Attached, attach_in};
 use crate::mountinfo::MountinfoLine;
+use crate::pidfd::{self, is_alive};
 
 /// How long one namespace's check and heal may take before its child is killed and the namespace
 /// skipped. A healthy namespace takes a few milliseconds.
@@ -82,7 +83,7 @@ fn namespace_of(
 ) -> Option<NamespaceMounts> {
     // The pidfd pins which process `pid` means; if it is still alive after the namespace and the
     // mountinfo were read, both were that process's.
-    let pidfd = pidfd_open(pid)?;
+    let pidfd = pidfd::open(libc::pid_t::try_from(pid).ok()?, 0)?;
     let namespace = std::fs::File::open(dir.join("ns/mnt")).ok()?;
     let meta = namespace.metadata().ok()?;
     let identity = {
@@ -253,30 +254,6 @@ fn finished(healer: &mut Healer, timeout: Duration) -> Option<Outcome> {
             error: format!("re-attaching child ended with {other:?}"),
         }),
     }
-}
-
-/// A pidfd for `pid`, if the process exists.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Signal 0 through a pidfd: succeeds while the process it refers to exists.
-fn is_alive(pidfd: &OwnedFd) -> bool {
-    // SAFETY: the fd is a valid pidfd we own; signal 0 only checks for existence.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0
 }
 
 /// The mountpoint as mountinfo spells it (absolute, symlinks resolved).

@@ -6,14 +6,12 @@
 //! [`super::Budget`]): a full cache evicts its least recently used reader, and a reader that exited is
 //! dropped (its pidfd closed) at most one TTL after its last read.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lru::Lru;
-
-/// `PIDFD_THREAD` (= O_EXCL): lets pidfd_open accept a thread id, which is what FUSE sends (Linux 6.9+).
-const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+use crate::pidfd::{self, PIDFD_THREAD, is_alive};
 
 struct Entry<T> {
     liveness: Liveness,
@@ -103,16 +101,16 @@ impl Liveness {
     fn of(pid: u32, thread_pidfds: bool) -> Option<Liveness> {
         let tid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
         if thread_pidfds {
-            if let Some(fd) = pidfd_open(tid, PIDFD_THREAD) {
+            if let Some(fd) = pidfd::open(tid, PIDFD_THREAD) {
                 return Some(Liveness::Task(fd));
             }
         }
-        if let Some(fd) = pidfd_open(tid, 0) {
+        if let Some(fd) = pidfd::open(tid, 0) {
             return Some(Liveness::Task(fd));
         }
         // A thread that does not lead its group, on a kernel without PIDFD_THREAD.
         let tgid = thread_group_of(tid)?;
-        let leader = pidfd_open(tgid, 0)?;
+        let leader = pidfd::open(tgid, 0)?;
         Some(Liveness::ThreadOf { leader, tgid, tid })
     }
 
@@ -128,34 +126,11 @@ impl Liveness {
     }
 }
 
-/// A pidfd for `pid` with `flags`, if the kernel gives one.
-fn pidfd_open(pid: libc::pid_t, flags: libc::c_uint) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// The thread group (process) of thread `tid`, from the `Tgid:` line of /proc/TID/status.
 fn thread_group_of(tid: libc::pid_t) -> Option<libc::pid_t> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?;
     line.trim().parse().ok()
-}
-
-/// Signal 0 through a pidfd: succeeds while the process (or thread) it refers to exists.
-fn is_alive(pidfd: &OwnedFd) -> bool {
-    // SAFETY: the fd is a valid pidfd we own; signal 0 only checks for existence.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0
 }
 
 #[cfg(test)]
