@@ -112,7 +112,24 @@ pub fn attach_pairs(
 ) -> Result<Vec<Attached>, AttachError> {
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
     let ns = File::open(&ns_path).map_err(|source| AttachError::Namespace { pid, source })?;
-    attach_in(ns.as_fd(), pid, root, mountpoint, pairs, AttachMode::Attach)
+    attach_in(
+        ns.as_fd(),
+        pid,
+        ContainerRoot::Path(root),
+        mountpoint,
+        pairs,
+        AttachMode::Attach,
+    )
+}
+
+/// Where the targets are resolved from, inside the namespace.
+#[derive(Debug, Clone, Copy)]
+pub enum ContainerRoot<'a> {
+    /// A path, opened after entering the namespace.
+    Path(&'a Path),
+    /// A directory opened beforehand (`/proc/PID/root` of a process of that namespace: its own root,
+    /// which is what the paths of its mountinfo are relative to).
+    Opened(BorrowedFd<'a>),
 }
 
 /// Puts `pairs` into the mount namespace `namespace` (an fd of its `ns/mnt`, so no pid is resolved
@@ -121,7 +138,7 @@ pub fn attach_pairs(
 pub fn attach_in(
     namespace: BorrowedFd<'_>,
     pid: u32,
-    root: &Path,
+    root: ContainerRoot<'_>,
     mountpoint: &Path,
     pairs: &[(String, String)],
     mode: AttachMode,
@@ -159,15 +176,29 @@ pub fn attach_in(
         }
     })?;
 
-    let root_dir = rustix::fs::open(
-        root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| AttachError::Target {
-        path: root.to_path_buf(),
-        source: e.into(),
-    })?;
+    let (root_dir, root) = match root {
+        ContainerRoot::Path(root) => {
+            let dir = rustix::fs::open(
+                root,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| AttachError::Target {
+                path: root.to_path_buf(),
+                source: e.into(),
+            })?;
+            (dir, root)
+        }
+        ContainerRoot::Opened(dir) => {
+            let dir = dir
+                .try_clone_to_owned()
+                .map_err(|source| AttachError::Target {
+                    path: PathBuf::from("/"),
+                    source,
+                })?;
+            (dir, Path::new("/"))
+        }
+    };
     let mut results = Vec::new();
     for (relative, tree) in clones {
         let shown = root.join(relative);

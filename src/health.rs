@@ -1,7 +1,8 @@
 //! Whether the daemon does its job. A live mount is not enough: a daemon out of fds or memory still
 //! answers every read, with the host's files, and every container silently sees the host again. Such
-//! fallbacks by the daemon's own fault (anything but a reader that went away) are counted here; the
-//! report is served as the extended attribute [`HEALTH_XATTR`] of the mount's root, which `vproc check`
+//! fallbacks by the daemon's own fault (it ran out of fds or memory, or cannot read the host's own
+//! files) are counted here, and so are, apart, the errors a reader may cause (which never fail the
+//! check: one container must not be able to get the node's daemon restarted); the report is served as the extended attribute [`HEALTH_XATTR`] of the mount's root, which `vproc check`
 //! (the DaemonSet's liveness probe) reads and fails on.
 
 use std::fmt::{self, Display, Write};
@@ -28,8 +29,12 @@ const FD_ALARM_PERCENT: u64 = 90;
 #[derive(Debug, Default)]
 pub struct Health {
     own_errors_total: AtomicU64,
+    other_errors_total: AtomicU64,
     streak: Mutex<Option<Streak>>,
 }
+
+/// Characters of the last error kept for the report (a cgroup path can be long).
+const LAST_ERROR_CHARS: usize = 300;
 
 /// Own errors with less than [`HEALTH_WINDOW`] between each and the next.
 #[derive(Debug, Clone)]
@@ -45,27 +50,38 @@ impl Health {
     pub fn record(&self, error: &dyn Display) {
         self.own_errors_total.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        let message: String = error.to_string().chars().take(LAST_ERROR_CHARS).collect();
         let mut streak = self.streak.lock();
-        match streak.as_mut() {
+        let starts = match streak.as_mut() {
             Some(s) if now.duration_since(s.last) < HEALTH_WINDOW => {
                 s.last = now;
                 s.count += 1;
-                s.last_error = error.to_string();
+                s.last_error = message.clone();
+                false
             }
             _ => {
-                log::error!(
-                    "serving the host's files because of the daemon's own error: {error}; \
-                     `vproc check` fails until none happened for {} s",
-                    HEALTH_WINDOW.as_secs()
-                );
                 *streak = Some(Streak {
                     first: now,
                     last: now,
                     count: 1,
-                    last_error: error.to_string(),
+                    last_error: message.clone(),
                 });
+                true
             }
+        };
+        drop(streak);
+        if starts {
+            log::error!(
+                "serving the host's files because of the daemon's own error: {message}; \
+                 `vproc check` fails until none happened for {} s",
+                HEALTH_WINDOW.as_secs()
+            );
         }
+    }
+
+    /// Counts a fallback or refusal a reader may have caused (logged where it happens).
+    pub fn record_other(&self) {
+        self.other_errors_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Own errors since the daemon started.
@@ -108,6 +124,7 @@ impl Health {
         Report {
             problems,
             own_errors_total: self.own_errors_total(),
+            other_errors_total: self.other_errors_total.load(Ordering::Relaxed),
             fds,
             registry,
             open_handles,
@@ -140,6 +157,8 @@ pub struct Report {
     /// Empty when healthy.
     pub problems: Vec<String>,
     pub own_errors_total: u64,
+    /// Errors a reader may have caused (its file fell back to the host's, or an open was refused).
+    pub other_errors_total: u64,
     pub fds: FdUse,
     pub registry: Occupancy,
     pub open_handles: usize,
@@ -161,6 +180,7 @@ impl Display for Report {
         }
         let known = |n: Option<u64>| n.map_or("unknown".to_string(), |n| n.to_string());
         let _ = writeln!(text, "own_errors_total: {}", self.own_errors_total);
+        let _ = writeln!(text, "other_errors_total: {}", self.other_errors_total);
         let _ = writeln!(text, "open_fds: {}", known(self.fds.open));
         let _ = writeln!(text, "open_files_limit: {}", known(self.fds.limit));
         let r = &self.registry;
@@ -180,13 +200,29 @@ pub fn check(mountpoint: &Path) -> Result<String, String> {
     crate::attach::check_daemon(mountpoint).map_err(|e| e.to_string())?;
     std::fs::read_to_string(mountpoint.join("proc/uptime"))
         .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
-    let mut buffer = vec![0u8; 4096];
-    let len = rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]).map_err(|e| {
+    let read_error = |e: rustix::io::Errno| {
         format!(
             "cannot read the daemon's health ({HEALTH_XATTR} of {}): {e}; is it a vprocd?",
             mountpoint.display()
         )
-    })?;
+    };
+    // The report can grow between asking its size and reading it: ask again on ERANGE.
+    let mut buffer = Vec::new();
+    let mut len = 0;
+    for _ in 0..3 {
+        let mut empty: [u8; 0] = [];
+        let size =
+            rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut empty[..]).map_err(read_error)?;
+        buffer = vec![0u8; size + 256];
+        match rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]) {
+            Ok(read) => {
+                len = read;
+                break;
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(read_error(e)),
+        }
+    }
     let report = String::from_utf8_lossy(&buffer[..len]).into_owned();
     let problems = problems_in(&report)?;
     if problems.is_empty() {
@@ -254,6 +290,23 @@ mod tests {
         );
         assert!(problems[0].contains("/proc/78/cgroup: Too many open files"));
         assert_eq!(health.own_errors_total(), 2);
+    }
+
+    #[test]
+    fn errors_a_reader_may_cause_are_counted_apart_and_never_degrade() {
+        let health = Health::default();
+        health.record_other();
+        let report = health.report(occupancy(), 0, 0);
+        assert!(report.problems.is_empty());
+        assert_eq!(report.other_errors_total, 1);
+    }
+
+    #[test]
+    fn a_long_error_is_cut_in_the_report() {
+        let health = Health::default();
+        health.record(&"x".repeat(100_000));
+        let text = health.report(occupancy(), 0, 0).to_string();
+        assert!(text.len() < 2000, "{} bytes", text.len());
     }
 
     #[test]

@@ -48,14 +48,23 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         }
     }
 
-    /// The fresh value for `key` that `valid` accepts; an expired or refused entry is dropped.
+    /// The fresh value for `key` that `valid` accepts; an expired or refused entry is dropped. `valid`
+    /// runs outside the lock (it may ask the kernel).
     pub fn get_if(&self, key: &K, valid: impl FnOnce(&V) -> bool) -> Option<V> {
         let mut entries = self.entries.lock();
         let slot = entries.get(key)?;
-        if slot.is_fresh(self.ttl, Instant::now()) && valid(&slot.value) {
-            return Some(slot.value.clone());
+        let fresh = slot
+            .is_fresh(self.ttl, Instant::now())
+            .then(|| slot.value.clone());
+        drop(entries);
+        if let Some(value) = fresh {
+            if valid(&value) {
+                return Some(value);
+            }
         }
-        entries.pop(key);
+        // Dropped outside the lock: a value may hold an fd to close.
+        let dropped = self.entries.lock().pop(key);
+        drop(dropped);
         None
     }
 
@@ -86,8 +95,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         }
         let now = Instant::now();
         let mut entries = self.entries.lock();
-        Self::drop_expired(&mut entries, self.ttl, now);
-        entries.put(key, Slot { value, at: now });
+        let expired = Self::drop_expired(&mut entries, self.ttl, now);
+        let evicted = entries.push(key, Slot { value, at: now });
+        drop(entries);
+        drop((expired, evicted));
     }
 
     /// Replaces the value of `key` with `update(previous fresh value)` and returns it: a read-modify-write
@@ -101,14 +112,16 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
             .map(|slot| &slot.value);
         let value = update(previous);
         if !self.ttl.is_zero() {
-            Self::drop_expired(&mut entries, self.ttl, now);
-            entries.put(
+            let expired = Self::drop_expired(&mut entries, self.ttl, now);
+            let evicted = entries.push(
                 key,
                 Slot {
                     value: value.clone(),
                     at: now,
                 },
             );
+            drop(entries);
+            drop((expired, evicted));
         }
         value
     }
@@ -116,7 +129,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     /// Drops every expired entry that is not more recently used than a fresh one; returns how many went.
     /// Called periodically, so what an idle daemon holds is released too.
     pub fn sweep(&self) -> usize {
-        Self::drop_expired(&mut self.entries.lock(), self.ttl, Instant::now())
+        let expired = Self::drop_expired(&mut self.entries.lock(), self.ttl, Instant::now());
+        expired.len()
     }
 
     /// Entries held now (expired ones not yet swept included).
@@ -134,16 +148,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         self.entries.lock().cap().get()
     }
 
-    /// Pops expired entries from the least recently used end. Since an entry is inserted no later than
-    /// it is last used, every entry unused for a TTL is reached: the ones behind it are older still.
-    fn drop_expired(entries: &mut LruCache<K, Slot<V>>, ttl: Duration, now: Instant) -> usize {
-        let mut dropped = 0;
+    /// Pops expired entries from the least recently used end and returns them (to be dropped once the
+    /// lock is released). Since an entry is inserted no later than it is last used, every entry unused
+    /// for a TTL is reached: the ones behind it are older still.
+    fn drop_expired(entries: &mut LruCache<K, Slot<V>>, ttl: Duration, now: Instant) -> Vec<V> {
+        let mut dropped = Vec::new();
         while entries
             .peek_lru()
             .is_some_and(|(_, slot)| !slot.is_fresh(ttl, now))
         {
-            entries.pop_lru();
-            dropped += 1;
+            if let Some((_, slot)) = entries.pop_lru() {
+                dropped.push(slot.value);
+            }
         }
         dropped
     }

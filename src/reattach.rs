@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
+use rustix::fs::{Mode, OFlags};
 
-use crate::attach::{AttachMode, Attached, attach_in};
+use crate::attach::{AttachMode, Attached, ContainerRoot, attach_in};
+use crate::files;
 use crate::mountinfo::MountinfoLine;
 use crate::pidfd::{self, is_alive};
 
@@ -45,77 +47,130 @@ pub struct NamespaceMounts {
     pub pid: u32,
     /// The namespace itself (`/proc/PID/ns/mnt` opened during the scan).
     pub namespace: OwnedFd,
-    /// (file below the daemon's mountpoint, where it is mounted relative to the namespace's root), both
+    /// The process's root (`/proc/PID/root`), which its mountinfo's mount points are relative to.
+    pub root: OwnedFd,
+    /// (file below the daemon's mountpoint, where it is mounted relative to the process's root), both
     /// without a leading `/`: (`proc/meminfo`, `proc/meminfo`).
     pub mounts: Vec<(String, String)>,
 }
 
-/// Scans every process's mount namespace (once per namespace) for mounts of `fs_name`, reading only
-/// /proc (mountinfo), never the mounts themselves. Processes that exit during the scan are skipped.
-pub fn find_namespaces(proc_root: &Path, fs_name: &str) -> Vec<NamespaceMounts> {
-    let mut seen = HashSet::new();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(ns) = namespace_of(&entry.path(), pid, fs_name, &mut seen) {
-            found.push(ns);
-        }
+/// Mounts of one namespace looked at, at most: a namespace with more is healed for these.
+pub const MAX_MOUNTS_PER_NAMESPACE: usize = 64;
+
+/// The mount namespaces holding mounts of `fs_name`, found one process at a time, once per namespace,
+/// reading only /proc (mountinfo), never the mounts themselves. Lazy, so that no more namespace fds are
+/// held than are being healed. Processes that exit or change namespace during the scan are skipped.
+pub fn find_namespaces(proc_root: &Path, fs_name: &str) -> NamespaceScan {
+    NamespaceScan {
+        entries: std::fs::read_dir(proc_root).ok(),
+        fs_name: fs_name.to_string(),
+        seen: HashSet::new(),
     }
-    found
+}
+
+/// The scan behind [`find_namespaces`].
+#[derive(Debug)]
+pub struct NamespaceScan {
+    entries: Option<std::fs::ReadDir>,
+    fs_name: String,
+    seen: HashSet<(u64, u64)>,
+}
+
+impl Iterator for NamespaceScan {
+    type Item = NamespaceMounts;
+
+    fn next(&mut self) -> Option<NamespaceMounts> {
+        for entry in self.entries.as_mut()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ns) = namespace_of(&entry.path(), pid, &self.fs_name, &mut self.seen) {
+                return Some(ns);
+            }
+        }
+        None
+    }
+}
+
+/// The device and inode of a namespace file: the namespace's identity.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 /// The namespace of process `pid` (its /proc directory `dir`) with its mounts of `fs_name`; `None` when
-/// it has none, was seen already, or the process went away meanwhile.
+/// it has none, was seen already, or the process went away or changed namespace meanwhile.
 fn namespace_of(
     dir: &Path,
     pid: u32,
     fs_name: &str,
     seen: &mut HashSet<(u64, u64)>,
 ) -> Option<NamespaceMounts> {
-    // The pidfd pins which process `pid` means; if it is still alive after the namespace and the
-    // mountinfo were read, both were that process's.
+    // The pidfd pins which process `pid` means; if it is still alive after the namespace, its root and
+    // its mountinfo were read, and still in the same namespace, all of them were that process's.
     let pidfd = pidfd::open(libc::pid_t::try_from(pid).ok()?, 0)?;
     let namespace = std::fs::File::open(dir.join("ns/mnt")).ok()?;
-    let meta = namespace.metadata().ok()?;
-    let identity = {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    };
-    if seen.contains(&identity) {
+    let id = identity(&namespace.metadata().ok()?);
+    if seen.contains(&id) {
         return None;
     }
+    let root = rustix::fs::open(
+        dir.join("root"),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let mountinfo = std::fs::read_to_string(dir.join("mountinfo")).ok()?;
-    if !is_alive(&pidfd) {
+    // A process entering a container (runc exec, nsenter) changes namespace between our reads.
+    let still = std::fs::metadata(dir.join("ns/mnt"))
+        .ok()
+        .map(|m| identity(&m));
+    if still != Some(id) || !is_alive(&pidfd) {
         return None;
     }
-    seen.insert(identity);
+    seen.insert(id);
+    let mounts = our_mounts(&mountinfo, fs_name);
+    (!mounts.is_empty()).then(|| NamespaceMounts {
+        pid,
+        namespace: namespace.into(),
+        root,
+        mounts,
+    })
+}
+
+/// The (source, target) pairs of the mounts of `fs_name` in `mountinfo` whose source is one of the
+/// daemon's files or directories (a forged mount naming anything else is ignored), each once, at most
+/// [`MAX_MOUNTS_PER_NAMESPACE`].
+fn our_mounts(mountinfo: &str, fs_name: &str) -> Vec<(String, String)> {
+    let mut seen = HashSet::new();
     let mut mounts = Vec::new();
     for line in mountinfo.lines().filter_map(MountinfoLine::parse) {
         if !line.fstype.starts_with("fuse") || line.source != fs_name {
             continue;
         }
+        let source = line.root.trim_start_matches('/');
+        let served = source.is_empty()
+            || files::FILES.iter().any(|f| f.path == source)
+            || files::dir_by_path(source).is_some();
+        if !served {
+            continue;
+        }
         let pair = (
-            line.root.trim_start_matches('/').to_string(),
+            source.to_string(),
             line.mount_point.trim_start_matches('/').to_string(),
         );
-        if !mounts.contains(&pair) {
+        if seen.insert(pair.clone()) {
             mounts.push(pair);
+            if mounts.len() == MAX_MOUNTS_PER_NAMESPACE {
+                break;
+            }
         }
     }
-    (!mounts.is_empty()).then(|| NamespaceMounts {
-        pid,
-        namespace: namespace.into(),
-        mounts,
-    })
+    mounts
 }
 
 /// What re-attaching did in one namespace.
@@ -144,12 +199,19 @@ pub fn reattach_all(proc_root: &Path, mountpoint: &Path) -> Vec<Outcome> {
     heal_all(mountpoint, found, NAMESPACE_TIMEOUT)
 }
 
+/// How long a killed child may take to go. One blocked in a FUSE request its server already read
+/// cannot be killed until that server answers or dies: it is left behind (reaped by init) rather than
+/// waited for; it holds no pipe of ours.
+const KILL_GRACE: Duration = Duration::from_millis(200);
+
 /// One child healing one namespace.
 struct Healer {
     child: Pid,
     pid: u32,
     started: Instant,
-    /// The child writes how many mounts it replaced here.
+    /// When it was sent SIGKILL.
+    killed: Option<Instant>,
+    /// The child writes `healed N` or its error here.
     report: std::fs::File,
 }
 
@@ -157,7 +219,7 @@ struct Healer {
 /// `timeout`. Call from a single-threaded process.
 pub fn heal_all(
     mountpoint: &Path,
-    namespaces: Vec<NamespaceMounts>,
+    namespaces: impl IntoIterator<Item = NamespaceMounts>,
     timeout: Duration,
 ) -> Vec<Outcome> {
     let mut queue = namespaces.into_iter();
@@ -196,10 +258,13 @@ fn spawn_healer(mountpoint: &Path, ns: NamespaceMounts) -> Result<Healer, Outcom
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(read);
-            let code = match attach_in(
+            // Our stdout and stderr may be a caller's pipes, which a child stuck in a hung mount would
+            // keep open forever: everything goes through the report pipe instead.
+            silence_output();
+            let report = match attach_in(
                 ns.namespace.as_fd(),
                 pid,
-                Path::new("/"),
+                ContainerRoot::Opened(ns.root.as_fd()),
                 mountpoint,
                 &ns.mounts,
                 AttachMode::HealOnly,
@@ -208,46 +273,51 @@ fn spawn_healer(mountpoint: &Path, ns: NamespaceMounts) -> Result<Healer, Outcom
                     let healed = done
                         .iter()
                         .filter(|a| matches!(a, Attached::Mounted(_)))
-                        .count() as u32;
-                    let _ = std::fs::File::from(write).write_all(&healed.to_le_bytes());
-                    0
+                        .count();
+                    format!("healed {healed}")
                 }
-                Err(e) => {
-                    eprintln!("vproc reattach: pid {pid}: {e}");
-                    1
-                }
+                Err(e) => e.to_string(),
             };
+            let _ = std::fs::File::from(write).write_all(report.as_bytes());
             // SAFETY: _exit ends the forked child without running the parent's destructors twice.
-            unsafe { libc::_exit(code) }
+            unsafe { libc::_exit(0) }
         }
         Ok(ForkResult::Parent { child }) => Ok(Healer {
             child,
             pid,
             started: Instant::now(),
+            killed: None,
             report: std::fs::File::from(read),
         }),
         Err(e) => Err(failed(format!("fork: {e}"))),
     }
 }
 
-/// The outcome of `healer` if it ended (or was killed for taking longer than `timeout`).
+/// The outcome of `healer` if it ended, or was killed for taking longer than `timeout`.
 fn finished(healer: &mut Healer, timeout: Duration) -> Option<Outcome> {
     let pid = healer.pid;
     match waitpid(healer.child, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::StillAlive) if healer.started.elapsed() < timeout => None,
-        Ok(WaitStatus::StillAlive) => {
-            // A FUSE request waits killably: SIGKILL ends the child even inside a hung statfs.
-            let _ = kill(healer.child, Signal::SIGKILL);
-            let _ = waitpid(healer.child, None);
-            Some(Outcome::TimedOut { pid })
-        }
+        Ok(WaitStatus::StillAlive) => match healer.killed {
+            None if healer.started.elapsed() < timeout => None,
+            None => {
+                let _ = kill(healer.child, Signal::SIGKILL);
+                healer.killed = Some(Instant::now());
+                None
+            }
+            Some(at) if at.elapsed() < KILL_GRACE => None,
+            Some(_) => Some(Outcome::TimedOut { pid }),
+        },
+        _ if healer.killed.is_some() => Some(Outcome::TimedOut { pid }),
         Ok(WaitStatus::Exited(_, 0)) => {
-            let mut count = [0u8; 4];
-            let mounts = match healer.report.read_exact(&mut count) {
-                Ok(()) => u32::from_le_bytes(count) as usize,
-                Err(_) => 0,
-            };
-            Some(Outcome::Healed { pid, mounts })
+            let mut report = String::new();
+            let _ = healer.report.read_to_string(&mut report);
+            Some(match report.strip_prefix("healed ") {
+                Some(count) => Outcome::Healed {
+                    pid,
+                    mounts: count.parse().unwrap_or(0),
+                },
+                None => Outcome::Failed { pid, error: report },
+            })
         }
         other => Some(Outcome::Failed {
             pid,
@@ -256,7 +326,61 @@ fn finished(healer: &mut Healer, timeout: Duration) -> Option<Outcome> {
     }
 }
 
+/// Points stdout and stderr at /dev/null.
+fn silence_output() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // SAFETY: dup2 onto the standard fds of this forked child, which nothing else uses.
+            unsafe { libc::dup2(null.as_raw_fd(), target) };
+        }
+    }
+}
+
 /// The mountpoint as mountinfo spells it (absolute, symlinks resolved).
 pub fn canonical_mountpoint(mountpoint: &Path) -> PathBuf {
     std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FS: &str = "vprocd:/var/lib/lxcfs";
+
+    fn line(root: &str, target: &str, source: &str) -> String {
+        format!("812 790 0:58 {root} {target} ro,nosuid - fuse {source} ro,user_id=0\n")
+    }
+
+    #[test]
+    fn only_the_daemons_own_files_are_taken_each_once() {
+        let mountinfo = [
+            line("/proc/meminfo", "/proc/meminfo", FS),
+            line("/proc/meminfo", "/proc/meminfo", FS),
+            line("/sys/devices/system/cpu", "/sys/devices/system/cpu", FS),
+            line("/proc/meminfo", "/proc/meminfo", "vprocd:/elsewhere"),
+            // A forged mount under our name pointing into the host's tree through a pass-through path.
+            line("/sys/devices/system/cpu/cpu0/node0", "/x", FS),
+            line("/../etc", "/y", FS),
+        ]
+        .concat();
+        assert_eq!(
+            our_mounts(&mountinfo, FS),
+            [
+                ("proc/meminfo".to_string(), "proc/meminfo".to_string()),
+                (
+                    "sys/devices/system/cpu".to_string(),
+                    "sys/devices/system/cpu".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_namespace_is_looked_at_for_a_bounded_number_of_mounts() {
+        let mountinfo: String = (0..10_000)
+            .map(|i| line("/proc/meminfo", &format!("/m{i}"), FS))
+            .collect();
+        assert_eq!(our_mounts(&mountinfo, FS).len(), MAX_MOUNTS_PER_NAMESPACE);
+    }
 }

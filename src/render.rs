@@ -289,14 +289,19 @@ impl Renderer {
     }
 
     /// Logs an error the first time its cause is seen (and again after [`LOG_AGAIN_AFTER`]), and counts
-    /// it against the daemon's health; a vanished process is routine, logged at debug and not counted.
+    /// it: against the daemon's health when the daemon ran out of fds or memory, as another error
+    /// otherwise; a vanished process is routine, logged at debug and not counted.
     /// Returns whether it logged at warn level.
     fn log_once(&self, error: &Error) -> bool {
         if error.is_not_found() {
             log::debug!("reader gone, serving the host's file: {error}");
             return false;
         }
-        self.health.record(error);
+        if error.is_resource_exhaustion() {
+            self.health.record(error);
+        } else {
+            self.health.record_other();
+        }
         let key = error.cause_key();
         let first = self.logged_causes.get(&key).is_none();
         if first {

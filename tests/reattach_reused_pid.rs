@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::{Daemon, Limits, MIB, TestCgroup, stdout};
 use vproc::reattach::{self, Outcome};
 
-fn fs_mounts_in_own_namespace(fs_name: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo")
+/// Mounts of `fs_name` in the mount namespace of process `pid`.
+fn fs_mounts_of(pid: u32, fs_name: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .unwrap()
         .lines()
         .filter(|l| l.contains(fs_name))
@@ -43,19 +44,21 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
     daemon.stop_with(libc::SIGKILL);
 
     let mut found: Vec<_> = reattach::find_namespaces(std::path::Path::new("/proc"), &fs_name)
-        .into_iter()
         .filter(|ns| ns.pid == container.id())
         .collect();
     assert_eq!(found.len(), 1, "the scan finds the container's namespace");
     let namespace = found[0].namespace.try_clone().unwrap();
 
     // The container's process exits (its namespace lives on through the scan's fd) and its pid now
-    // names another process: this test, in the host's mount namespace.
+    // names another process: one in a mount namespace of its own (a copy of the host's, so a heal sent
+    // there by pid would find the daemon's mount and its paths).
     let _ = container.kill();
     let _ = container.wait();
-    found[0].pid = std::process::id();
     let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
-    let host_mounts_before = fs_mounts_in_own_namespace(&fs_name);
+    let mut other = group.container("sh -c \"echo ready; exec sleep 300\"");
+    found[0].pid = other.id();
+    let other_mounts_before = fs_mounts_of(other.id(), &fs_name);
+    let host_mounts_before = fs_mounts_of(std::process::id(), &fs_name);
 
     let outcomes = reattach::heal_all(&mountpoint, found, Duration::from_secs(10));
     assert!(
@@ -63,10 +66,17 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
         "{outcomes:?}"
     );
     assert_eq!(
-        fs_mounts_in_own_namespace(&fs_name),
+        fs_mounts_of(other.id(), &fs_name),
+        other_mounts_before,
+        "the heal mounted something where the pid points now"
+    );
+    assert_eq!(
+        fs_mounts_of(std::process::id(), &fs_name),
         host_mounts_before,
         "the heal mounted something in the host's namespace"
     );
+    let _ = other.kill();
+    let _ = other.wait();
     let in_found_namespace = group.run_in_host_pidns(&format!(
         "exec nsenter --mount=/proc/{}/fd/{} head -1 /proc/meminfo",
         std::process::id(),

@@ -51,6 +51,25 @@ impl Drop for Buffer {
     }
 }
 
+/// The bytes a read was served from.
+#[derive(Debug)]
+pub enum Served {
+    /// What the handle kept from an earlier read.
+    Kept(Arc<Buffer>),
+    /// Rendered for this read.
+    Fresh(HandleSource, Vec<u8>),
+}
+
+impl std::ops::Deref for Served {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Served::Kept(buffer) => buffer,
+            Served::Fresh(_, bytes) => bytes,
+        }
+    }
+}
+
 /// What a read of a handle starts from (see [`Handles::lookup`]).
 #[derive(Debug)]
 pub enum Lookup {
@@ -126,8 +145,42 @@ impl Handles {
         })
     }
 
+    /// Records that handle `fh` is being served `served` up to byte `end`, and returns the bytes to
+    /// reply with. Call it before replying: once the reply is out, the reader's next piece may already
+    /// be asked for, and it must find this rendering. At the end only the length is kept (the common
+    /// whole-file read never keeps a buffer); before it, the buffer for the next piece, shared with an
+    /// identical rendering of the same source, unless over [`BUFFER_BUDGET`].
+    pub fn record(&self, fh: u64, served: Served, end: usize) -> Served {
+        let (kept, served) = match served {
+            Served::Kept(buffer) if end >= buffer.len() => {
+                (Kept::Ended(buffer.len()), Served::Kept(buffer))
+            }
+            Served::Kept(buffer) => (Kept::Buffer(Arc::clone(&buffer)), Served::Kept(buffer)),
+            Served::Fresh(source, bytes) if end >= bytes.len() => {
+                (Kept::Ended(bytes.len()), Served::Fresh(source, bytes))
+            }
+            Served::Fresh(source, bytes) => {
+                let buffer = self.buffer(&source, bytes);
+                let kept = if self.buffered_bytes() <= BUFFER_BUDGET {
+                    Kept::Buffer(Arc::clone(&buffer))
+                } else {
+                    Kept::Nothing
+                };
+                (kept, Served::Kept(buffer))
+            }
+        };
+        let previous = self
+            .open
+            .lock()
+            .get_mut(&fh)
+            .map(|handle| std::mem::replace(&mut handle.kept, kept));
+        // A buffer let go is freed outside the lock.
+        drop(previous);
+        served
+    }
+
     /// Wraps freshly rendered bytes, sharing an identical earlier rendering of the same source.
-    pub fn buffer(&self, source: &HandleSource, bytes: Vec<u8>) -> Arc<Buffer> {
+    fn buffer(&self, source: &HandleSource, bytes: Vec<u8>) -> Arc<Buffer> {
         let mut hasher = DefaultHasher::new();
         source.hash(&mut hasher);
         bytes.hash(&mut hasher);
@@ -144,24 +197,6 @@ impl Handles {
         });
         self.interned.insert(key, Arc::downgrade(&buffer));
         buffer
-    }
-
-    /// Records that handle `fh` was served `buffer` up to `end`: at the end only the length is kept;
-    /// before it, the buffer, for the next piece (unless over [`BUFFER_BUDGET`]).
-    pub fn served(&self, fh: u64, buffer: &Arc<Buffer>, end: usize) {
-        let mut open = self.open.lock();
-        let Some(handle) = open.get_mut(&fh) else {
-            return;
-        };
-        handle.kept = if end >= buffer.len() {
-            Kept::Ended(buffer.len())
-        } else if matches!(&handle.kept, Kept::Buffer(kept) if Arc::ptr_eq(kept, buffer))
-            || self.buffered_bytes() <= BUFFER_BUDGET
-        {
-            Kept::Buffer(Arc::clone(buffer))
-        } else {
-            Kept::Nothing
-        };
     }
 
     /// Forgets the handle and its buffer. A table that grew for a burst of handles shrinks once most
@@ -201,15 +236,15 @@ mod tests {
     const MEMINFO: HandleSource = HandleSource::Virtual(Content::Meminfo);
 
     fn read(handles: &Handles, fh: u64, offset: u64, size: usize, render: &[u8]) -> Vec<u8> {
-        let buffer = match handles.lookup(fh, offset).unwrap() {
-            Lookup::Rendered(buffer) => buffer,
+        let served = match handles.lookup(fh, offset).unwrap() {
+            Lookup::Rendered(buffer) => Served::Kept(buffer),
             Lookup::Ended => return Vec::new(),
-            Lookup::Render(source) => handles.buffer(&source, render.to_vec()),
+            Lookup::Render(source) => Served::Fresh(source, render.to_vec()),
         };
-        let start = (offset as usize).min(buffer.len());
-        let end = (start + size).min(buffer.len());
-        handles.served(fh, &buffer, end);
-        buffer[start..end].to_vec()
+        let start = (offset as usize).min(served.len());
+        let end = (start + size).min(served.len());
+        let served = handles.record(fh, served, end);
+        served[start..end].to_vec()
     }
 
     #[test]

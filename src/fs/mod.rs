@@ -21,7 +21,7 @@ use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report};
 use crate::render::Renderer;
 pub use handles::{BUFFER_BUDGET, MAX_OPEN_HANDLES};
-use handles::{HandleSource, Handles, Lookup};
+use handles::{HandleSource, Handles, Lookup, Served};
 pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
 
 /// Names of fixed nodes never change: let the kernel cache them for a day (no LOOKUP per open).
@@ -339,9 +339,9 @@ impl Filesystem for VprocFs {
             // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
             Ok(Some(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok(None) => {
-                self.renderer.health().record(&format!(
-                    "{MAX_OPEN_HANDLES} handles open: refusing opens (ENFILE) until some close"
-                ));
+                // Readers hold that many, not the daemon's fault: logged, not a health failure.
+                self.renderer.health().record_other();
+                log::warn!("{MAX_OPEN_HANDLES} handles open: refusing opens (ENFILE)");
                 reply.error(Errno::ENFILE)
             }
             Err(e) => reply.error(e),
@@ -370,28 +370,21 @@ impl Filesystem for VprocFs {
         }
         // A read at offset 0 renders afresh (tools like top rewind and re-read); reads at other offsets
         // slice what the handle rendered last, so a reader reading in chunks sees one consistent file.
-        let content = match self.handles.lookup(fh.0, offset) {
-            None => Err(Errno::EBADF),
-            Some(Lookup::Ended) => {
-                reply.data(&[]);
-                return;
-            }
-            Some(Lookup::Rendered(buffer)) => Ok(buffer),
-            Some(Lookup::Render(source)) => self
-                .produce(&source, req.pid())
-                .map(|bytes| self.handles.buffer(&source, bytes)),
+        let served = match self.handles.lookup(fh.0, offset) {
+            None => return reply.error(Errno::EBADF),
+            Some(Lookup::Ended) => return reply.data(&[]),
+            Some(Lookup::Rendered(buffer)) => Served::Kept(buffer),
+            Some(Lookup::Render(source)) => match self.produce(&source, req.pid()) {
+                Ok(bytes) => Served::Fresh(source, bytes),
+                Err(e) => return reply.error(e),
+            },
         };
-        match content {
-            Ok(buffer) => {
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(buffer.len());
-                let end = start.saturating_add(size as usize).min(buffer.len());
-                reply.data(&buffer[start..end]);
-                self.handles.served(fh.0, &buffer, end);
-            }
-            Err(e) => reply.error(e),
-        }
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(served.len());
+        let end = start.saturating_add(size as usize).min(served.len());
+        let served = self.handles.record(fh.0, served, end);
+        reply.data(&served[start..end]);
     }
 
     fn release(
