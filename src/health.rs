@@ -22,6 +22,9 @@ pub const HEALTH_XATTR: &str = "trusted.vproc.health";
 /// (failureThreshold 3) then restarts a daemon whose errors go on for 30 s, not one that had a blip.
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(10);
 
+/// The kernel's limit on an extended attribute's size.
+const XATTR_SIZE_MAX: usize = 64 << 10;
+
 /// Fds in use, as a share of the limit, from which the daemon reports itself degraded before it fails.
 const FD_ALARM_PERCENT: u64 = 90;
 
@@ -206,23 +209,17 @@ pub fn check(mountpoint: &Path) -> Result<String, String> {
             mountpoint.display()
         )
     };
-    // The report can grow between asking its size and reading it: ask again on ERANGE.
-    let mut buffer = Vec::new();
-    let mut len = 0;
-    for _ in 0..3 {
-        let mut empty: [u8; 0] = [];
-        let size =
-            rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut empty[..]).map_err(read_error)?;
-        buffer = vec![0u8; size + 256];
+    // The report is a few hundred bytes; a larger buffer is tried on ERANGE all the same.
+    let mut buffer = vec![0u8; 16 << 10];
+    let len = loop {
         match rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]) {
-            Ok(read) => {
-                len = read;
-                break;
+            Ok(len) => break len,
+            Err(rustix::io::Errno::RANGE) if buffer.len() < XATTR_SIZE_MAX => {
+                buffer.resize(buffer.len() * 2, 0);
             }
-            Err(rustix::io::Errno::RANGE) => continue,
             Err(e) => return Err(read_error(e)),
         }
-    }
+    };
     let report = String::from_utf8_lossy(&buffer[..len]).into_owned();
     let problems = problems_in(&report)?;
     if problems.is_empty() {
