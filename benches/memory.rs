@@ -106,6 +106,12 @@ fn main() -> ExitCode {
         high / 1024,
         samples.len()
     );
+    let series: Vec<String> = samples
+        .iter()
+        .step_by((samples.len() / 12).max(1))
+        .map(|rss| (rss / 1024).to_string())
+        .collect();
+    println!("RSS over the run (KiB): {}", series.join(" "));
     if drift.abs() > FLAT_PERCENT || wrong > 0 {
         println!("FAILED: RSS is not flat or readers saw another container's file");
         ok = false;

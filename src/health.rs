@@ -201,15 +201,14 @@ impl Display for Report {
 /// Returns its health report, or why it is not healthy.
 pub fn check(mountpoint: &Path) -> Result<String, String> {
     crate::attach::check_daemon(mountpoint).map_err(|e| e.to_string())?;
-    std::fs::read_to_string(mountpoint.join("proc/uptime"))
-        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
     let read_error = |e: rustix::io::Errno| {
         format!(
             "cannot read the daemon's health ({HEALTH_XATTR} of {}): {e}; is it a vprocd?",
             mountpoint.display()
         )
     };
-    // The report is a few hundred bytes; a larger buffer is tried on ERANGE all the same.
+    // The report is a few hundred bytes; a larger buffer is tried on ERANGE all the same. It is read
+    // first: a daemon out of fds may fail the read below, and the report says why.
     let mut buffer = vec![0u8; 16 << 10];
     let len = loop {
         match rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]) {
@@ -222,15 +221,16 @@ pub fn check(mountpoint: &Path) -> Result<String, String> {
     };
     let report = String::from_utf8_lossy(&buffer[..len]).into_owned();
     let problems = problems_in(&report)?;
-    if problems.is_empty() {
-        Ok(report)
-    } else {
-        Err(format!(
+    if !problems.is_empty() {
+        return Err(format!(
             "vprocd at {} is degraded: {}",
             mountpoint.display(),
             problems.join("; ")
-        ))
+        ));
     }
+    std::fs::read_to_string(mountpoint.join("proc/uptime"))
+        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
+    Ok(report)
 }
 
 /// The problems a report's text names; empty when its status is `ok`. Fails on text that is not a
