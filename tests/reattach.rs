@@ -295,8 +295,11 @@ fn heal_beside_a_hung_mount(mode: &str) {
     let stderr = std::fs::read_to_string(log.path()).unwrap();
     let manual_status = manual_status.unwrap_or_else(|| panic!("vproc reattach hung: {stderr}"));
     assert!(manual_status.success(), "{stderr}");
+    // The hung namespace's child runs out its timeout and grace; the scan and forks add little, but a
+    // loaded 2-core runner gets a second more.
+    let manual_budget = reattach::NAMESPACE_TIMEOUT + Duration::from_secs(2);
     assert!(
-        manual_took < budget,
+        manual_took < manual_budget,
         "vproc reattach took {manual_took:?} beside the hung mount"
     );
     assert!(
