@@ -100,7 +100,8 @@ impl Renderer {
         &self.health
     }
 
-    /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable.
+    /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable,
+    /// which counts against the daemon's health.
     pub fn render(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
         if pid != 0 {
             let rendered = self
@@ -115,6 +116,7 @@ impl Renderer {
             }
         }
         self.render_host(content)
+            .inspect_err(|e| self.health.record(e))
     }
 
     /// The host CPUs process `pid` sees (the host's online CPUs when it is not limited or not resolvable).

@@ -281,7 +281,6 @@ impl VprocFs {
         match source {
             HandleSource::Virtual(content) => self.renderer.render(*content, pid).map_err(|e| {
                 log::error!("cannot read the host's file: {e}");
-                self.renderer.health().record(&e);
                 Errno::EIO
             }),
             HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),

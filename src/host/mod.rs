@@ -10,8 +10,8 @@ use crate::cgroup::parse::parse_cpu_list;
 use crate::error::{Error, Result, read_to_string};
 use crate::lru::Lru;
 
-/// How many [`HostFile`]s there are.
-const HOST_FILES: usize = 10;
+/// Room for every [`HostFile`], so the host cache never evicts one.
+const HOST_FILES: usize = 16;
 
 /// A host file that views start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,7 +75,6 @@ impl Host {
     pub fn new(roots: HostRoots, ttl: Duration) -> Self {
         Host {
             roots,
-            // One entry per host file: the map never evicts.
             cache: Lru::new(HOST_FILES, ttl),
         }
     }

@@ -89,6 +89,11 @@ impl<T> ReaderCache<T> {
         self.entries.len()
     }
 
+    /// The most readers (and so pidfds) held.
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
     /// True when no reader is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

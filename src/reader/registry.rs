@@ -97,7 +97,6 @@ pub struct Registry {
     pub cpu_usage: Lru<CgroupId, CpuUsage>,
     /// The last /proc/stat counters shown for each cpuacct cgroup, so they never go backwards.
     pub stat_history: Lru<CgroupId, CpuTimes>,
-    reader_capacity: usize,
 }
 
 impl Registry {
@@ -109,7 +108,6 @@ impl Registry {
             memory_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
             cpu_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
             stat_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
-            reader_capacity: budget.readers,
         })
     }
 
@@ -134,7 +132,7 @@ impl Registry {
     pub fn occupancy(&self) -> Occupancy {
         Occupancy {
             readers: self.readers.len(),
-            reader_capacity: self.reader_capacity,
+            reader_capacity: self.readers.capacity(),
             pid_namespaces: self.pid_namespaces.len(),
             usage_cgroups: self.memory_usage.len().max(self.cpu_usage.len()),
             stat_history: self.stat_history.len(),

@@ -30,18 +30,20 @@ pub struct Daemon {
 impl Daemon {
     /// Starts vprocd with `args` on a fresh mountpoint and waits until it serves.
     pub fn start(args: &[&str]) -> Daemon {
-        let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
-        let pidfile = std::env::temp_dir().join(format!(
-            "{}.pid",
-            mountpoint.file_name().unwrap().to_string_lossy()
-        ));
+        let (mountpoint, pidfile) = Daemon::fresh_paths();
         Daemon::start_at(&mountpoint, &pidfile, args)
+    }
+
+    /// A unique mountpoint and its pidfile beside it.
+    fn fresh_paths() -> (PathBuf, PathBuf) {
+        let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
+        let pidfile = mountpoint.with_extension("pid");
+        (mountpoint, pidfile)
     }
 
     /// Starts vprocd with soft and hard RLIMIT_NOFILE at `open_files` (what `ulimit -n` sets).
     pub fn start_with_open_files(args: &[&str], open_files: u64) -> Daemon {
-        let mountpoint = std::env::temp_dir().join(unique("vproc-test-mnt"));
-        let pidfile = mountpoint.with_extension("pid");
+        let (mountpoint, pidfile) = Daemon::fresh_paths();
         let mut command = Command::new(env!("CARGO_BIN_EXE_vprocd"));
         // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
         unsafe {
