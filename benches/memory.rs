@@ -117,14 +117,24 @@ fn main() -> ExitCode {
         ok = false;
     }
 
-    let holders_group = TestCgroup::new(Limits {
-        memory_bytes: Some(2048 * MIB),
-        ..Limits::default()
-    });
+    // Two containers: one alone may hold only its share of the daemon's handles.
+    let holder_groups: Vec<TestCgroup> = (0..2)
+        .map(|_| {
+            TestCgroup::new(Limits {
+                memory_bytes: Some(2048 * MIB),
+                ..Limits::default()
+            })
+        })
+        .collect();
     let before = daemon.rss_bytes();
-    let holders = HandleHolders::open(&holders_group, &daemon.path("proc/meminfo"), HANDLES);
+    let holders: Vec<HandleHolders> = holder_groups
+        .iter()
+        .map(|g| HandleHolders::open(g, &daemon.path("proc/meminfo"), HANDLES / 2))
+        .collect();
     let during = daemon.rss_bytes();
-    holders.close();
+    for holders in holders {
+        holders.close();
+    }
     // The kernel sends the handles' RELEASEs after the holders exit.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !daemon.check().1.contains("open_handles: 0\n") && Instant::now() < deadline {

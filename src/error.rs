@@ -46,12 +46,13 @@ impl Error {
             if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH))
     }
 
-    /// True when the daemon itself ran out of something (fds, memory): its own fault, whatever the
+    /// True when the daemon itself ran out of something (its fds, memory): its own fault, whatever the
     /// reader did. Other errors (an odd cgroup name, a process that entered a namespace with setns) can
-    /// be caused by a container and must not make the daemon look unhealthy.
+    /// be caused by a container and must not make the daemon look unhealthy; so can ENFILE, the node's
+    /// file table, which any container can fill.
     pub fn is_resource_exhaustion(&self) -> bool {
         matches!(self, Error::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)))
+            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENOMEM)))
     }
 
     /// A short, stable description of the cause, without the pid-specific path, used to log a cause once.

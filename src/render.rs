@@ -132,6 +132,24 @@ impl Renderer {
         }
     }
 
+    /// The container process `pid` belongs to, as the cgroup its share of the daemon is counted under:
+    /// its memory cgroup (or its cpuacct cgroup when memory is not limited); `None` for the host's own
+    /// processes. A reader that cannot be resolved shares one key with all such readers, so failing to
+    /// resolve never escapes a share.
+    pub fn container_key(&self, pid: u32) -> Option<CgroupId> {
+        const UNRESOLVED: CgroupId = CgroupId { dev: 0, ino: 0 };
+        match self.container(pid) {
+            Ok(container) => container.memory.map(|(id, _)| id).or_else(|| {
+                match (&container.cgroups.cpuacct, container.cpuacct) {
+                    (Some(dir), Some(id)) if !dir.is_root() => Some(id),
+                    _ => None,
+                }
+            }),
+            Err(e) if e.is_not_found() => None,
+            Err(_) => Some(UNRESOLVED),
+        }
+    }
+
     fn container(&self, pid: u32) -> Result<Arc<Container>> {
         self.registry
             .readers

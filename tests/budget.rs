@@ -188,21 +188,44 @@ fn a_container_recreated_on_the_same_cgroup_path_shows_its_own_cpu_time_growing(
 const RSS_BOUND_FOR_100K_HANDLES: u64 = 100_000 * 200 + 16 * MIB;
 
 #[test]
-fn a_hundred_thousand_open_handles_keep_rss_under_the_bound() {
+fn a_hundred_thousand_open_handles_keep_rss_under_the_bound_and_each_container_to_its_share() {
     let daemon = Daemon::start(&[]);
-    // Room for ten Pythons and the kernel's 100000 open files, still a container's own meminfo.
-    let group = TestCgroup::new(Limits {
-        memory_bytes: Some(2048 * MIB),
-        ..Limits::default()
-    });
+    // Room for the Pythons and the kernel's open files, still each container's own meminfo.
+    let group = || {
+        TestCgroup::new(Limits {
+            memory_bytes: Some(2048 * MIB),
+            ..Limits::default()
+        })
+    };
+    let (full, other) = (group(), group());
     for _ in 0..100 {
         std::fs::read(daemon.path("proc/meminfo")).unwrap();
     }
+    let meminfo = daemon.path("proc/meminfo");
     let before = daemon.rss_bytes();
-    let holders = HandleHolders::open(&group, &daemon.path("proc/meminfo"), 100_000);
+    let share = vproc::fs::MAX_HANDLES_PER_CONTAINER;
+    let holders = [
+        HandleHolders::open(&full, &meminfo, share),
+        HandleHolders::open(&other, &meminfo, 100_000 - share),
+    ];
     let during = daemon.rss_bytes();
     let (healthy, report) = daemon.check();
-    holders.close();
+    let open_one = format!(
+        "python3 -c 'import os, sys\ntry: os.open(sys.argv[1], os.O_RDONLY); print(\"opened\")\n\
+         except OSError as e: print(e.strerror)' {}",
+        meminfo.display()
+    );
+    let in_full = stdout(full.run_in_host_pidns(&open_one));
+    let in_other = stdout(other.run_in_host_pidns(&open_one));
+    for holder in holders {
+        holder.close();
+    }
+    assert_eq!(
+        in_full.trim(),
+        "Too many open files",
+        "a container at its share of {share} handles"
+    );
+    assert_eq!(in_other.trim(), "opened", "another container still opens");
     println!(
         "RSS before {} KiB, with 100000 open handles {} KiB ({} bytes per handle)\n{report}",
         before / 1024,

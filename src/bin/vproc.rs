@@ -123,6 +123,11 @@ fn main() -> ExitCode {
                     ),
                     Outcome::Failed { pid, error } => {
                         failed = true;
+                        // Paths in it come from a container's mountinfo: no line of theirs.
+                        let error: String = error
+                            .chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect();
                         eprintln!("vproc reattach: pid {pid}: {error}");
                     }
                 }

@@ -1,9 +1,12 @@
 //! Open file handles: what each shows and, while it is read in pieces, the bytes it rendered.
 //!
-//! Budget: a handle costs ~100 bytes in the table (at most [`MAX_OPEN_HANDLES`]); its rendered bytes are
-//! kept only between its first read and the read that reaches the end (then only the length stays), and
-//! identical renderings (the same container's file within one tick) share one buffer. All buffers
-//! together stay under [`BUFFER_BUDGET`]: past it, a handle read in pieces renders each piece afresh.
+//! Budget: a handle costs ~100 bytes in the table; its rendered bytes are kept only between its first
+//! read and the read that reaches the end (then only the length stays), and identical renderings (the
+//! same container's file within one tick) share one buffer. Each container (the cgroup that opened the
+//! handle) has its own share, so no container can spend what the others need:
+//! [`MAX_HANDLES_PER_CONTAINER`] handles (then its opens fail with EMFILE) and
+//! [`KEPT_BYTES_PER_CONTAINER`] of kept bytes (then its own pieces are rendered afresh). The whole
+//! table stays under [`MAX_OPEN_HANDLES`] (ENFILE) and [`BUFFER_BUDGET`].
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -13,13 +16,19 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::cgroup::CgroupId;
 use crate::files::Content;
 use crate::lru::{Lru, NO_EXPIRY};
 
 /// Open handles at most (the kernel's `file-max` for this filesystem): ~100 MiB of table at the limit.
 pub const MAX_OPEN_HANDLES: usize = 1 << 20;
+/// Open handles of one container at most: ~8 MiB of table.
+pub const MAX_HANDLES_PER_CONTAINER: usize = 1 << 16;
 /// Rendered bytes kept for handles read in pieces, at most.
 pub const BUFFER_BUDGET: usize = 16 << 20;
+/// Rendered bytes kept for one container's handles, at most (counted per handle, so a buffer shared by
+/// two handles counts twice): room for dozens of large cpuinfo files read in pieces at once.
+pub const KEPT_BYTES_PER_CONTAINER: usize = 1 << 20;
 /// Distinct renderings remembered for sharing.
 const INTERNED: usize = 4096;
 
@@ -85,6 +94,40 @@ pub enum Lookup {
 struct Handle {
     source: HandleSource,
     kept: Kept,
+    /// The container that opened it; `None` for the host's own processes, which have no share.
+    owner: Option<CgroupId>,
+}
+
+/// Why an open was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The opener's container holds [`MAX_HANDLES_PER_CONTAINER`].
+    Container,
+    /// The table holds [`MAX_OPEN_HANDLES`].
+    Table,
+}
+
+/// The open handles and what each container holds of them.
+#[derive(Debug, Default)]
+struct Table {
+    handles: HashMap<u64, Handle>,
+    shares: HashMap<CgroupId, Share>,
+}
+
+/// What one container holds.
+#[derive(Debug, Default)]
+struct Share {
+    handles: usize,
+    kept_bytes: usize,
+}
+
+impl Kept {
+    fn bytes(&self) -> usize {
+        match self {
+            Kept::Buffer(buffer) => buffer.len(),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -99,7 +142,7 @@ enum Kept {
 #[derive(Debug)]
 pub struct Handles {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Handle>>,
+    open: Mutex<Table>,
     interned: Lru<u64, Weak<Buffer>>,
     buffered: Arc<AtomicUsize>,
 }
@@ -108,7 +151,7 @@ impl Default for Handles {
     fn default() -> Self {
         Handles {
             next: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Table::default()),
             interned: Lru::new(INTERNED, NO_EXPIRY),
             buffered: Arc::new(AtomicUsize::new(0)),
         }
@@ -116,28 +159,37 @@ impl Default for Handles {
 }
 
 impl Handles {
-    /// Registers a new handle; `None` when [`MAX_OPEN_HANDLES`] are open.
-    pub fn open(&self, source: HandleSource) -> Option<u64> {
-        let mut open = self.open.lock();
-        if open.len() >= MAX_OPEN_HANDLES {
-            return None;
+    /// Registers a new handle opened by `owner`'s process (`None`: the host's), unless its container or
+    /// the table is full.
+    pub fn open(&self, source: HandleSource, owner: Option<CgroupId>) -> Result<u64, Refused> {
+        let mut table = self.open.lock();
+        if table.handles.len() >= MAX_OPEN_HANDLES {
+            return Err(Refused::Table);
+        }
+        if let Some(owner) = owner {
+            let share = table.shares.entry(owner).or_default();
+            if share.handles >= MAX_HANDLES_PER_CONTAINER {
+                return Err(Refused::Container);
+            }
+            share.handles += 1;
         }
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        open.insert(
+        table.handles.insert(
             fh,
             Handle {
                 source,
                 kept: Kept::Nothing,
+                owner,
             },
         );
-        Some(fh)
+        Ok(fh)
     }
 
     /// What a read of handle `fh` at `offset` starts from. A read at offset 0 always renders afresh
     /// (tools like top rewind and re-read). `None` for an unknown handle.
     pub fn lookup(&self, fh: u64, offset: u64) -> Option<Lookup> {
-        let open = self.open.lock();
-        let handle = open.get(&fh)?;
+        let table = self.open.lock();
+        let handle = table.handles.get(&fh)?;
         Some(match &handle.kept {
             Kept::Buffer(buffer) if offset != 0 => Lookup::Rendered(Arc::clone(buffer)),
             Kept::Ended(len) if offset != 0 && offset >= *len as u64 => Lookup::Ended,
@@ -161,19 +213,35 @@ impl Handles {
             }
             Served::Fresh(source, bytes) => {
                 let buffer = self.buffer(&source, bytes);
-                let kept = if self.buffered_bytes() <= BUFFER_BUDGET {
-                    Kept::Buffer(Arc::clone(&buffer))
-                } else {
-                    Kept::Nothing
-                };
-                (kept, Served::Kept(buffer))
+                (Kept::Buffer(Arc::clone(&buffer)), Served::Kept(buffer))
             }
         };
-        let previous = self
-            .open
-            .lock()
-            .get_mut(&fh)
-            .map(|handle| std::mem::replace(&mut handle.kept, kept));
+        let over_budget = self.buffered_bytes() > BUFFER_BUDGET;
+        let mut table = self.open.lock();
+        let Table { handles, shares } = &mut *table;
+        let Some(handle) = handles.get_mut(&fh) else {
+            return served;
+        };
+        let share = handle.owner.and_then(|owner| shares.get_mut(&owner));
+        // What the container holds besides this handle.
+        let others = share
+            .as_ref()
+            .map(|s| s.kept_bytes.saturating_sub(handle.kept.bytes()));
+        let kept = match kept {
+            Kept::Buffer(buffer)
+                if over_budget
+                    && !matches!(&handle.kept, Kept::Buffer(b) if Arc::ptr_eq(b, &buffer))
+                    || others.is_some_and(|o| o + buffer.len() > KEPT_BYTES_PER_CONTAINER) =>
+            {
+                Kept::Nothing
+            }
+            kept => kept,
+        };
+        if let (Some(share), Some(others)) = (share, others) {
+            share.kept_bytes = others + kept.bytes();
+        }
+        let previous = std::mem::replace(&mut handle.kept, kept);
+        drop(table);
         // A buffer let go is freed outside the lock.
         drop(previous);
         served
@@ -202,14 +270,26 @@ impl Handles {
     /// Forgets the handle and its buffer. A table that grew for a burst of handles shrinks once most
     /// are closed (a hash map keeps its capacity otherwise).
     pub fn release(&self, fh: u64) {
-        let mut open = self.open.lock();
-        let handle = open.remove(&fh);
-        let shrink = open.capacity() > 4096 && open.len() * 8 < open.capacity();
-        if shrink {
-            let keep = open.len() * 2;
-            open.shrink_to(keep);
+        let mut table = self.open.lock();
+        let handle = table.handles.remove(&fh);
+        if let Some(owner) = handle.as_ref().and_then(|h| h.owner) {
+            if let Some(share) = table.shares.get_mut(&owner) {
+                share.handles = share.handles.saturating_sub(1);
+                let bytes = handle.as_ref().map_or(0, |h| h.kept.bytes());
+                share.kept_bytes = share.kept_bytes.saturating_sub(bytes);
+                if share.handles == 0 {
+                    table.shares.remove(&owner);
+                }
+            }
         }
-        drop(open);
+        let capacity = table.handles.capacity();
+        let shrink = capacity > 4096 && table.handles.len() * 8 < capacity;
+        if shrink {
+            let keep = table.handles.len() * 2;
+            table.handles.shrink_to(keep);
+            table.shares.shrink_to(keep);
+        }
+        drop(table);
         drop(handle);
         if shrink {
             // glibc keeps freed pages in its arenas; hand them back after a burst went away.
@@ -220,7 +300,7 @@ impl Handles {
 
     /// Handles open now.
     pub fn len(&self) -> usize {
-        self.open.lock().len()
+        self.open.lock().handles.len()
     }
 
     /// Bytes of all rendered buffers alive now (each shared buffer once).
@@ -250,7 +330,7 @@ mod tests {
     #[test]
     fn a_handle_read_in_pieces_sees_one_rendering_and_lets_it_go_at_the_end() {
         let handles = Handles::default();
-        let fh = handles.open(MEMINFO).unwrap();
+        let fh = handles.open(MEMINFO, None).unwrap();
         assert_eq!(read(&handles, fh, 0, 4, b"first version"), b"firs");
         assert_eq!(handles.buffered_bytes(), 13);
         assert_eq!(read(&handles, fh, 4, 100, b"second version"), b"t version");
@@ -270,11 +350,13 @@ mod tests {
         let handles = Handles::default();
         let content = vec![b'x'; 1000];
         for _ in 0..100 {
-            let fh = handles.open(MEMINFO).unwrap();
+            let fh = handles.open(MEMINFO, None).unwrap();
             read(&handles, fh, 0, 1, &content);
         }
         assert_eq!(handles.buffered_bytes(), 1000);
-        let other = handles.open(HandleSource::Virtual(Content::Stat)).unwrap();
+        let other = handles
+            .open(HandleSource::Virtual(Content::Stat), None)
+            .unwrap();
         read(&handles, other, 0, 1, &content);
         assert_eq!(
             handles.buffered_bytes(),
@@ -283,13 +365,67 @@ mod tests {
         );
     }
 
+    const ONE: Option<CgroupId> = Some(CgroupId { dev: 1, ino: 1 });
+    const OTHER: Option<CgroupId> = Some(CgroupId { dev: 1, ino: 2 });
+
+    #[test]
+    fn a_container_at_its_share_of_handles_is_refused_and_others_are_not() {
+        let handles = Handles::default();
+        let fhs: Vec<u64> = (0..MAX_HANDLES_PER_CONTAINER)
+            .map(|_| handles.open(MEMINFO, ONE).unwrap())
+            .collect();
+        assert_eq!(handles.open(MEMINFO, ONE), Err(Refused::Container));
+        assert!(handles.open(MEMINFO, OTHER).is_ok());
+        assert!(handles.open(MEMINFO, None).is_ok(), "the host has no share");
+        handles.release(fhs[0]);
+        assert!(
+            handles.open(MEMINFO, ONE).is_ok(),
+            "a closed handle frees its place"
+        );
+    }
+
+    #[test]
+    fn a_container_past_its_kept_bytes_renders_its_own_pieces_afresh_only() {
+        let handles = Handles::default();
+        let piece = KEPT_BYTES_PER_CONTAINER / 4 + 1;
+        let mut hog = Vec::new();
+        for n in 0..4u8 {
+            let fh = handles.open(MEMINFO, ONE).unwrap();
+            read(&handles, fh, 0, 1, &vec![n; piece]);
+            hog.push(fh);
+        }
+        assert!(matches!(
+            handles.lookup(hog[2], 1),
+            Some(Lookup::Rendered(_))
+        ));
+        assert!(
+            matches!(handles.lookup(hog[3], 1), Some(Lookup::Render(_))),
+            "the fourth piece is past the container's share"
+        );
+        let other = handles.open(MEMINFO, OTHER).unwrap();
+        read(&handles, other, 0, 1, &vec![9; piece]);
+        assert!(
+            matches!(handles.lookup(other, 1), Some(Lookup::Rendered(_))),
+            "another container keeps its own"
+        );
+        for fh in hog {
+            handles.release(fh);
+        }
+        let again = handles.open(MEMINFO, ONE).unwrap();
+        read(&handles, again, 0, 1, &vec![7; piece]);
+        assert!(matches!(
+            handles.lookup(again, 1),
+            Some(Lookup::Rendered(_))
+        ));
+    }
+
     #[test]
     fn past_the_budget_pieces_are_rendered_afresh() {
         let handles = Handles::default();
         let big = |n: u8| vec![n; BUFFER_BUDGET / 2 + 1];
-        let first = handles.open(MEMINFO).unwrap();
-        let second = handles.open(MEMINFO).unwrap();
-        let third = handles.open(MEMINFO).unwrap();
+        let first = handles.open(MEMINFO, None).unwrap();
+        let second = handles.open(MEMINFO, None).unwrap();
+        let third = handles.open(MEMINFO, None).unwrap();
         read(&handles, first, 0, 1, &big(1));
         read(&handles, second, 0, 1, &big(2));
         read(&handles, third, 0, 1, &big(3));

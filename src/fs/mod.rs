@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -20,8 +20,10 @@ use fuser::{
 use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report};
 use crate::render::Renderer;
-pub use handles::{BUFFER_BUDGET, MAX_OPEN_HANDLES};
-use handles::{HandleSource, Handles, Lookup, Served};
+pub use handles::{
+    BUFFER_BUDGET, KEPT_BYTES_PER_CONTAINER, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES,
+};
+use handles::{HandleSource, Handles, Lookup, Refused, Served};
 pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
 
 /// Names of fixed nodes never change: let the kernel cache them for a day (no LOOKUP per open).
@@ -33,6 +35,8 @@ const FIXED_TTL: Duration = Duration::from_secs(86400);
 const VIRTUAL_FILE_ATTR_TTL: Duration = Duration::from_millis(100);
 /// `cpuK` and what lies below it differ per reader, and the dentry cache is shared by all readers.
 const PER_READER_TTL: Duration = Duration::ZERO;
+/// How often a refused open is logged at most.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 /// Host sysfs entries passed through unchanged; they may appear and vanish (CPU hotplug).
 const HOST_TTL: Duration = Duration::from_secs(1);
 
@@ -42,6 +46,8 @@ pub struct VprocFs {
     renderer: Arc<Renderer>,
     nodes: NodeTable,
     handles: Handles,
+    /// When a refused open was last logged.
+    refusals: parking_lot::Mutex<Option<Instant>>,
     /// Timestamps of the fixed nodes: when the daemon started.
     started: SystemTime,
 }
@@ -53,6 +59,7 @@ impl VprocFs {
             renderer,
             nodes: NodeTable::default(),
             handles: Handles::default(),
+            refusals: parking_lot::Mutex::new(None),
             started: SystemTime::now(),
         }
     }
@@ -334,14 +341,30 @@ impl Filesystem for VprocFs {
             Some(_) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
         };
-        match source.map(|source| self.handles.open(source)) {
+        let opened = source.map(|source| {
+            let owner = self.renderer.container_key(req.pid());
+            self.handles.open(source, owner)
+        });
+        match opened {
             // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
-            Ok(Some(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Ok(None) => {
-                // Readers hold that many, not the daemon's fault: logged, not a health failure.
+            Ok(Ok(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(Err(refused)) => {
+                // Readers hold that many, not the daemon's fault: counted, logged once a minute.
                 self.renderer.health().record_other();
-                log::warn!("{MAX_OPEN_HANDLES} handles open: refusing opens (ENFILE)");
-                reply.error(Errno::ENFILE)
+                let (errno, why) = match refused {
+                    Refused::Container => (
+                        Errno::EMFILE,
+                        format!("a container holds {MAX_HANDLES_PER_CONTAINER} open files"),
+                    ),
+                    Refused::Table => (Errno::ENFILE, format!("{MAX_OPEN_HANDLES} files are open")),
+                };
+                let mut last = self.refusals.lock();
+                if last.is_none_or(|at| at.elapsed() > REFUSAL_LOG_PERIOD) {
+                    *last = Some(Instant::now());
+                    drop(last);
+                    log::warn!("refusing opens ({errno:?}): {why} (logged once a minute)");
+                }
+                reply.error(errno)
             }
             Err(e) => reply.error(e),
         }
