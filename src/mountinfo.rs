@@ -3,6 +3,9 @@
 
 /// The fields of one /proc/PID/mountinfo line that vproc uses.
 pub struct MountinfoLine<'a> {
+    /// The device of the mounted filesystem, `major:minor` (`0:58`): every mount of one FUSE connection
+    /// shows the same one.
+    pub device: &'a str,
     /// The path inside the filesystem that is mounted (`/proc/meminfo` for a bind of one file).
     pub root: String,
     /// Where it is mounted, relative to the reading process's root.
@@ -19,13 +22,15 @@ impl<'a> MountinfoLine<'a> {
     pub fn parse(line: &'a str) -> Option<Self> {
         let (left, right) = line.split_once(" - ")?;
         let mut left = left.split(' ');
-        let root = unescape(left.nth(3)?);
+        let device = left.nth(2)?;
+        let root = unescape(left.next()?);
         let mount_point = unescape(left.next()?);
         let mut right = right.split(' ');
         let fstype = right.next()?;
         let source = unescape(right.next()?);
         let super_options = right.next().unwrap_or("");
         Some(MountinfoLine {
+            device,
             root,
             mount_point,
             fstype,

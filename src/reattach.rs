@@ -57,13 +57,29 @@ pub struct NamespaceMounts {
 /// Mounts of one namespace looked at, at most: a namespace with more is healed for these.
 pub const MAX_MOUNTS_PER_NAMESPACE: usize = 64;
 
-/// The mount namespaces holding mounts of `fs_name`, found one process at a time, once per namespace,
-/// reading only /proc (mountinfo), never the mounts themselves. Lazy, so that no more namespace fds are
-/// held than are being healed. Processes that exit or change namespace during the scan are skipped.
-pub fn find_namespaces(proc_root: &Path, fs_name: &str) -> NamespaceScan {
+/// The mount namespaces holding dead mounts of the daemon at `mountpoint`, found one process at a time,
+/// once per namespace, reading only /proc (mountinfo), never the mounts themselves: a mount of the
+/// daemon's fsname is dead when its device is not the live daemon's (every mount of one FUSE connection
+/// shows that connection's device). Lazy, so that no more namespace fds are held than are being healed.
+/// Processes that exit or change namespace during the scan are skipped.
+pub fn find_namespaces(proc_root: &Path, mountpoint: &Path) -> NamespaceScan {
+    use std::os::unix::fs::MetadataExt;
+    // Nothing answering at the mountpoint: every mount of the fsname is dead. statfs asks the daemon;
+    // stat alone could be answered from the attribute cache of a dead mount.
+    let live = crate::attach::check_daemon(mountpoint).is_ok();
+    let live_device = live
+        .then(|| std::fs::metadata(mountpoint).ok())
+        .flatten()
+        .map(|meta| {
+            let dev = meta.dev();
+            format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+        });
     NamespaceScan {
         entries: std::fs::read_dir(proc_root).ok(),
-        fs_name: fs_name.to_string(),
+        wanted: Wanted {
+            fs_name: fs_name(mountpoint),
+            live_device,
+        },
         seen: HashSet::new(),
     }
 }
@@ -72,8 +88,15 @@ pub fn find_namespaces(proc_root: &Path, fs_name: &str) -> NamespaceScan {
 #[derive(Debug)]
 pub struct NamespaceScan {
     entries: Option<std::fs::ReadDir>,
-    fs_name: String,
+    wanted: Wanted,
     seen: HashSet<(u64, u64)>,
+}
+
+/// Which mounts the scan looks for: the daemon's fsname, on another device than the live daemon's.
+#[derive(Debug)]
+struct Wanted {
+    fs_name: String,
+    live_device: Option<String>,
 }
 
 impl Iterator for NamespaceScan {
@@ -88,7 +111,7 @@ impl Iterator for NamespaceScan {
             else {
                 continue;
             };
-            if let Some(ns) = namespace_of(&entry.path(), pid, &self.fs_name, &mut self.seen) {
+            if let Some(ns) = namespace_of(&entry.path(), pid, &self.wanted, &mut self.seen) {
                 return Some(ns);
             }
         }
@@ -102,20 +125,40 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
-/// The namespace of process `pid` (its /proc directory `dir`) with its mounts of `fs_name`; `None` when
-/// it has none, was seen already, or the process went away or changed namespace meanwhile.
+/// The namespace of process `pid` (its /proc directory `dir`) with its dead mounts; `None` when it has
+/// none, was seen already, or the process went away or changed namespace meanwhile. Most processes
+/// share a namespace seen before and cost one stat; a namespace's first process costs a mountinfo
+/// read; only a namespace with dead mounts is pinned (pidfd, namespace and root fds) and read again.
 fn namespace_of(
     dir: &Path,
     pid: u32,
-    fs_name: &str,
+    wanted: &Wanted,
     seen: &mut HashSet<(u64, u64)>,
 ) -> Option<NamespaceMounts> {
-    // The pidfd pins which process `pid` means; if it is still alive after the namespace, its root and
-    // its mountinfo were read, and still in the same namespace, all of them were that process's.
-    let pidfd = pidfd::open(libc::pid_t::try_from(pid).ok()?, 0)?;
-    let namespace = std::fs::File::open(dir.join("ns/mnt")).ok()?;
-    let id = identity(&namespace.metadata().ok()?);
+    let ns_path = dir.join("ns/mnt");
+    let id = identity(&std::fs::metadata(&ns_path).ok()?);
     if seen.contains(&id) {
+        return None;
+    }
+    // A process entering a container (runc exec, nsenter) changes namespace between our reads: a
+    // namespace counts as seen only when it is still the process's after its mountinfo was read.
+    let still = |seen: &mut HashSet<(u64, u64)>| {
+        let same = std::fs::metadata(&ns_path).ok().map(|m| identity(&m)) == Some(id);
+        if same {
+            seen.insert(id);
+        }
+        same
+    };
+    let mountinfo = std::fs::read_to_string(dir.join("mountinfo")).ok()?;
+    if dead_mounts(&mountinfo, wanted).is_empty() {
+        still(seen);
+        return None;
+    }
+    // Pin it: the pidfd says which process `pid` means; if it is still alive, in the same namespace,
+    // after the namespace, its root and its mountinfo were read again, all of them were that process's.
+    let pidfd = pidfd::open(libc::pid_t::try_from(pid).ok()?, 0)?;
+    let namespace = std::fs::File::open(&ns_path).ok()?;
+    if identity(&namespace.metadata().ok()?) != id {
         return None;
     }
     let root = rustix::fs::open(
@@ -125,15 +168,10 @@ fn namespace_of(
     )
     .ok()?;
     let mountinfo = std::fs::read_to_string(dir.join("mountinfo")).ok()?;
-    // A process entering a container (runc exec, nsenter) changes namespace between our reads.
-    let still = std::fs::metadata(dir.join("ns/mnt"))
-        .ok()
-        .map(|m| identity(&m));
-    if still != Some(id) || !is_alive(&pidfd) {
+    if !still(seen) || !is_alive(&pidfd) {
         return None;
     }
-    seen.insert(id);
-    let mounts = our_mounts(&mountinfo, fs_name);
+    let mounts = dead_mounts(&mountinfo, wanted);
     (!mounts.is_empty()).then(|| NamespaceMounts {
         pid,
         namespace: namespace.into(),
@@ -142,14 +180,17 @@ fn namespace_of(
     })
 }
 
-/// The (source, target) pairs of the mounts of `fs_name` in `mountinfo` whose source is one of the
-/// daemon's files or directories (a forged mount naming anything else is ignored), each once, at most
-/// [`MAX_MOUNTS_PER_NAMESPACE`].
-fn our_mounts(mountinfo: &str, fs_name: &str) -> Vec<(String, String)> {
+/// The (source, target) pairs of the dead mounts in `mountinfo`: the daemon's fsname, not on the live
+/// daemon's device, whose source is one of the daemon's files or directories (a forged mount naming
+/// anything else is ignored), each once, at most [`MAX_MOUNTS_PER_NAMESPACE`].
+fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
     let mut seen = HashSet::new();
     let mut mounts = Vec::new();
     for line in mountinfo.lines().filter_map(MountinfoLine::parse) {
-        if !line.fstype.starts_with("fuse") || line.source != fs_name {
+        if !line.fstype.starts_with("fuse")
+            || line.source != wanted.fs_name
+            || wanted.live_device.as_deref() == Some(line.device)
+        {
             continue;
         }
         let source = line.root.trim_start_matches('/');
@@ -195,7 +236,7 @@ pub enum Outcome {
 /// child (setns into a mount namespace needs a single-threaded process, and the parent stays where it
 /// is): call this from a single-threaded process.
 pub fn reattach_all(proc_root: &Path, mountpoint: &Path) -> Vec<Outcome> {
-    let found = find_namespaces(proc_root, &fs_name(mountpoint));
+    let found = find_namespaces(proc_root, mountpoint);
     heal_all(mountpoint, found, NAMESPACE_TIMEOUT)
 }
 
@@ -348,8 +389,16 @@ mod tests {
 
     const FS: &str = "vprocd:/var/lib/lxcfs";
 
+    /// A mount of the dead connection `0:58`, the live daemon being `0:61`.
     fn line(root: &str, target: &str, source: &str) -> String {
         format!("812 790 0:58 {root} {target} ro,nosuid - fuse {source} ro,user_id=0\n")
+    }
+
+    fn wanted() -> Wanted {
+        Wanted {
+            fs_name: FS.to_string(),
+            live_device: Some("0:61".to_string()),
+        }
     }
 
     #[test]
@@ -365,7 +414,7 @@ mod tests {
         ]
         .concat();
         assert_eq!(
-            our_mounts(&mountinfo, FS),
+            dead_mounts(&mountinfo, &wanted()),
             [
                 ("proc/meminfo".to_string(), "proc/meminfo".to_string()),
                 (
@@ -377,10 +426,24 @@ mod tests {
     }
 
     #[test]
+    fn the_live_daemons_own_mounts_are_not_dead() {
+        let live = "813 790 0:61 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs ro\n";
+        assert!(dead_mounts(live, &wanted()).is_empty());
+        let nothing_live = Wanted {
+            live_device: None,
+            ..wanted()
+        };
+        assert_eq!(dead_mounts(live, &nothing_live).len(), 1);
+    }
+
+    #[test]
     fn a_namespace_is_looked_at_for_a_bounded_number_of_mounts() {
         let mountinfo: String = (0..10_000)
             .map(|i| line("/proc/meminfo", &format!("/m{i}"), FS))
             .collect();
-        assert_eq!(our_mounts(&mountinfo, FS).len(), MAX_MOUNTS_PER_NAMESPACE);
+        assert_eq!(
+            dead_mounts(&mountinfo, &wanted()).len(),
+            MAX_MOUNTS_PER_NAMESPACE
+        );
     }
 }

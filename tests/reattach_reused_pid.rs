@@ -43,7 +43,7 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
     );
     daemon.stop_with(libc::SIGKILL);
 
-    let mut found: Vec<_> = reattach::find_namespaces(std::path::Path::new("/proc"), &fs_name)
+    let mut found: Vec<_> = reattach::find_namespaces(std::path::Path::new("/proc"), &mountpoint)
         .filter(|ns| ns.pid == container.id())
         .collect();
     assert_eq!(found.len(), 1, "the scan finds the container's namespace");
