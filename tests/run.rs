@@ -505,6 +505,78 @@ fn dev_sys_lo_and_read_only_volumes() {
     assert_eq!(std::fs::read_dir(source.path()).unwrap().count(), 0);
 }
 
+fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain mknod(2) with a valid C string.
+    let rc = unsafe { libc::mknod(c.as_ptr(), kind | 0o666, libc::makedev(major, minor)) };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn devices_are_docker_s_allowlist_and_no_bind_carries_device_nodes() {
+    // A node the container's cgroup allows (null), made by the host in a volume and in the root: only
+    // nodev can stop them.
+    let volume = tempfile::tempdir().unwrap();
+    mknod(&volume.path().join("null"), libc::S_IFCHR, 1, 3);
+    let in_root = rootfs().join(unique("tmp/null"));
+    mknod(&in_root, libc::S_IFCHR, 1, 3);
+    let in_root_name = in_root.file_name().unwrap().to_string_lossy().into_owned();
+    let out = run_busybox(&[
+        "-v",
+        &format!("{}:/vol", volume.path().display()),
+        "sh",
+        "-c",
+        &format!(
+            "cat /sys/fs/cgroup/devices/devices.list; echo --; \
+             mknod /tmp/disk b 254 0 2>&1; mknod /dev/mem c 1 1 2>&1; \
+             mknod /dev/null2 c 1 3 && echo made-null; \
+             head -c 0 /vol/null 2>/dev/null && echo volume-opened || echo volume-nodev; \
+             head -c 0 /tmp/{in_root_name} 2>/dev/null && echo root-opened || echo root-nodev; \
+             head -c 3 /dev/zero | wc -c"
+        ),
+    ]);
+    let _ = std::fs::remove_file(&in_root);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let stdout = text(&out.stdout);
+    let (list, rest) = stdout.split_once("--\n").unwrap();
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        [
+            "c 1:3 rwm",
+            "c 1:8 rwm",
+            "c 1:7 rwm",
+            "c 5:0 rwm",
+            "c 1:5 rwm",
+            "c 1:9 rwm",
+            "c 5:1 rwm",
+            "c 136:* rwm",
+            "c 5:2 rwm",
+            "c 10:200 rwm",
+        ],
+        "{stdout}"
+    );
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "mknod: /tmp/disk: Operation not permitted",
+            "mknod: /dev/mem: Operation not permitted",
+            "made-null",
+            "volume-nodev",
+            "root-nodev",
+            "3"
+        ],
+        "{stdout}"
+    );
+    assert!(!rootfs().join("tmp/disk").exists());
+}
+
 // ---- image archives ----
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";

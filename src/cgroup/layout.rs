@@ -28,6 +28,7 @@ pub struct CgroupLayout {
     cpuacct: Option<Hierarchy>,
     cpuset: Option<Hierarchy>,
     pids: Option<Hierarchy>,
+    devices: Option<Hierarchy>,
 }
 
 impl CgroupLayout {
@@ -135,6 +136,7 @@ impl CgroupLayout {
             Controller::Cpuacct => self.cpuacct.as_ref(),
             Controller::Cpuset => self.cpuset.as_ref(),
             Controller::Pids => self.pids.as_ref(),
+            Controller::Devices => self.devices.as_ref(),
         }
     }
 
@@ -146,6 +148,7 @@ impl CgroupLayout {
             Controller::Cpuacct => &mut self.cpuacct,
             Controller::Cpuset => &mut self.cpuset,
             Controller::Pids => &mut self.pids,
+            Controller::Devices => &mut self.devices,
         };
         if slot
             .as_ref()
@@ -248,6 +251,11 @@ mod tests {
         let layout =
             CgroupLayout::from_mountinfo(PURE_V2, |_| "cpuset cpu io memory pids\n".into());
         for controller in Controller::ALL {
+            if controller == Controller::Devices {
+                // Not a v2 controller: device access there is a BPF program.
+                assert_eq!(layout.hierarchy(controller), None);
+                continue;
+            }
             let h = layout.hierarchy(controller).unwrap();
             assert_eq!(
                 (h.version, h.mount.as_path()),

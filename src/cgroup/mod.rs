@@ -31,16 +31,19 @@ pub enum Controller {
     Cpuacct,
     Cpuset,
     Pids,
+    /// v1 only: on v2 device access is a BPF program of the cgroup, not a controller.
+    Devices,
 }
 
 impl Controller {
     /// All controllers, in a fixed order.
-    pub const ALL: [Controller; 5] = [
+    pub const ALL: [Controller; 6] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Cpuset,
         Controller::Pids,
+        Controller::Devices,
     ];
 
     /// The controllers a reader's cgroups are resolved for (what the views read).
@@ -59,6 +62,7 @@ impl Controller {
             Controller::Cpuacct => "cpuacct",
             Controller::Cpuset => "cpuset",
             Controller::Pids => "pids",
+            Controller::Devices => "devices",
         }
     }
 }
@@ -100,7 +104,7 @@ impl ProcessCgroups {
             Controller::Cpu => self.cpu.as_ref(),
             Controller::Cpuacct => self.cpuacct.as_ref(),
             Controller::Cpuset => self.cpuset.as_ref(),
-            Controller::Pids => None,
+            Controller::Pids | Controller::Devices => None,
         }
     }
 
@@ -111,7 +115,7 @@ impl ProcessCgroups {
             Controller::Cpu => Some(&mut self.cpu),
             Controller::Cpuacct => Some(&mut self.cpuacct),
             Controller::Cpuset => Some(&mut self.cpuset),
-            Controller::Pids => None,
+            Controller::Pids | Controller::Devices => None,
         }
     }
 }

@@ -1,12 +1,13 @@
-//! The container's cgroup: `vproc/<name>` in every hierarchy that serves memory, cpu, cpuacct, cpuset or
-//! pids (v1: one directory per hierarchy; v2: one directory in the unified tree), with the limits
-//! written before the init joins it, and removed once the container's processes are gone.
+//! The container's cgroup: `vproc/<name>` in every hierarchy that serves memory, cpu, cpuacct, cpuset,
+//! pids or devices (v1: one directory per hierarchy; v2: one directory in the unified tree), with the
+//! limits and the device allowlist written before the init joins it, and removed once the container's
+//! processes are gone.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::LaunchError;
+use super::{LaunchError, devices};
 use crate::cgroup::{CgroupLayout, Controller, Hierarchy, Version};
 
 /// CFS period for `--cpus`, as Docker: quota = cpus x 100000 us.
@@ -31,6 +32,8 @@ const V2_CPU_MAX: &str = "cpu.max";
 const V2_CPUSET_CPUS: &str = "cpuset.cpus";
 const V2_KILL: &str = "cgroup.kill";
 const PIDS_MAX: &str = "pids.max";
+const V1_DEVICES_DENY: &str = "devices.deny";
+const V1_DEVICES_ALLOW: &str = "devices.allow";
 
 /// What `--memory`, `--cpus`, `--cpuset-cpus` and `--pids-limit` ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,6 +108,15 @@ impl ContainerCgroup {
                 )));
             }
         }
+        // No container starts with the host's devices open to it.
+        let v2_present = hierarchies.iter().any(|(h, _)| h.version == Version::V2);
+        if layout.hierarchy(Controller::Devices).is_none() && !v2_present {
+            return Err(LaunchError::Refused(
+                "neither a v1 devices cgroup nor a cgroup v2 hierarchy is mounted here, so the \
+                 container's device access cannot be confined; mount one (as systemd does)"
+                    .into(),
+            ));
+        }
         let mut cgroup = ContainerCgroup { dirs: Vec::new() };
         for (hierarchy, controllers) in hierarchies {
             let made = make_dir(&hierarchy, &controllers, name).and_then(|path| {
@@ -115,7 +127,8 @@ impl ContainerCgroup {
                 };
                 // Kept before the limits are written, so a failure removes it again.
                 cgroup.dirs.push(dir.clone());
-                write_limits(&dir, limits)
+                write_limits(&dir, limits)?;
+                confine_devices(&dir)
             });
             if let Err(e) = made {
                 let _ = cgroup.remove();
@@ -317,6 +330,29 @@ fn write_limits(container: &ContainerDir, limits: &Limits) -> Result<(), LaunchE
         write(&dir.join(PIDS_MAX), &max.to_string())?;
     }
     Ok(())
+}
+
+/// Docker's device allowlist: v1 `devices.deny a` then one `devices.allow` line per rule; v2 a BPF
+/// program on the directory (the kernel checks both where both exist).
+fn confine_devices(container: &ContainerDir) -> Result<(), LaunchError> {
+    let dir = container.path.as_path();
+    match container.hierarchy.version {
+        Version::V1 if container.has(Controller::Devices) => {
+            write(&dir.join(V1_DEVICES_DENY), "a")?;
+            for rule in devices::DEFAULT_ALLOWED {
+                write(&dir.join(V1_DEVICES_ALLOW), &rule.v1_line())?;
+            }
+            Ok(())
+        }
+        Version::V1 => Ok(()),
+        Version::V2 => devices::attach_program(dir, devices::DEFAULT_ALLOWED).map_err(|e| {
+            LaunchError::io(
+                "cannot attach the device allowlist (a BPF program) to",
+                dir,
+                e,
+            )
+        }),
+    }
 }
 
 /// The kernel refuses CPUs outside the parent's set with EINVAL; say which CPUs there are.

@@ -12,6 +12,7 @@
 //! [`process`] turns the last fork into the payload.
 
 pub mod cgroup;
+pub mod devices;
 pub mod image;
 pub mod options;
 pub mod process;

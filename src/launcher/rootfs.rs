@@ -1,6 +1,7 @@
 //! The container's mount tree, built by the init in its new mount namespace: the root (a directory, or
 //! an overlay over an unpacked image), fresh /proc, /dev, /sys, the daemon's files, volumes, masked and
-//! read-only paths, then pivot_root. Every target is resolved inside the root (`RESOLVE_IN_ROOT`), and
+//! read-only paths, then pivot_root. Every mount but /dev and /dev/pts is `nodev`: a device node works
+//! only where the container's own /dev made it. Every target is resolved inside the root (`RESOLVE_IN_ROOT`), and
 //! the system mount points refuse symlinks, so nothing in the image can send a mount to the host.
 
 use std::io;
@@ -255,6 +256,8 @@ pub fn enter(
                     | OpenTreeFlags::OPEN_TREE_CLOEXEC,
             )
             .map_err(|e| LaunchError::io("cannot bind the root", dir, e))?;
+            set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_NODEV, true)
+                .map_err(|e| LaunchError::io("cannot mount nodev:", dir, e))?;
             (tree, dir.clone())
         }
         Root::Overlay { lower } => {
@@ -267,7 +270,7 @@ pub fn enter(
                 ("upperdir", upper_dir.as_str()),
                 ("workdir", work_dir.as_str()),
             ];
-            let tree = new_mount("overlay", &options, MountAttrFlags::empty())
+            let tree = new_mount("overlay", &options, MountAttrFlags::MOUNT_ATTR_NODEV)
                 .map_err(|e| LaunchError::io("cannot mount an overlay over the image", lower, e))?;
             (tree, state.join("merged"))
         }
@@ -427,10 +430,13 @@ impl Tree<'_> {
                 | OpenTreeFlags::OPEN_TREE_CLOEXEC,
         )
         .map_err(|e| LaunchError::io("cannot bind", source, e))?;
+        // No device node of the host works through a bind: only /dev's own do.
+        let mut attributes = MountAttrFlags::MOUNT_ATTR_NODEV;
         if read_only {
-            set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_RDONLY, true)
-                .map_err(|e| LaunchError::io("cannot make read-only:", source, e))?;
+            attributes |= MountAttrFlags::MOUNT_ATTR_RDONLY;
         }
+        set_attributes(&tree, attributes, true)
+            .map_err(|e| LaunchError::io("cannot set nodev or read-only on", source, e))?;
         attach(&tree, &target)
             .map_err(|e| LaunchError::io(format!("cannot bind {} on", source.display()), &shown, e))
     }
@@ -449,7 +455,12 @@ impl Tree<'_> {
                 .st_mode,
         ) == FileType::Directory;
         let cover = if is_dir {
-            new_mount("tmpfs", &[("size", "0")], MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(fail)?
+            new_mount(
+                "tmpfs",
+                &[("size", "0")],
+                MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
+            )
+            .map_err(fail)?
         } else {
             open_tree(
                 self.root,
