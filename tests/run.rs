@@ -704,23 +704,29 @@ fn write_oci_layout(dir: &Path) {
 /// A `docker save` archive (legacy layout: `<id>/layer.tar`, `<config id>.json`, manifest.json).
 fn docker_save_tar(path: &Path) {
     let (lower, upper) = layers();
-    let config = image_config(&[sha256(lower), sha256(upper)]);
+    docker_save_tar_of(path, &[lower, upper], &[lower, upper]);
+}
+
+/// A `docker save` archive of `layers` whose config names `named` (the same layers, unless a test
+/// crafts an archive that does not match its config).
+fn docker_save_tar_of(path: &Path, layers: &[&Vec<u8>], named: &[&Vec<u8>]) {
+    let config = image_config(&named.iter().map(|l| sha256(l)).collect::<Vec<_>>());
     let config_name = format!("{}.json", sha256(&config));
-    let lower_name = format!("{}/layer.tar", sha256(lower));
-    let upper_name = format!("{}/layer.tar", sha256(upper));
+    let names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}/layer.tar", sha256(l)))
+        .collect();
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": config_name,
         "RepoTags": ["vproc-test:latest"],
-        "Layers": [lower_name, upper_name],
+        "Layers": names,
     }]))
     .unwrap();
     let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (name, data) in [
-        (config_name.as_str(), &config),
-        (lower_name.as_str(), lower),
-        (upper_name.as_str(), upper),
-        ("manifest.json", &manifest),
-    ] {
+    let mut members: Vec<(&str, &Vec<u8>)> = vec![(config_name.as_str(), &config)];
+    members.extend(names.iter().map(String::as_str).zip(layers.iter().copied()));
+    members.push(("manifest.json", &manifest));
+    for (name, data) in members {
         let mut header = tar::Header::new_gnu();
         header.set_uid(0);
         header.set_gid(0);
@@ -787,6 +793,162 @@ fn images_run_with_their_defaults_and_whiteouts_applied() {
     assert_eq!(code(&run("echo changed > /etc/hello; rm /bin/ls")), 0);
     let out = run("cat /etc/hello; ls /bin/ls");
     assert_eq!(text(&out.stdout), "from layer 2\n/bin/ls\n", "{out:?}");
+}
+
+/// A layer with one file of `mode` (say setuid root).
+fn layer_with_file(path: &str, mode: u32) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(2);
+    header.set_mode(mode);
+    builder.append_data(&mut header, path, &b"x\n"[..]).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// Whether uid/gid 65534 (nobody) can reach `path` on the host.
+fn nobody_reaches(path: &Path) -> bool {
+    use std::os::unix::process::CommandExt as _;
+    Command::new("sh")
+        .args(["-c", "test -e \"$0\""])
+        .arg(path)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Paths below `dir` whose mode has the setuid bit (as root sees them).
+fn setuid_files(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.permissions().mode() & 0o4000 != 0 {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn unpacked_images_and_container_layers_are_root_s_alone() {
+    let work = tempfile::tempdir().unwrap();
+    // The host's users reach the work directory, as they would /var/lib.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (lower, _) = layers();
+    let setuid = layer_with_file("bin/su-copy", 0o4755);
+    let archive = work.path().join("setuid.tar");
+    docker_save_tar_of(&archive, &[lower, &setuid], &[lower, &setuid]);
+    let cache = work.path().join("images");
+    let state = work.path().join("containers");
+    let name = unique("vproc-run-private");
+    let mut container = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["run", "--no-lxcfs", "--name", &name, "--image"])
+        .arg(&archive)
+        .arg("--image-cache")
+        .arg(&cache)
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "sh",
+            "-c",
+            "cp /bin/busybox /tmp/su-upper && chmod 4755 /tmp/su-upper && echo ready && sleep 30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(container.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready, "ready\n");
+    let in_cache = setuid_files(&cache);
+    let in_upper = setuid_files(&state.join(&name).join("upper"));
+    let _ = container.kill();
+    let _ = container.wait();
+    assert_eq!(in_cache.len(), 1, "{in_cache:?}");
+    assert_eq!(in_upper.len(), 1, "{in_upper:?}");
+    for path in in_cache.iter().chain(&in_upper) {
+        assert!(
+            !nobody_reaches(path),
+            "{} is reachable by nobody",
+            path.display()
+        );
+    }
+    // What stops them: the cache, its entries and the container's state directory are 0700.
+    assert!(nobody_reaches(work.path()));
+    assert!(!nobody_reaches(&cache.join(".")));
+    assert!(!nobody_reaches(&state.join(".")));
+}
+
+#[test]
+fn crafted_archives_are_refused_and_cannot_poison_the_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let run = |archive: &Path| {
+        vproc_run(&[
+            "--no-lxcfs",
+            "--image",
+            archive.to_str().unwrap(),
+            "--image-cache",
+            cache.to_str().unwrap(),
+        ])
+    };
+    let (lower, upper) = layers();
+    let trusted = work.path().join("trusted.tar");
+    docker_save_tar_of(&trusted, &[lower, upper], &[lower, upper]);
+    assert_eq!(text(&run(&trusted).stdout), IMAGE_OUTPUT);
+
+    // The trusted image's config with one more layer: refused, though the image is cached.
+    let evil = tar_of(&[("etc/hello", Some("poisoned\n"))]);
+    let extra = work.path().join("extra-layer.tar");
+    docker_save_tar_of(&extra, &[lower, upper, &evil], &[lower, upper]);
+    let out = run(&extra);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(
+        text(&out.stderr).contains("has 3 layer(s) but the image config names 2"),
+        "{out:?}"
+    );
+    // Nor fewer layers than the config names.
+    let fewer = work.path().join("fewer.tar");
+    docker_save_tar_of(&fewer, &[lower], &[lower, upper]);
+    assert_eq!(code(&run(&fewer)), 125);
+    assert_eq!(text(&run(&trusted).stdout), IMAGE_OUTPUT);
+
+    // Whiteouts that name the directory itself or its parent.
+    for bad in ["etc/.wh..", "etc/.wh...", "etc/.wh."] {
+        let layer = tar_of(&[(bad, Some(""))]);
+        let archive = work.path().join("whiteout.tar");
+        docker_save_tar_of(&archive, &[lower, &layer], &[lower, &layer]);
+        let out = run(&archive);
+        assert_eq!(code(&out), 125, "{bad}: {out:?}");
+        assert!(
+            text(&out.stderr).contains("not a whiteout of a name"),
+            "{bad}: {out:?}"
+        );
+    }
+    // Nothing half-unpacked stays behind: the trusted entry only.
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
 }
 
 /// Runs an OCI layout whose lower layer blob `tamper` replaced (it gets the blob's path and a scratch

@@ -1,7 +1,12 @@
 //! Image archives: a `docker save` tar, or an OCI image layout (a directory or a tar of one), with plain
 //! or gzip layers. The layers are unpacked in order, whiteouts applied, into a cache directory named by
-//! the image id (the sha256 of its config, which names every layer's content by its diff_id), so the
-//! next run of the same image starts at once. Each layer's content is checked against its diff_id.
+//! a key over the image config's digest and the diff_ids of its layers, so the next run of the same
+//! image starts at once. The archive must list exactly the layers the config names, and each layer's
+//! content is checked against its diff_id before the unpacked image is stored: an archive that reuses a
+//! trusted image's config cannot add a layer to that image's cache entry.
+//!
+//! The cache is root's alone (0700): images keep their setuid binaries, which must not be reachable by
+//! the host's other users.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -100,8 +105,9 @@ struct Located {
 pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     let meta = std::fs::metadata(archive)
         .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?;
-    std::fs::create_dir_all(cache)
+    create_private_dir(cache, true)
         .map_err(|e| LaunchError::io("cannot create the image cache", cache, e))?;
+    make_entries_private(cache);
     // The manifests and the config name the image; the layers are only read when it is not cached.
     let members = if meta.is_dir() {
         Members::Dir(archive)
@@ -110,7 +116,6 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     };
     let located = locate(&members, archive)?;
     let config_bytes = members.read_required(&located.config, archive)?;
-    let id = hex(&Sha256::digest(&config_bytes));
     let parsed: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
         LaunchError::Refused(format!(
             "{}: the image config is not valid JSON: {e}",
@@ -119,7 +124,8 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     })?;
     let config = parsed.config.unwrap_or_default();
     let diff_ids = parsed.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    let image_dir = cache.join(&id);
+    check_layer_list(&located.layers, &diff_ids, archive)?;
+    let image_dir = cache.join(cache_key(&config_bytes, &diff_ids));
     let rootfs = image_dir.join("rootfs");
     if rootfs.is_dir() {
         return Ok(Image { rootfs, config });
@@ -134,10 +140,12 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
             scratch.0.as_path()
         }
     };
-    let unpacking = cache.join(format!(".unpack-{id}-{}", std::process::id()));
+    let unpacking = cache.join(format!(".unpack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&unpacking);
     let target = unpacking.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(|e| LaunchError::io("cannot create", &target, e))?;
+    create_private_dir(&unpacking, false)
+        .and_then(|()| std::fs::create_dir(&target))
+        .map_err(|e| LaunchError::io("cannot create", &target, e))?;
     let unpacked = unpack_layers(dir, &located.layers, &diff_ids, &target, archive);
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&unpacking);
@@ -155,6 +163,80 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
         }
     }
     Ok(Image { rootfs, config })
+}
+
+/// Creates `dir` (and with `parents` its missing parents) readable by root alone.
+pub fn create_private_dir(dir: &Path, parents: bool) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(parents)
+        .mode(0o700)
+        .create(dir)
+    {
+        Err(e) if parents || e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Images unpacked by earlier versions of vproc sit in the cache with mode 0755: their setuid binaries stay
+/// reachable until each entry is made root's alone.
+fn make_entries_private(cache: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        if let Ok(meta) = entry.metadata()
+            && meta.is_dir()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
+        }
+    }
+}
+
+/// Every layer of the archive is named by the config (`rootfs.diff_ids`), one for one and in order, so
+/// that each can be verified; a diff_id is `sha256:` and 64 hex digits.
+fn check_layer_list(
+    layers: &[PathBuf],
+    diff_ids: &[String],
+    archive: &Path,
+) -> Result<(), LaunchError> {
+    if layers.len() != diff_ids.len() {
+        return Err(LaunchError::Refused(format!(
+            "--image {}: the archive has {} layer(s) but the image config names {} (rootfs.diff_ids); \
+             every layer must be one the config names",
+            archive.display(),
+            layers.len(),
+            diff_ids.len()
+        )));
+    }
+    for diff_id in diff_ids {
+        let valid = diff_id.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if !valid {
+            return Err(LaunchError::Refused(format!(
+                "--image {}: the image config names a layer {diff_id:?}; expected sha256: and 64 hex digits",
+                archive.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The cache entry's name: a digest of the config and of the layer list (the diff_ids, which the
+/// config holds too; named here so that the key says what it covers). The prefix changes when what is
+/// stored changes, so entries of earlier versions are never reused.
+fn cache_key(config: &[u8], diff_ids: &[String]) -> String {
+    let mut key = Sha256::new();
+    key.update(b"vproc image cache v2\n");
+    key.update(hex(&Sha256::digest(config)).as_bytes());
+    for diff_id in diff_ids {
+        key.update(b"\n");
+        key.update(diff_id.as_bytes());
+    }
+    hex(&key.finalize())
 }
 
 /// The small files of an archive (manifests, configs), by path relative to its top.
@@ -233,7 +315,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(dir: PathBuf) -> Result<Self, LaunchError> {
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+        create_private_dir(&dir, false).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
         Ok(Scratch(dir))
     }
 }
@@ -400,7 +482,8 @@ fn maybe_gzip<R: io::BufRead + 'static>(mut reader: R) -> io::Result<Box<dyn Rea
     }
 }
 
-/// Applies the layers in order onto `rootfs`, checking each one's content against its diff_id.
+/// Applies the layers in order onto `rootfs`, checking each one's content against its diff_id (one
+/// each: [`check_layer_list`]).
 fn unpack_layers(
     dir: &Path,
     layers: &[PathBuf],
@@ -429,9 +512,8 @@ fn unpack_layers(
         io::copy(&mut hashing, &mut io::sink())
             .map_err(|e| LaunchError::io("cannot read the layer", layer, e))?;
         let digest = format!("sha256:{}", hex(&hashing.hasher.finalize()));
-        if let Some(expected) = diff_ids.get(i)
-            && *expected != digest
-        {
+        let expected = &diff_ids[i];
+        if *expected != digest {
             return Err(LaunchError::Refused(format!(
                 "--image {}: layer {} has content {digest}, but the image config says {expected}",
                 archive.display(),
@@ -459,6 +541,7 @@ impl<R: Read> Read for HashingReader<R> {
 /// of what the layers below put there.
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
+const AUFS_META: &str = ".wh..wh.";
 
 /// Unpacks one layer onto `rootfs` (a tar stream), applying its whiteouts.
 pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
@@ -493,7 +576,17 @@ pub fn apply_layer(layer: &mut dyn Read, rootfs: &Path) -> io::Result<()> {
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            remove_any(&root.inside(parent)?.join(hidden))?;
+            // `.wh.`, `.wh..` and `.wh...` would remove the directory itself or the one above it.
+            if matches!(hidden, "" | "." | "..") {
+                return Err(io::Error::other(format!(
+                    "{}: not a whiteout of a name",
+                    relative.display()
+                )));
+            }
+            // aufs's own metadata (`.wh..wh.plnk`, `.wh..wh.aufs`): not part of the image.
+            if !name.starts_with(AUFS_META) {
+                remove_any(&root.inside(parent)?.join(hidden))?;
+            }
             continue;
         }
         // A directory replacing a file, or anything replacing a directory: remove what is there.
@@ -717,6 +810,58 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(root.path().join("x")).unwrap(),
             "again"
+        );
+    }
+
+    #[test]
+    fn whiteouts_of_the_directory_itself_or_its_parent_are_refused() {
+        for bad in ["etc/.wh.", "etc/.wh..", "etc/.wh..."] {
+            let root = tempfile::tempdir().unwrap();
+            apply_layer(
+                &mut &layer(&[("etc", None), ("etc/kept", Some("x"))])[..],
+                root.path(),
+            )
+            .unwrap();
+            let error = apply_layer(&mut &layer(&[(bad, Some(""))])[..], root.path()).unwrap_err();
+            assert!(
+                error.to_string().contains("not a whiteout of a name"),
+                "{bad}: {error}"
+            );
+            assert_eq!(files(root.path()), ["etc", "etc/kept"], "{bad}");
+        }
+        // aufs metadata is skipped, not applied.
+        let root = tempfile::tempdir().unwrap();
+        apply_layer(
+            &mut &layer(&[
+                ("a", None),
+                ("a/.wh..wh.plnk", Some("")),
+                ("plnk", Some("x")),
+            ])[..],
+            root.path(),
+        )
+        .unwrap();
+        assert_eq!(files(root.path()), ["a", "plnk"]);
+    }
+
+    #[test]
+    fn the_layer_list_must_be_the_config_s() {
+        let archive = Path::new("img.tar");
+        let id = format!("sha256:{}", "ab".repeat(32));
+        let layers = [PathBuf::from("l1"), PathBuf::from("l2")];
+        assert!(check_layer_list(&layers[..1], std::slice::from_ref(&id), archive).is_ok());
+        let extra = check_layer_list(&layers, std::slice::from_ref(&id), archive).unwrap_err();
+        assert!(
+            extra
+                .to_string()
+                .contains("2 layer(s) but the image config names 1"),
+            "{extra}"
+        );
+        assert!(check_layer_list(&layers[..1], &[], archive).is_err());
+        assert!(check_layer_list(&layers[..1], &["sha256:../x".into()], archive).is_err());
+        // The key changes with the layer list even for the same config bytes.
+        assert_ne!(
+            cache_key(b"{}", &[id.clone()]),
+            cache_key(b"{}", &[id.clone(), id])
         );
     }
 

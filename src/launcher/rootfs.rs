@@ -107,12 +107,25 @@ pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
     // A killed `vproc run` of the same name may have left its state; the name is ours now.
     let _ = std::fs::remove_dir_all(&state);
     let prepared = Prepared { root, image, state };
-    let mut dirs = vec![prepared.state.clone()];
-    if let Root::Overlay { .. } = prepared.root {
-        dirs.extend(["upper", "work", "merged"].map(|sub| prepared.state.join(sub)));
-    }
-    for dir in dirs {
-        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+    // Root's alone: the container's root may write setuid binaries into its upper layer.
+    let private = |dir: &Path, parents| {
+        super::image::create_private_dir(dir, parents)
+            .map_err(|e| LaunchError::io("cannot create", dir, e))
+    };
+    private(&spec.state_dir, true)?;
+    private(&prepared.state, false)?;
+    if let Root::Overlay { lower } = &prepared.root {
+        for sub in ["upper", "work", "merged"] {
+            private(&prepared.state.join(sub), false)?;
+        }
+        // The upper directory is the container's `/`: it keeps the image's mode (0755), so that users
+        // in the container can walk it; the 0700 directory around it keeps the host's users out.
+        let upper = prepared.state.join("upper");
+        let mode = std::fs::metadata(lower).map(|m| m.permissions());
+        if let Ok(mode) = mode {
+            std::fs::set_permissions(&upper, mode)
+                .map_err(|e| LaunchError::io("cannot set the mode of", &upper, e))?;
+        }
     }
     for (file, content) in ETC_FILES.into_iter().zip(etc_contents(spec)) {
         let path = prepared.state.join(file);
