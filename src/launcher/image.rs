@@ -860,7 +860,7 @@ mod tests {
         assert!(check_layer_list(&layers[..1], &["sha256:../x".into()], archive).is_err());
         // The key changes with the layer list even for the same config bytes.
         assert_ne!(
-            cache_key(b"{}", &[id.clone()]),
+            cache_key(b"{}", std::slice::from_ref(&id)),
             cache_key(b"{}", &[id.clone(), id])
         );
     }
