@@ -217,6 +217,20 @@ pub struct RunArgs {
         hide = true
     )]
     pub state_dir: PathBuf,
+    /// `seccomp=unconfined`, `seccomp=PROFILE.json` (Docker's profile format; the default is Docker's
+    /// default profile) or `no-new-privileges` (always set); repeatable.
+    #[arg(long = "security-opt", value_name = "OPT", value_parser = launcher::options::parse_security_opt)]
+    pub security_opt: Vec<launcher::options::SecurityOpt>,
+    /// Run vproc's init as pid 1 (reaps zombies, forwards signals) with the command under it; without
+    /// it the command is pid 1, as with docker run.
+    #[arg(long)]
+    pub init: bool,
+    /// Keep stdin open: the command reads vproc run's stdin (else /dev/null).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal: a pty of the container's, relayed to vproc run's stdin/stdout.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The command and its arguments (default: the image's Entrypoint and Cmd).
     #[arg(value_name = "CMD", allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -252,6 +266,18 @@ impl RunArgs {
             lxcfs: (!self.no_lxcfs).then_some(self.lxcfs),
             image_cache: self.image_cache,
             state_dir: self.state_dir,
+            seccomp: self
+                .security_opt
+                .into_iter()
+                .filter_map(|opt| match opt {
+                    launcher::options::SecurityOpt::Seccomp(policy) => Some(policy),
+                    launcher::options::SecurityOpt::NoNewPrivileges => None,
+                })
+                .next_back()
+                .unwrap_or_default(),
+            init: self.init,
+            interactive: self.interactive,
+            tty: self.tty,
         }
     }
 }

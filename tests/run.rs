@@ -505,6 +505,109 @@ fn dev_sys_lo_and_read_only_volumes() {
     assert_eq!(std::fs::read_dir(source.path()).unwrap().count(), 0);
 }
 
+/// A directory holding `probe`, a static binary for the busybox root: `probe syscall NR [ARG0]` makes
+/// system call NR and prints `ok` or the errno's name; `probe int80 NR` makes i386 call NR through
+/// `int 0x80` and prints what eax holds after it.
+fn probe_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-run-probe"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("probe.c");
+        std::fs::write(
+            &source,
+            r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long nr = strtol(argv[2], 0, 0);
+    if (strcmp(argv[1], "int80") == 0) {
+        long eax;
+        __asm__ volatile("int $0x80" : "=a"(eax) : "a"(nr) : "memory");
+        printf("%ld\n", eax);
+        return 0;
+    }
+    unsigned long arg0 = argc > 3 ? strtoul(argv[3], 0, 0) : 0;
+    long r = syscall(nr, arg0, 0, 0, 0, 0, 0);
+    if (r < 0) printf("%s\n", strerrorname_np(errno)); else printf("ok\n");
+    return 0;
+}
+"#,
+        )
+        .unwrap();
+        let out = Command::new("cc")
+            .args(["-static", "-O1", "-o"])
+            .arg(dir.join("probe"))
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cc: {out:?}");
+        dir
+    })
+}
+
+#[test]
+fn seccomp_is_docker_s_allowlist_unless_told_otherwise() {
+    let volume = format!("{}:/probe:ro", probe_dir().display());
+    let script = "/probe/probe syscall 1000; /probe/probe syscall 39; \
+                  /probe/probe syscall 135 0xffffffff; /probe/probe syscall 135 0x0040000; \
+                  /probe/probe syscall 1073741863; /probe/probe int80 20; \
+                  mkdir /tmp/seccomp-probe 2>&1 && rmdir /tmp/seccomp-probe; true";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-v", &volume];
+        args.extend_from_slice(extra);
+        args.extend(["sh", "-c", script]);
+        let out = run_busybox(&args);
+        assert_eq!(code(&out), 0, "{out:?}");
+        text(&out.stdout)
+    };
+    let lines = |text: &str| text.lines().map(String::from).collect::<Vec<_>>();
+    // Default: a number no profile names (a later kernel's call) is EPERM, not ENOSYS; getpid works;
+    // personality only with the values Docker allows; x32 and int 0x80 refused (-1 is -EPERM).
+    assert_eq!(
+        lines(&run(&[])),
+        ["EPERM", "ok", "ok", "EPERM", "EPERM", "-1"]
+    );
+    // Unconfined: the kernel answers.
+    let unconfined = lines(&run(&["--security-opt", "seccomp=unconfined"]));
+    assert_eq!(
+        &unconfined[..4],
+        ["ENOSYS", "ok", "ok", "ok"],
+        "{unconfined:?}"
+    );
+    assert_ne!(unconfined[5], "-1", "int 0x80 getpid returns the pid");
+
+    // A profile of the user's, in Docker's format: everything but mkdir, which gets EACCES.
+    let work = tempfile::tempdir().unwrap();
+    let profile = work.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let custom = run(&["--security-opt", &format!("seccomp={}", profile.display())]);
+    assert!(
+        custom.ends_with("mkdir: can't create directory '/tmp/seccomp-probe': Permission denied\n"),
+        "{custom}"
+    );
+    // A bad profile is refused before anything is created, naming the file and the field.
+    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_SOMETIMES"}"#).unwrap();
+    let out = run_busybox(&[
+        "--security-opt",
+        &format!("seccomp={}", profile.display()),
+        "true",
+    ]);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(
+        text(&out.stderr).contains(&format!("seccomp={}: defaultAction", profile.display())),
+        "{out:?}"
+    );
+}
+
 fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: plain mknod(2) with a valid C string.

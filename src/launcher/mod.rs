@@ -190,9 +190,16 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
             )));
         }
     }
+    // Before anything is created: a bad profile changes nothing on the host.
+    let seccomp = seccomp::program_for(&spec.seccomp, &process::kept_capability_names())
+        .map_err(LaunchError::Refused)?
+        .map(|(instructions, flags)| process::SeccompProgram {
+            instructions,
+            flags,
+        });
     // The cgroup claims the name first: the container's state directory is named after it too.
     let cgroup = cgroup::ContainerCgroup::create(Path::new("/proc"), &spec.name, &spec.limits)?;
-    let result = run_in(spec, &cgroup);
+    let result = run_in(spec, &cgroup, seccomp);
     let oom_kills = cgroup.oom_kills();
     let removed = cgroup.remove();
     let exit_code = result?;
@@ -204,11 +211,16 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
 }
 
 /// Prepares the root (unpacking an image), runs the container in `cgroup`, removes its writable layer.
-fn run_in(spec: &RunSpec, cgroup: &cgroup::ContainerCgroup) -> Result<u8, LaunchError> {
+fn run_in(
+    spec: &RunSpec,
+    cgroup: &cgroup::ContainerCgroup,
+    seccomp: Option<process::SeccompProgram>,
+) -> Result<u8, LaunchError> {
     let prepared = rootfs::prepare(spec)?;
-    let result = prepared
-        .command(spec)
-        .and_then(|command| start_and_wait(spec, &prepared, &command, cgroup));
+    let result = prepared.command(spec).and_then(|mut command| {
+        command.seccomp = seccomp;
+        start_and_wait(spec, &prepared, &command, cgroup)
+    });
     prepared.cleanup();
     result
 }

@@ -27,6 +27,14 @@ pub struct RunSpec {
     pub image_cache: PathBuf,
     /// Where containers' writable layers live while they run.
     pub state_dir: PathBuf,
+    /// `--security-opt seccomp=...`.
+    pub seccomp: super::seccomp::Policy,
+    /// `--init`: vproc's reaper runs as pid 1 and the command under it; else the command is pid 1.
+    pub init: bool,
+    /// `-i`: the command reads vproc run's stdin; else /dev/null.
+    pub interactive: bool,
+    /// `-t`: the command's stdin, stdout and stderr are a new pty of the container's.
+    pub tty: bool,
 }
 
 impl RunSpec {
@@ -158,6 +166,40 @@ pub fn parse_hostname(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// `--security-opt`: `seccomp=unconfined`, `seccomp=FILE.json` (Docker's profile format) and
+/// `no-new-privileges` (always on here) are understood.
+pub fn parse_security_opt(value: &str) -> Result<SecurityOpt, String> {
+    let (key, setting) = value
+        .split_once(['=', ':'])
+        .map_or((value, None), |(k, v)| (k, Some(v)));
+    match (key, setting) {
+        ("seccomp", Some("unconfined")) => {
+            Ok(SecurityOpt::Seccomp(super::seccomp::Policy::Unconfined))
+        }
+        ("seccomp", Some(path)) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(SecurityOpt::Seccomp(super::seccomp::Policy::File(path)))
+        }
+        ("no-new-privileges", None | Some("true")) => Ok(SecurityOpt::NoNewPrivileges),
+        ("no-new-privileges", Some("false")) => Err(
+            "vproc run always sets no_new_privs; no-new-privileges=false is not supported".into(),
+        ),
+        _ => Err(
+            "expected seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges (apparmor and \
+             label options are not supported)"
+                .into(),
+        ),
+    }
+}
+
+/// One `--security-opt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityOpt {
+    Seccomp(super::seccomp::Policy),
+    NoNewPrivileges,
+}
+
 /// A fresh container id: 12 hex digits from the kernel's random pool.
 pub fn new_container_id() -> String {
     let mut bytes = [0u8; 6];
@@ -229,5 +271,29 @@ mod tests {
         assert!(parse_cpuset("0-1").is_ok());
         assert!(parse_cpuset("one").is_err());
         assert_eq!(new_container_id().len(), 12);
+    }
+
+    #[test]
+    fn security_options_are_docker_s() {
+        use super::super::seccomp::Policy;
+        assert_eq!(
+            parse_security_opt("seccomp=unconfined"),
+            Ok(SecurityOpt::Seccomp(Policy::Unconfined))
+        );
+        assert_eq!(
+            parse_security_opt("seccomp:/etc/hostname"),
+            Ok(SecurityOpt::Seccomp(Policy::File("/etc/hostname".into())))
+        );
+        assert!(
+            parse_security_opt("seccomp=/no/such/profile.json")
+                .unwrap_err()
+                .contains("/no/such/profile.json")
+        );
+        assert_eq!(
+            parse_security_opt("no-new-privileges"),
+            Ok(SecurityOpt::NoNewPrivileges)
+        );
+        assert!(parse_security_opt("no-new-privileges=false").is_err());
+        assert!(parse_security_opt("apparmor=unconfined").is_err());
     }
 }

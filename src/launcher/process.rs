@@ -11,13 +11,32 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use super::user::User;
 
-/// What the payload runs: argv, environment, working directory and user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the payload runs: argv, environment, working directory, user and seccomp filter.
+#[derive(Debug, Clone)]
 pub struct Command {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub user: User,
+    /// None: `--security-opt seccomp=unconfined`.
+    pub seccomp: Option<SeccompProgram>,
+}
+
+/// A compiled filter and the `SECCOMP_FILTER_FLAG_*` to install it with.
+#[derive(Clone)]
+pub struct SeccompProgram {
+    pub instructions: Vec<libc::sock_filter>,
+    pub flags: u32,
+}
+
+impl std::fmt::Debug for SeccompProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SeccompProgram({} instructions)",
+            self.instructions.len()
+        )
+    }
 }
 
 impl Command {
@@ -48,6 +67,29 @@ pub const DEFAULT_CAPABILITIES: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::KILL)
     .union(CapabilitySet::AUDIT_WRITE);
 
+/// The capabilities the payload keeps: Docker's defaults that the bounding set still has (as bits).
+fn kept_capabilities() -> u64 {
+    let mut keep = 0u64;
+    for cap in 0..=last_capability() {
+        // SAFETY: plain prctl.
+        let bounded = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap) } == 1;
+        if bounded && DEFAULT_CAPABILITIES.bits() & (1 << cap) != 0 {
+            keep |= 1 << cap;
+        }
+    }
+    keep
+}
+
+/// [`kept_capabilities`] by name (`CAP_CHOWN`), as seccomp profiles' `includes.caps` name them.
+pub fn kept_capability_names() -> Vec<String> {
+    let keep = kept_capabilities();
+    (0..64)
+        .filter(|cap| keep & (1 << cap) != 0)
+        .filter_map(super::seccomp::capability_name)
+        .map(String::from)
+        .collect()
+}
+
 /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`); 63 at most.
 fn last_capability() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -69,6 +111,9 @@ pub fn exec_payload(command: &Command) -> ! {
     };
     super::child_signals(false);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    // While still root: a non-root payload cannot list its own /proc/self/fd (it is not dumpable
+    // after setuid), which the fallback for kernels without close_range needs.
+    close_inherited_fds();
     if let Err(e) = drop_privileges(&command.user) {
         fail(EXIT_CANNOT_RUN, format!("cannot drop privileges: {e}"));
     }
@@ -96,9 +141,10 @@ pub fn exec_payload(command: &Command) -> ! {
     if let Err(e) = rustix::thread::set_no_new_privs(true) {
         fail(EXIT_CANNOT_RUN, format!("cannot set no_new_privs: {e}"));
     }
-    close_inherited_fds();
     // Last: the filter refuses some of the calls made above.
-    if let Err(e) = super::seccomp::install() {
+    if let Some(filter) = &command.seccomp
+        && let Err(e) = super::seccomp::install(&filter.instructions, filter.flags)
+    {
         fail(
             EXIT_CANNOT_RUN,
             format!("cannot install the seccomp filter: {e}"),
@@ -141,14 +187,7 @@ pub fn become_reaper() {
 /// Bounding set down to Docker's defaults (of those we still have), groups, gid, uid, then the
 /// capability sets; a non-root uid ends with none (the kernel clears them on setuid).
 fn drop_privileges(user: &User) -> std::io::Result<()> {
-    let mut keep = 0u64;
-    for cap in 0..=last_capability() {
-        // SAFETY: plain prctl.
-        let bounded = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap) } == 1;
-        if bounded && DEFAULT_CAPABILITIES.bits() & (1 << cap) != 0 {
-            keep |= 1 << cap;
-        }
-    }
+    let keep = kept_capabilities();
     for cap in 0..=last_capability() {
         if keep & (1 << cap) == 0 {
             // SAFETY: plain prctl.
@@ -219,17 +258,122 @@ fn close_inherited_fds() {
     // SAFETY: close_range(2) on fds this process no longer uses; nothing refers to them afterwards.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if rc != 0 {
-        // Kernels before 5.9: close them one by one.
-        for fd in 3..1024 {
-            // SAFETY: as above.
+        close_listed_fds();
+    }
+}
+
+/// Kernels before 5.9 (no close_range): closes the fds /proc/self/fd lists, whatever their number,
+/// until none is left; where /proc cannot be read, every number below the hard RLIMIT_NOFILE. Only raw
+/// system calls and a buffer on the stack: this runs in a forked child.
+pub fn close_listed_fds() {
+    // SAFETY: open(2) of a constant path; the fd is closed below.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) writes the struct we pass.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let top = limit.rlim_max.min(1 << 20) as libc::c_int;
+        for fd in 3..top.max(1024) {
+            // SAFETY: closing numbers this process does not use is harmless (EBADF).
             unsafe { libc::close(fd) };
         }
+        return;
     }
+    let mut buffer = [0u8; 4096];
+    loop {
+        let mut closed_any = false;
+        // SAFETY: lseek(2) and getdents64(2) on our own directory fd, into our own buffer.
+        unsafe { libc::lseek(dir, 0, libc::SEEK_SET) };
+        loop {
+            // SAFETY: as above.
+            let read = unsafe {
+                libc::syscall(libc::SYS_getdents64, dir, buffer.as_mut_ptr(), buffer.len())
+            };
+            if read <= 0 {
+                break;
+            }
+            let mut at = 0usize;
+            while at < read as usize {
+                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, then the name.
+                let length = u16::from_ne_bytes([buffer[at + 16], buffer[at + 17]]) as usize;
+                let mut fd: libc::c_int = 0;
+                let mut digits = 0;
+                for &byte in &buffer[at + 19..at + length] {
+                    if !byte.is_ascii_digit() {
+                        break;
+                    }
+                    fd = fd
+                        .saturating_mul(10)
+                        .saturating_add(libc::c_int::from(byte - b'0'));
+                    digits += 1;
+                }
+                if digits > 0 && fd > 2 && fd != dir {
+                    // SAFETY: an fd this process no longer uses.
+                    unsafe { libc::close(fd) };
+                    closed_any = true;
+                }
+                at += length;
+            }
+        }
+        if !closed_any {
+            break;
+        }
+    }
+    // SAFETY: our own directory fd.
+    unsafe { libc::close(dir) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fallback_closes_fds_far_above_1024() {
+        // In a child: fork, then raw system calls only (as in the payload).
+        // SAFETY: the child only calls async-signal-safe functions and _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: plain dup2/fcntl/_exit on our own fds.
+                unsafe {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = limit.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    let top = limit.rlim_max.min(1 << 20) as libc::c_int - 1;
+                    let high = [5, 1500, top];
+                    let mut ok = top > 1500;
+                    for fd in high {
+                        ok &= libc::dup2(0, fd) == fd;
+                    }
+                    close_listed_fds();
+                    for fd in high {
+                        ok &= libc::fcntl(fd, libc::F_GETFD) == -1;
+                    }
+                    ok &= libc::fcntl(2, libc::F_GETFD) != -1;
+                    libc::_exit(if ok { 0 } else { 1 });
+                }
+            }
+            child if child > 0 => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                assert!(libc::WIFEXITED(status), "status {status}");
+                assert_eq!(libc::WEXITSTATUS(status), 0, "an fd survived");
+            }
+            _ => panic!("fork: {}", std::io::Error::last_os_error()),
+        }
+    }
 
     #[test]
     fn programs_are_found_in_path_in_order() {
