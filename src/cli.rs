@@ -231,6 +231,9 @@ pub struct RunArgs {
     /// Give the command a terminal: a pty of the container's, relayed to vproc run's stdin/stdout.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Seconds to wait after passing a SIGTERM on to the container before killing it (SIGKILL).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub stop_timeout: u64,
     /// The command and its arguments (default: the image's Entrypoint and Cmd).
     #[arg(value_name = "CMD", allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -278,6 +281,7 @@ impl RunArgs {
             init: self.init,
             interactive: self.interactive,
             tty: self.tty,
+            stop_timeout: std::time::Duration::from_secs(self.stop_timeout),
         }
     }
 }

@@ -4,12 +4,22 @@
 //!
 //! The processes, all forks of `vproc run` (it never executes itself again):
 //! ```text
-//!  vproc run (host)          creates the cgroup, forwards SIGTERM/SIGINT/SIGHUP, waits, reports, cleans up
-//!   └─ init (pid 1 inside)   joins the cgroup, unshares, mounts, pivots; reaps zombies, forwards signals
-//!       └─ payload (pid 2)   user, capabilities, no_new_privs, fds closed, seccomp, exec
+//!  vproc run (host)          creates the cgroup, forwards SIGTERM/SIGINT/SIGHUP, relays the terminal,
+//!   │                        waits, kills after --stop-timeout, reports, cleans up
+//!   └─ pid 1 inside          joins the cgroup, unshares, mounts, pivots, opens the pty (-t); then
+//!                            becomes the command (user, capabilities, no_new_privs, fds closed,
+//!                            seccomp, exec), as with docker run
+//!  with --init:
+//!   └─ vproc-init (pid 1)    the same setup; then reaps zombies and forwards signals to
+//!       └─ the command (pid 2)
 //! ```
-//! [`cgroup`] makes the cgroup, [`image`] unpacks archives, [`rootfs`] builds the mount tree and
-//! [`process`] turns the last fork into the payload.
+//! A command that is pid 1 gets only the signals it has a handler for (the kernel's rule for a pid
+//! namespace's init): SIGTERM to `vproc run` is passed on, and if the container has not ended
+//! `--stop-timeout` seconds later (10 by default, as `docker stop`), it is killed. A signal that comes
+//! before the command has started stops the container at once (exit 128 + N).
+//!
+//! [`cgroup`] makes the cgroup, [`image`] unpacks archives, [`rootfs`] builds the mount tree, [`process`]
+//! turns pid 1 (or its fork) into the command and [`terminal`] gives it a pty.
 
 pub mod cgroup;
 pub mod devices;
@@ -18,14 +28,16 @@ pub mod options;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod terminal;
 pub mod user;
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -93,30 +105,69 @@ pub struct Outcome {
     pub oom_kills: u64,
 }
 
-/// The process `vproc run` forwards SIGTERM, SIGINT and SIGHUP to: the init (in `vproc run`) or the
-/// payload (in the init, which is a fork and so has its own copy).
+/// The process `vproc run` forwards SIGTERM, SIGINT and SIGHUP to: pid 1 (in `vproc run`) or the
+/// command (in `vproc-init`, which is a fork and so has its own copy).
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
 /// A signal that came before there was anyone to forward it to (during the container's setup).
 static PENDING: AtomicI32 = AtomicI32::new(0);
 
+/// In `vproc run`: pid 1 while it may still be being set up; a signal then kills it at once (its
+/// command has not started, and as pid 1 it might ignore the signal).
+static IN_SETUP: AtomicI32 = AtomicI32::new(0);
+
+/// In `vproc run`: the read end of pid 1's error pipe, whose write end its exec closes: how the signal
+/// handler tells setup (still open) from a started command (hung up).
+static SETUP_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// Whether pid 1 has exec'd the command (or ended): its end of the error pipe is closed.
+fn setup_over() -> bool {
+    let mut poll = libc::pollfd {
+        fd: SETUP_PIPE.load(Ordering::Relaxed),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) with a zero timeout is async-signal-safe; a closed or -1 fd yields POLLNVAL.
+    unsafe { libc::poll(&mut poll, 1, 0) };
+    poll.revents & (libc::POLLHUP | libc::POLLNVAL) != 0
+}
+
+/// In `vproc run`: the signal that stopped the container during its setup.
+static STOPPED_IN_SETUP: AtomicI32 = AtomicI32::new(0);
+
+/// In `vproc run`: a SIGTERM was passed on; the stop timeout runs.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn forward_signal(signal: libc::c_int) {
+    let in_setup = IN_SETUP.load(Ordering::Relaxed);
+    if in_setup > 0 && !setup_over() {
+        STOPPED_IN_SETUP.store(signal, Ordering::Relaxed);
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(in_setup, libc::SIGKILL) };
+        return;
+    }
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(pid, signal) };
+        if signal == libc::SIGTERM {
+            STOP_REQUESTED.store(true, Ordering::Relaxed);
+        }
     } else {
         PENDING.store(signal, Ordering::Relaxed);
     }
 }
 
-/// From now on signals go to `pid`; one that came while there was nobody goes there now.
-fn forward_to(pid: Pid) {
+/// From now on signals go to `pid` (or, while `in_setup`, end it); one that came while there was
+/// nobody is handled now.
+fn forward_to(pid: Pid, in_setup: bool) {
+    if in_setup {
+        IN_SETUP.store(pid.as_raw(), Ordering::Relaxed);
+    }
     FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
     let pending = PENDING.swap(0, Ordering::Relaxed);
     if pending != 0 {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(pid.as_raw(), pending) };
+        forward_signal(pending);
     }
 }
 
@@ -124,13 +175,13 @@ fn forward_to(pid: Pid) {
 /// nowhere to send it: the parent starts forwarding to the child before it unblocks, the child
 /// forgets what the parent had pending and unblocks once its handlers are what it wants
 /// ([`child_signals`]).
-fn fork_holding_signals() -> nix::Result<ForkResult> {
+fn fork_holding_signals(in_setup: bool) -> nix::Result<ForkResult> {
     hold_signals(nix::sys::signal::SigmaskHow::SIG_BLOCK);
     // SAFETY: vproc run and its init are single-threaded; the children go on with plain syscalls.
     let forked = unsafe { fork() };
     match forked {
         Ok(ForkResult::Parent { child }) => {
-            forward_to(child);
+            forward_to(child, in_setup);
             hold_signals(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
         }
         Ok(ForkResult::Child) => PENDING.store(0, Ordering::Relaxed),
@@ -140,10 +191,10 @@ fn fork_holding_signals() -> nix::Result<ForkResult> {
 }
 
 /// In a child of [`fork_holding_signals`]: keep forwarding (the init) or take the default actions (the
-/// payload), then let the signals that came meanwhile in.
+/// command; SIGPIPE too, which Rust's runtime ignores), then let the signals that came meanwhile in.
 pub(crate) fn child_signals(keep_forwarding: bool) {
     if !keep_forwarding {
-        for signal in FORWARDED_SIGNALS {
+        for signal in FORWARDED_SIGNALS.into_iter().chain([Signal::SIGPIPE]) {
             // SAFETY: restoring the default disposition.
             unsafe { libc::signal(signal as libc::c_int, libc::SIG_DFL) };
         }
@@ -168,7 +219,7 @@ fn install_forwarding() -> io::Result<()> {
         SigSet::empty(),
     );
     for signal in FORWARDED_SIGNALS {
-        // SAFETY: the handler only loads an atomic and calls kill(2).
+        // SAFETY: the handler only loads and stores atomics and calls kill(2).
         unsafe { sigaction(signal, &action) }.map_err(io::Error::from)?;
     }
     Ok(())
@@ -225,7 +276,8 @@ fn run_in(
     result
 }
 
-/// Forks the init into a new pid namespace, puts it into the cgroup, lets it go on and waits for it.
+/// Forks pid 1 into a new pid namespace, puts it into the cgroup, lets it go on, relays its terminal
+/// and waits for it.
 fn start_and_wait(
     spec: &RunSpec,
     prepared: &rootfs::Prepared,
@@ -234,27 +286,50 @@ fn start_and_wait(
 ) -> Result<u8, LaunchError> {
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
-    // Only children land in the new pid namespace: the init is its pid 1.
+    SETUP_PIPE.store(error_read.as_raw_fd(), Ordering::Relaxed);
+    let console = if spec.tty {
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| LaunchError::os("cannot create a socket for the terminal", e))?;
+        terminal::watch_resizes()
+            .map_err(|e| LaunchError::os("cannot handle SIGWINCH for the terminal", e))?;
+        Some((ours, theirs))
+    } else {
+        None
+    };
+    // Only children land in the new pid namespace: the fork is its pid 1.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
         .map_err(|e| LaunchError::os("cannot create a pid namespace for vproc run", e))?;
-    match fork_holding_signals().map_err(|e| LaunchError::os("cannot fork vproc run", e))? {
+    match fork_holding_signals(true).map_err(|e| LaunchError::os("cannot fork vproc run", e))? {
         ForkResult::Child => {
             child_signals(true);
             drop(go_write);
             drop(error_read);
-            init(
-                spec,
-                prepared,
-                command,
-                &cgroup.hierarchies(),
-                go_read,
-                error_write,
-            )
+            let console = console.map(|(ours, theirs)| {
+                drop(ours);
+                theirs
+            });
+            let ends = Ends {
+                go: go_read,
+                error: error_write,
+                console,
+            };
+            pid_one(spec, prepared, command, &cgroup.hierarchies(), ends)
         }
         ForkResult::Parent { child } => {
             drop(go_read);
             drop(error_write);
+            let console = console.map(|(ours, theirs)| {
+                drop(theirs);
+                ours
+            });
             if let Err(e) = cgroup.add(child.as_raw()) {
+                IN_SETUP.store(0, Ordering::Relaxed);
+                SETUP_PIPE.store(-1, Ordering::Relaxed);
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = wait_for(child);
                 return Err(e);
@@ -262,16 +337,159 @@ fn start_and_wait(
             let mut go = File::from(go_write);
             let _ = go.write_all(b"1");
             drop(go);
+            // -t: the pty's master, sized like our terminal before the command starts.
+            let mut raw_mode = None;
+            let master = match &console {
+                Some(socket) => match terminal::receive_fd(socket) {
+                    Ok(Some(master)) => {
+                        terminal::copy_window_size(&master);
+                        if spec.interactive {
+                            raw_mode = Some(terminal::RawMode::enable());
+                        }
+                        let _ = terminal::write_all(socket, b"1");
+                        Some(master)
+                    }
+                    _ => None,
+                },
+                None => None,
+            };
+            drop(console);
             let mut message = String::new();
-            let _ = File::from(error_read).read_to_string(&mut message);
-            let code = wait_for(child)?;
+            let error_read = File::from(error_read);
+            let _ = (&error_read).read_to_string(&mut message);
+            // The command runs (or setup failed): from here on signals are passed on.
+            IN_SETUP.store(0, Ordering::Relaxed);
+            SETUP_PIPE.store(-1, Ordering::Relaxed);
+            drop(error_read);
+            let relay = Relay {
+                master,
+                stdin: spec.interactive,
+            };
+            let code = supervise(child, relay, spec.stop_timeout);
+            drop(raw_mode);
             FORWARD_TO.store(0, Ordering::Relaxed);
+            let stopped = STOPPED_IN_SETUP.swap(0, Ordering::Relaxed);
+            if stopped != 0 {
+                return Ok(128 + stopped as u8);
+            }
             if !message.is_empty() {
                 return Err(LaunchError::Refused(message));
             }
-            Ok(code)
+            code
         }
     }
+}
+
+/// The ends of the pipes and socket pid 1 talks to `vproc run` through.
+struct Ends {
+    /// One byte once pid 1 is in the container's cgroup.
+    go: OwnedFd,
+    /// Why setup failed; closed without a word by exec.
+    error: OwnedFd,
+    /// -t: where the pty's master goes.
+    console: Option<OwnedFd>,
+}
+
+/// What `vproc run` relays while the container runs: the pty's master to stdout, stdin to it with -i.
+struct Relay {
+    master: Option<OwnedFd>,
+    stdin: bool,
+}
+
+/// Waits for pid 1 to end, relaying the terminal meanwhile; SIGKILL to it `stop_timeout` after a
+/// SIGTERM was passed on. Its exit code.
+fn supervise(child: Pid, mut relay: Relay, stop_timeout: Duration) -> Result<u8, LaunchError> {
+    use rustix::event::{PollFd, PollFlags};
+    let pidfd = crate::pidfd::open(child.as_raw(), 0);
+    let mut stdin_open = relay.stdin && relay.master.is_some();
+    let mut exited = pidfd.is_none();
+    let mut kill_at: Option<Instant> = None;
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        if terminal::take_resize()
+            && let Some(master) = &relay.master
+        {
+            terminal::copy_window_size(master);
+        }
+        if kill_at.is_none() && STOP_REQUESTED.swap(false, Ordering::Relaxed) {
+            kill_at = Some(Instant::now() + stop_timeout);
+        }
+        if let Some(at) = kill_at
+            && Instant::now() >= at
+        {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            kill_at = None;
+        }
+        if exited {
+            // What the command wrote before it ended is still in the pty.
+            if let Some(master) = relay.master.take() {
+                let _ = rustix::io::ioctl_fionbio(&master, true);
+                while let Ok(n @ 1..) = rustix::io::read(&master, &mut buffer) {
+                    terminal::write_all(rustix::stdio::stdout(), &buffer[..n]);
+                }
+            }
+            break;
+        }
+        let stdin = rustix::stdio::stdin();
+        let mut fds = Vec::with_capacity(3);
+        if let Some(pidfd) = &pidfd {
+            fds.push(PollFd::new(pidfd, PollFlags::IN));
+        }
+        if let Some(master) = &relay.master {
+            fds.push(PollFd::new(master, PollFlags::IN));
+        }
+        if stdin_open {
+            fds.push(PollFd::new(&stdin, PollFlags::IN));
+        }
+        let timeout = kill_at.map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(LaunchError::os("cannot wait for the container", e)),
+        }
+        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let mut ready = ready.into_iter();
+        if pidfd.is_some() && ready.next() == Some(true) {
+            exited = true;
+        }
+        if let Some(master) = &relay.master
+            && ready.next() == Some(true)
+        {
+            match rustix::io::read(master, &mut buffer) {
+                Ok(n @ 1..) => {
+                    terminal::write_all(rustix::stdio::stdout(), &buffer[..n]);
+                }
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                // EIO: every slave is closed, the command and its children are gone.
+                _ => relay.master = None,
+            }
+        }
+        if stdin_open && ready.next() == Some(true) {
+            let master = relay.master.as_ref();
+            match rustix::io::read(stdin, &mut buffer) {
+                Ok(n @ 1..) => {
+                    if let Some(master) = master {
+                        terminal::write_all(master, &buffer[..n]);
+                    }
+                }
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                _ => {
+                    if let Some(master) = master {
+                        terminal::write_all(master, &[terminal::END_OF_INPUT]);
+                    }
+                    stdin_open = false;
+                }
+            }
+        }
+    }
+    wait_for(child)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
@@ -305,44 +523,83 @@ fn exit_code(status: WaitStatus) -> Option<(Pid, u8)> {
     }
 }
 
-/// The container's pid 1. Never returns: exits with the payload's code, or 125 after writing why the
-/// setup failed to `error_pipe`.
-fn init(
+/// The container's pid 1. Never returns: becomes the command (or, with --init, exits with its code),
+/// or exits 125 after writing why the setup failed to the error pipe.
+fn pid_one(
     spec: &RunSpec,
     prepared: &rootfs::Prepared,
     command: &process::Command,
     cgroups: &[crate::cgroup::Hierarchy],
-    go: OwnedFd,
-    error_pipe: OwnedFd,
+    ends: Ends,
 ) -> ! {
-    // SAFETY: plain prctl; the init must not outlive `vproc run`, which removes the cgroup.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    // `ps -o comm` tells the init from the payload.
+    // SAFETY: plain prctls. It must not outlive `vproc run`, which removes the cgroup; and nothing in
+    // the container may read its memory or its /proc/1/exe (the host's vproc binary) before it execs,
+    // nor ever with --init.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+    }
+    // `ps -o comm` tells the init from the command.
     let _ = rustix::thread::set_name(c"vproc-init");
     let mut byte = [0u8; 1];
-    if !matches!(File::from(go).read(&mut byte), Ok(1)) {
+    if !matches!(File::from(ends.go).read(&mut byte), Ok(1)) {
         // vproc run died before placing us in the cgroup.
         std::process::exit(EXIT_SETUP_FAILED.into());
     }
-    let mut error_pipe = File::from(error_pipe);
-    let setup = rootfs::enter(spec, prepared, &command.workdir, cgroups);
-    let payload = match setup {
-        Ok(()) => fork_holding_signals().map_err(|e| LaunchError::os("cannot fork the payload", e)),
-        Err(e) => Err(e),
+    let mut error_pipe = File::from(ends.error);
+    let fail = |error_pipe: &mut File, e: LaunchError| -> ! {
+        let _ = error_pipe.write_all(e.to_string().as_bytes());
+        std::process::exit(EXIT_SETUP_FAILED.into())
     };
-    match payload {
-        Err(e) => {
-            let _ = error_pipe.write_all(e.to_string().as_bytes());
-            std::process::exit(EXIT_SETUP_FAILED.into());
-        }
-        Ok(ForkResult::Child) => process::exec_payload(command),
+    if let Err(e) = rootfs::enter(spec, prepared, &command.workdir, cgroups) {
+        fail(&mut error_pipe, e);
+    }
+    let terminal = match ends.console {
+        Some(console) => match hand_over_terminal(&console) {
+            Ok(slave) => Some(slave),
+            Err(e) => fail(&mut error_pipe, e),
+        },
+        None => None,
+    };
+    if !spec.init {
+        process::exec_payload(command, terminal);
+    }
+    match fork_holding_signals(false) {
+        Err(e) => fail(
+            &mut error_pipe,
+            LaunchError::os("cannot fork the command", e),
+        ),
+        Ok(ForkResult::Child) => process::exec_payload(command, terminal),
         Ok(ForkResult::Parent { child }) => {
+            drop(terminal);
             drop(error_pipe);
             process::become_reaper();
             let code = reap_until(child);
             std::process::exit(code.into());
         }
     }
+}
+
+/// -t, in pid 1 after pivot_root: opens the pty, sends its master to `vproc run` and waits until it
+/// has sized it; the slave, for the command.
+fn hand_over_terminal(console: &OwnedFd) -> Result<OwnedFd, LaunchError> {
+    let pty = terminal::open_pty()
+        .map_err(|e| LaunchError::io("cannot open a terminal from", Path::new("/dev/ptmx"), e))?;
+    terminal::send_fd(console, std::os::fd::AsFd::as_fd(&pty.master))
+        .map_err(|e| LaunchError::os("cannot pass the terminal to vproc run", e))?;
+    let mut ack = [0u8; 1];
+    loop {
+        match rustix::io::read(console, &mut ack) {
+            Ok(1) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => {
+                return Err(LaunchError::Refused(
+                    "vproc run did not take the terminal".into(),
+                ));
+            }
+        }
+    }
+    Ok(pty.slave)
 }
 
 /// Reaps every child (orphans are re-parented to pid 1) until `payload` ends; its exit code.

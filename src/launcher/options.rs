@@ -35,6 +35,8 @@ pub struct RunSpec {
     pub interactive: bool,
     /// `-t`: the command's stdin, stdout and stderr are a new pty of the container's.
     pub tty: bool,
+    /// How long after passing on a SIGTERM `vproc run` waits before it kills the container.
+    pub stop_timeout: std::time::Duration,
 }
 
 impl RunSpec {

@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
@@ -18,6 +19,8 @@ pub struct Command {
     pub env: Vec<(String, String)>,
     pub workdir: String,
     pub user: User,
+    /// `-i`: stdin stays `vproc run`'s; else /dev/null (unless -t gives a terminal).
+    pub interactive: bool,
     /// None: `--security-opt seccomp=unconfined`.
     pub seccomp: Option<SeccompProgram>,
 }
@@ -103,20 +106,34 @@ fn last_capability() -> u32 {
 const EXIT_NOT_FOUND: i32 = 127;
 const EXIT_CANNOT_RUN: i32 = 126;
 
-/// Becomes the payload. Never returns: exec, or an exit code with the reason on stderr.
-pub fn exec_payload(command: &Command) -> ! {
+/// Becomes the payload, on `terminal` (-t: the pty's slave) if given. Never returns: exec, or an exit
+/// code with the reason on stderr.
+pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
     let fail = |code: i32, message: String| -> ! {
         let _ = writeln!(std::io::stderr(), "vproc run: {message}");
         std::process::exit(code)
     };
     super::child_signals(false);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let stdio = match terminal {
+        Some(slave) => super::terminal::become_controlling(slave, command.user.uid)
+            .map_err(|e| format!("cannot make the terminal the command's: {e}")),
+        None if !command.interactive => stdin_from_null(),
+        None => Ok(()),
+    };
+    if let Err(message) = stdio {
+        fail(EXIT_CANNOT_RUN, message);
+    }
     // While still root: a non-root payload cannot list its own /proc/self/fd (it is not dumpable
     // after setuid), which the fallback for kernels without close_range needs.
     close_inherited_fds();
     if let Err(e) = drop_privileges(&command.user) {
         fail(EXIT_CANNOT_RUN, format!("cannot drop privileges: {e}"));
     }
+    // A change of uid or gid clears the parent-death signal; the command must still end with
+    // `vproc run`.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Err(e) = std::env::set_current_dir(&command.workdir) {
         fail(
             EXIT_CANNOT_RUN,
@@ -162,13 +179,28 @@ pub fn exec_payload(command: &Command) -> ! {
     )
 }
 
-/// The init keeps nothing it does not need: no capabilities (kill(2) of its own child needs none),
-/// not dumpable (so the payload cannot read its memory or /proc/1/exe, the host's vproc binary).
-pub fn become_reaper() {
-    // SAFETY: plain prctls.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+/// Without -i, the command reads nothing: stdin is the container's /dev/null (docker run's default).
+fn stdin_from_null() -> Result<(), String> {
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /dev/null for stdin: {e}"))?;
+    // SAFETY: dup2(2) onto stdin of this process, which is about to exec.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) } < 0 {
+        return Err(format!(
+            "cannot make /dev/null stdin: {}",
+            std::io::Error::last_os_error()
+        ));
     }
+    Ok(())
+}
+
+/// With --init, once the command is forked: the init keeps nothing it does not need, no capabilities
+/// (kill(2) of its own child needs none). It is not dumpable since before that fork, so the command
+/// cannot read its memory or /proc/1/exe (the host's vproc binary).
+pub fn become_reaper() {
     for cap in 0..=last_capability() {
         // SAFETY: plain prctl; EINVAL for unknown numbers is fine.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap) };

@@ -217,6 +217,7 @@ impl Prepared {
             env,
             workdir,
             user,
+            interactive: spec.interactive,
             seccomp: None,
         })
     }
