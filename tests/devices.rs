@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,19 +50,6 @@ fn block_devices() -> Vec<(String, u32, u32)> {
     found
 }
 
-fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: plain mknod(2) with a valid C string.
-    let rc = unsafe { libc::mknod(c.as_ptr(), kind | 0o600, libc::makedev(major, minor)) };
-    assert_eq!(
-        rc,
-        0,
-        "mknod {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 #[test]
 fn the_device_program_allows_docker_s_list_and_refuses_the_host_disk() {
     let unified = Path::new("/sys/fs/cgroup/unified");
@@ -82,12 +68,12 @@ fn the_device_program_allows_docker_s_list_and_refuses_the_host_disk() {
     let disk = nodes.path().join("disk");
     let opened = block_devices().into_iter().find(|(_, major, minor)| {
         let _ = std::fs::remove_file(&disk);
-        mknod(&disk, libc::S_IFBLK, *major, *minor);
+        common::mknod(&disk, libc::S_IFBLK | 0o600, *major, *minor);
         std::fs::File::open(&disk).is_ok()
     });
     assert!(opened.is_some(), "no block device in /sys/block opens here");
-    mknod(&nodes.path().join("null"), libc::S_IFCHR, 1, 3);
-    mknod(&nodes.path().join("mem"), libc::S_IFCHR, 1, 1);
+    common::mknod(&nodes.path().join("null"), libc::S_IFCHR | 0o600, 1, 3);
+    common::mknod(&nodes.path().join("mem"), libc::S_IFCHR | 0o600, 1, 1);
 
     let script = "echo $$ > \"$0/cgroup.procs\" || exit 99; cd \"$1\"; \
                   head -c 1 disk >/dev/null 2>&1 && echo disk-open || echo disk-refused; \

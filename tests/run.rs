@@ -141,7 +141,7 @@ fn the_container_sees_its_limits_through_vprocd() {
 fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
     let name = unique("vproc-run");
     // --init: vproc-init is pid 1 and passes SIGTERM to the command, which dies of it.
-    let mut child = busybox_command(&[
+    let (mut child, line) = spawn_until_line(&[
         "--init",
         "--memory",
         "64m",
@@ -155,16 +155,7 @@ fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
         "sh",
         "-c",
         "echo started; exec sleep 100",
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    ]);
     assert_eq!(line, "started\n");
     let v1 = Path::new("/sys/fs/cgroup/memory/vproc").join(&name);
     if v1.exists() {
@@ -854,27 +845,14 @@ fn seccomp_is_docker_s_allowlist_unless_told_otherwise() {
     );
 }
 
-fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: plain mknod(2) with a valid C string.
-    let rc = unsafe { libc::mknod(c.as_ptr(), kind | 0o666, libc::makedev(major, minor)) };
-    assert_eq!(
-        rc,
-        0,
-        "mknod {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 #[test]
 fn devices_are_docker_s_allowlist_and_no_bind_carries_device_nodes() {
     // A node the container's cgroup allows (null), made by the host in a volume and in the root: only
     // nodev can stop them.
     let volume = tempfile::tempdir().unwrap();
-    mknod(&volume.path().join("null"), libc::S_IFCHR, 1, 3);
+    common::mknod(&volume.path().join("null"), libc::S_IFCHR | 0o666, 1, 3);
     let in_root = rootfs().join(unique("tmp/null"));
-    mknod(&in_root, libc::S_IFCHR, 1, 3);
+    common::mknod(&in_root, libc::S_IFCHR | 0o666, 1, 3);
     let in_root_name = in_root.file_name().unwrap().to_string_lossy().into_owned();
     let out = run_busybox(&[
         "-v",
@@ -1352,7 +1330,7 @@ fn an_archive_member_cannot_link_to_a_host_file() {
 fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
     let name = unique("vproc-run");
     // As a user: the uid change clears the parent-death signal, which must be set again.
-    let mut child = busybox_command(&[
+    let (mut child, line) = spawn_until_line(&[
         "--name",
         &name,
         "-u",
@@ -1360,16 +1338,7 @@ fn the_container_is_cleaned_up_when_vproc_run_is_killed() {
         "sh",
         "-c",
         "echo started; exec sleep 100",
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    ]);
     assert_eq!(line, "started\n");
     let procs = cgroup_dirs(&name)
         .into_iter()

@@ -558,3 +558,12 @@ impl Drop for HandleHolders {
         }
     }
 }
+
+/// mknod(2) of `path` with `mode` (type and permissions) and the device numbers; panics on failure.
+pub fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain mknod(2) with a valid C string.
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
+    let error = std::io::Error::last_os_error();
+    assert_eq!(rc, 0, "mknod {}: {error}", path.display());
+}
