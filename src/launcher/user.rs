@@ -109,11 +109,26 @@ pub fn resolve(spec: &str, rootfs: &Path) -> Result<User, String> {
     })
 }
 
-/// A file of the container, resolved as if `rootfs` were `/`; empty when missing or unreadable.
+/// /etc/passwd and /etc/group of the largest sites are a few MiB.
+const MAX_ACCOUNT_FILE_BYTES: u64 = 16 << 20;
+
+/// A file of the container, resolved as if `rootfs` were `/`; empty when missing, unreadable or not a
+/// regular file. A `--rootfs` directory is written by the container's root, which may have left a FIFO
+/// (open would block) or a node of /dev/zero (read would never end) where /etc/passwd was.
 fn read_in_root(rootfs: &Path, relative: &str) -> String {
     let read = || -> std::io::Result<String> {
-        let fd = in_root::open(rootfs, relative, OFlags::RDONLY, Symlinks::InRoot)?;
-        std::io::read_to_string(std::fs::File::from(fd))
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = in_root::open(rootfs, relative, flags, Symlinks::InRoot)?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Ok(String::new());
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::fs::File::from(fd), MAX_ACCOUNT_FILE_BYTES),
+            &mut text,
+        )?;
+        Ok(text)
     };
     read().unwrap_or_default()
 }
@@ -121,6 +136,27 @@ fn read_in_root(rootfs: &Path, relative: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = root();
+        let fifo = dir.path().join("etc/fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: plain mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // Would block forever opening a FIFO without a writer, or reading one.
+        assert_eq!(read_in_root(dir.path(), "etc/fifo"), "");
+        // A node of /dev/zero (tests run as root).
+        let zero =
+            std::ffi::CString::new(dir.path().join("etc/zero").as_os_str().as_encoded_bytes())
+                .unwrap();
+        // SAFETY: plain mknod(2) with a valid C string.
+        let made =
+            unsafe { libc::mknod(zero.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) };
+        assert_eq!(made, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(read_in_root(dir.path(), "etc/zero"), "");
+        assert!(read_in_root(dir.path(), "etc/passwd").starts_with("root:"));
+    }
 
     fn root() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,13 @@ use profile::{Comparison, Condition, Filter, RET_ERRNO};
 /// like any user profile.
 pub const DOCKER_DEFAULT: &str = include_str!("docker-default.json");
 
+/// Refused under the default profile though moby's allows them (since 2025): the kernel keyring is
+/// namespaced by user namespace, and vproc's containers have none, so the container's root would share
+/// the host root's keyrings, and `request_key` makes the host run /sbin/request-key as root with what
+/// the container asks for. Docker refused them from 2016 to 2025.
+const KEYRING_CALLS: [libc::c_long; 3] =
+    [libc::SYS_add_key, libc::SYS_keyctl, libc::SYS_request_key];
+
 /// `--security-opt seccomp=...`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Policy {
@@ -58,8 +65,13 @@ pub fn program_for(
         Policy::File(path) => path.display().to_string(),
         _ => "(Docker's default profile)".to_string(),
     };
-    let filter = profile::parse(&json, &target)
+    let mut filter = profile::parse(&json, &target)
         .map_err(|e| format!("--security-opt seccomp={shown}: {e}"))?;
+    if *policy == Policy::Default {
+        for call in KEYRING_CALLS {
+            filter.rules.remove(&(call as u32));
+        }
+    }
     let program = compile(&filter).map_err(|e| format!("--security-opt seccomp={shown}: {e}"))?;
     Ok(Some((program, filter.flags)))
 }
@@ -181,6 +193,13 @@ pub fn compile(filter: &Filter) -> Result<Vec<libc::sock_filter>, String> {
     let default = asm.label();
     search(&mut asm, &numbers, &bodies, default);
     asm.push(Op::Mark(default));
+    if let Some(newest) = filter.newer_than_profile {
+        let (newer, known) = (asm.label(), asm.label());
+        asm.branch(JGT_K, newest, newer, known);
+        asm.push(Op::Mark(newer));
+        asm.push(Op::Return(RET_ERRNO | libc::ENOSYS as u32));
+        asm.push(Op::Mark(known));
+    }
     asm.push(Op::Return(filter.default));
     for (rules, body) in filter.rules.values().zip(bodies) {
         asm.push(Op::Mark(body));
@@ -422,8 +441,16 @@ mod tests {
             call("socket", [libc::AF_VSOCK as u64, 0, 0, 0, 0, 0]),
             eperm
         );
-        // Calls the profile does not know, like those of later kernels, are refused.
-        assert_eq!(run(&program, AUDIT_ARCH_X86_64, 1000, [0; 6]), eperm);
+        // Calls the profile does not name are refused; those newer than any it names get ENOSYS.
+        assert_eq!(call("userfaultfd", [0; 6]), eperm);
+        assert_eq!(call("io_uring_setup", [0; 6]), eperm);
+        for keyring in ["add_key", "keyctl", "request_key"] {
+            assert_eq!(call(keyring, [0; 6]), eperm, "{keyring}");
+        }
+        assert_eq!(
+            run(&program, AUDIT_ARCH_X86_64, 1000, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
         // Other ABIs: i386 (int 0x80) and x32.
         assert_eq!(run(&program, 0x4000_0003, 20, [0; 6]), eperm);
         assert_eq!(
@@ -440,7 +467,8 @@ mod tests {
         )
         .unwrap();
         for (number, rules) in &filter.rules {
-            if rules[0].conditions.is_empty() {
+            if rules[0].conditions.is_empty() && !KEYRING_CALLS.contains(&(*number as libc::c_long))
+            {
                 assert_eq!(
                     run(&program, AUDIT_ARCH_X86_64, *number, [0; 6]),
                     rules[0].action
@@ -497,6 +525,7 @@ mod tests {
                 )]
                 .into(),
                 flags: 0,
+                newer_than_profile: None,
             };
             let program = compile(&filter).unwrap();
             for (arg, allowed) in probes {

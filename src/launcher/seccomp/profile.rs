@@ -63,6 +63,10 @@ pub struct Filter {
     pub rules: BTreeMap<u32, Vec<Rule>>,
     /// `SECCOMP_FILTER_FLAG_*` the profile asks for.
     pub flags: u32,
+    /// Calls numbered above every call the profile names get ENOSYS, not the default, when the default
+    /// is an errno (runc's rule): they are newer than the profile, and libc falls back to an older call
+    /// on ENOSYS only (faccessat2, clone3).
+    pub newer_than_profile: Option<u32>,
 }
 
 /// The container a profile is applied to.
@@ -140,8 +144,7 @@ pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
             "listenerPath {path:?}: vproc run has no seccomp agent for SCMP_ACT_NOTIFY yet"
         ));
     }
-    let default_errno = file.default_errno_ret.unwrap_or(libc::EPERM as u32);
-    let default = action(&file.default_action, file.default_errno_ret, default_errno)
+    let default = action(&file.default_action, file.default_errno_ret)
         .map_err(|e| format!("defaultAction: {e}"))?;
     let mut flags = 0;
     for flag in &file.flags {
@@ -158,26 +161,27 @@ pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
         if !applies(group, target).map_err(at)? {
             continue;
         }
-        let rule = Rule {
-            action: action(&group.action, group.errno_ret, default_errno).map_err(at)?,
-            conditions: group
-                .args
-                .iter()
-                .flatten()
-                .map(condition)
-                .collect::<Result<_, _>>()
-                .map_err(at)?,
-        };
+        let action = action(&group.action, group.errno_ret).map_err(at)?;
+        let conditions: Vec<Condition> = group
+            .args
+            .iter()
+            .flatten()
+            .map(condition)
+            .collect::<Result<_, _>>()
+            .map_err(at)?;
+        let group_rules = split_repeated_arguments(action, conditions);
         // Names this architecture does not have (arm_fadvise64_64, the 32-bit *64 calls) are skipped,
         // as libseccomp does.
         let names = group.names.iter().chain(group.name.iter());
         for number in names.filter_map(|name| syscalls::x86_64::Sysno::from_str(name).ok()) {
-            rules
-                .entry(number.id() as u32)
-                .or_default()
-                .push(rule.clone());
+            let list = rules.entry(number.id() as u32).or_default();
+            list.extend(group_rules.iter().cloned());
         }
     }
+    let newer_than_profile = match default & 0xffff_0000 {
+        RET_ERRNO => rules.keys().next_back().copied(),
+        _ => None,
+    };
     for list in rules.values_mut() {
         list.sort_by_key(|rule| !rule.conditions.is_empty());
         // After an unconditional rule nothing else of that call is ever reached.
@@ -191,7 +195,28 @@ pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
         default,
         rules,
         flags,
+        newer_than_profile,
     })
+}
+
+/// runc's reading of a rule whose conditions test one argument more than once (`socket` with `a0 == 40`
+/// and `a0 == 16`): each condition is a rule of its own, so they are ORed; otherwise they are ANDed.
+fn split_repeated_arguments(action: Action, conditions: Vec<Condition>) -> Vec<Rule> {
+    let mut seen = [false; 6];
+    let repeated = conditions
+        .iter()
+        .any(|c| std::mem::replace(&mut seen[usize::from(c.index)], true));
+    if repeated {
+        conditions
+            .into_iter()
+            .map(|condition| Rule {
+                action,
+                conditions: vec![condition],
+            })
+            .collect()
+    } else {
+        vec![Rule { action, conditions }]
+    }
 }
 
 /// Whether a rule group's `includes` all hold and none of its `excludes` does (Docker's rules: every
@@ -215,10 +240,18 @@ fn applies(group: &SyscallGroup, target: &Target<'_>) -> Result<bool, String> {
             }
         }
     }
-    if let Some(excludes) = &group.excludes
-        && (excludes.caps.iter().any(has) || excludes.arches.iter().any(|a| a == ARCH))
-    {
-        return Ok(false);
+    if let Some(excludes) = &group.excludes {
+        if excludes.caps.iter().any(has) || excludes.arches.iter().any(|a| a == ARCH) {
+            return Ok(false);
+        }
+        if let Some(min) = &excludes.min_kernel {
+            let from = kernel_version(min).ok_or_else(|| {
+                format!("excludes.minKernel {min:?}: expected a version like 4.8")
+            })?;
+            if target.kernel >= from {
+                return Ok(false);
+            }
+        }
     }
     Ok(true)
 }
@@ -231,10 +264,12 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-fn action(name: &str, errno: Option<u32>, default_errno: u32) -> Result<Action, String> {
+/// An action by name; ERRNO without a number is EPERM (as runc: `defaultErrnoRet` is the default
+/// action's alone).
+fn action(name: &str, errno: Option<u32>) -> Result<Action, String> {
     Ok(match name {
         "SCMP_ACT_ALLOW" => RET_ALLOW,
-        "SCMP_ACT_ERRNO" => RET_ERRNO | (errno.unwrap_or(default_errno) & 0xffff),
+        "SCMP_ACT_ERRNO" => RET_ERRNO | (errno.unwrap_or(libc::EPERM as u32) & 0xffff),
         "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => RET_KILL_THREAD,
         "SCMP_ACT_KILL_PROCESS" => RET_KILL_PROCESS,
         "SCMP_ACT_TRAP" => RET_TRAP,
@@ -340,6 +375,58 @@ mod tests {
             }]
         );
         assert_eq!(filter.rules[&nr("personality")].len(), 5);
+        // Numbers above the newest call it names are ENOSYS (so libc falls back).
+        assert_eq!(
+            filter.newer_than_profile,
+            filter.rules.keys().next_back().copied()
+        );
+    }
+
+    #[test]
+    fn repeated_arguments_are_ored_as_runc_does() {
+        let target = Target {
+            capabilities: &[],
+            kernel: (6, 1),
+        };
+        let filter = parse(
+            br#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "args": [
+                    {"index": 0, "value": 40, "op": "SCMP_CMP_EQ"},
+                    {"index": 0, "value": 16, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13, "args": [
+                    {"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
+                    {"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]}]}"#,
+            &target,
+        )
+        .unwrap();
+        let equal = |index, value| Condition {
+            index,
+            comparison: Comparison::Equal,
+            value,
+        };
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        assert_eq!(
+            filter.rules[&nr("socket")],
+            [
+                Rule {
+                    action: eperm,
+                    conditions: vec![equal(0, 40)]
+                },
+                Rule {
+                    action: eperm,
+                    conditions: vec![equal(0, 16)]
+                }
+            ]
+        );
+        assert_eq!(
+            filter.rules[&nr("kill")],
+            [Rule {
+                action: RET_ERRNO | 13,
+                conditions: vec![equal(0, 1), equal(1, 9)]
+            }]
+        );
+        // An allow-by-default profile has no "newer than the profile".
+        assert_eq!(filter.newer_than_profile, None);
     }
 
     #[test]
@@ -382,6 +469,13 @@ mod tests {
         )
         .unwrap();
         assert!(old.rules.is_empty());
+        // excludes.minKernel drops a rule from that kernel on.
+        let excluded = parse(
+            br#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ALLOW", "excludes": {"minKernel": "6.1"}}]}"#,
+            &target,
+        )
+        .unwrap();
+        assert!(excluded.rules.is_empty());
         assert_eq!(kernel_version("6.18.0-1-amd64"), Some((6, 18)));
         assert_eq!(kernel_version("4.8"), Some((4, 8)));
     }
