@@ -328,6 +328,51 @@ fn sigterm_reaches_a_pid_1_that_handles_it_and_the_stop_timeout_ends_one_that_do
 }
 
 #[test]
+fn a_command_that_reads_nothing_cannot_stall_the_relay_or_the_stop_timeout() {
+    // With -i -t the input goes into the pty; `sleep` reads none of it. vproc run must neither block
+    // writing to the full pty nor stop watching for the SIGTERM and the stop timeout.
+    let mut child = busybox_command(&[
+        "-i",
+        "-t",
+        "--stop-timeout",
+        "1",
+        "sh",
+        "-c",
+        // Raw: the pty keeps all input (canonical mode drops what overflows a line) until it is full.
+        "stty raw -echo; echo started; exec sleep 100",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'y'; 4096];
+        while input.write_all(&chunk).is_ok() {}
+    });
+    // The pty echoes the input: read all of it, passing on the first line.
+    let (first_line, lines) = std::sync::mpsc::channel();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut output, &mut line).unwrap();
+        let _ = first_line.send(line);
+        std::io::copy(&mut output, &mut std::io::sink()).unwrap();
+    });
+    let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(line.contains("started"), "{line:?}");
+    // Let the pty's input fill up.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill of the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (code, _) = wait_at_most(&mut child, Duration::from_secs(20));
+    assert_eq!(code, Some(137), "killed after the stop timeout");
+    // vproc run is gone, so the feeder's pipe breaks and the reader's ends.
+    feeder.join().unwrap();
+    reader.join().unwrap();
+}
+
+#[test]
 fn stdin_is_null_unless_interactive() {
     let mut child = busybox_command(&["-i", "sh", "-c", "read line; echo got:$line"])
         .stdin(Stdio::piped())
@@ -423,17 +468,10 @@ fn read_until(master: &mut std::fs::File, needle: &str, limit: Duration, seen: &
     }
 }
 
-#[test]
-fn interactive_terminal_gets_input_and_follows_the_window_size() {
-    let (mut master, slave) = open_pty(40, 100);
-    let mut command = busybox_command(&[
-        "-i",
-        "-t",
-        "sh",
-        "-c",
-        "stty size; read line; echo got:$line; stty size; exit 5",
-    ]);
+/// `vproc run ARGS` as the leader of a session whose terminal is `slave` (as from a user's shell).
+fn spawn_on_terminal(args: &[&str], slave: &std::fs::File) -> std::process::Child {
     use std::os::fd::AsRawFd;
+    let mut command = busybox_command(args);
     let slave_fd = slave.as_raw_fd();
     command
         .stdin(slave.try_clone().unwrap())
@@ -448,7 +486,43 @@ fn interactive_terminal_gets_input_and_follows_the_window_size() {
             Ok(())
         });
     }
-    let mut child = command.spawn().unwrap();
+    command.spawn().unwrap()
+}
+
+#[test]
+fn without_t_the_user_s_terminal_is_not_the_container_s() {
+    // Were it the container's controlling terminal, its root could push keystrokes into the user's
+    // shell (TIOCSTI) or read them from /dev/tty.
+    let (mut master, slave) = open_pty(24, 80);
+    let mut child = spawn_on_terminal(
+        &[
+            "sh",
+            "-c",
+            "(: </dev/tty) 2>/dev/null && echo has-tty || echo no-tty; exit 4",
+        ],
+        &slave,
+    );
+    drop(slave);
+    let mut seen = String::new();
+    read_until(&mut master, "-tty", Duration::from_secs(10), &mut seen);
+    assert!(seen.contains("no-tty"), "{seen:?}");
+    let (code, _) = wait_at_most(&mut child, Duration::from_secs(10));
+    assert_eq!(code, Some(4));
+}
+
+#[test]
+fn interactive_terminal_gets_input_and_follows_the_window_size() {
+    let (mut master, slave) = open_pty(40, 100);
+    let mut child = spawn_on_terminal(
+        &[
+            "-i",
+            "-t",
+            "sh",
+            "-c",
+            "stty size; read line; echo got:$line; stty size; exit 5",
+        ],
+        &slave,
+    );
     drop(slave);
     let mut seen = String::new();
     read_until(&mut master, "40 100", Duration::from_secs(10), &mut seen);
@@ -459,7 +533,13 @@ fn interactive_terminal_gets_input_and_follows_the_window_size() {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ on our own pty; the kernel sends SIGWINCH to vproc run.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &size,
+        )
+    };
     // Let vproc run take the SIGWINCH before the line that makes the command look again.
     std::thread::sleep(Duration::from_millis(300));
     master.write_all(b"typed\r").unwrap();
@@ -862,7 +942,7 @@ fn devices_are_docker_s_allowlist_and_no_bind_carries_device_nodes() {
         "-c",
         &format!(
             "cat /sys/fs/cgroup/devices/devices.list; echo --; \
-             mknod /tmp/disk b 254 0 2>&1; mknod /dev/mem c 1 1 2>&1; \
+             mknod /tmp/disk b 254 0 2>&1; mknod /dev/mem c 1 1 2>&1; mknod /tmp/console c 5 1 2>&1; \
              mknod /dev/null2 c 1 3 && echo made-null; \
              head -c 0 /vol/null 2>/dev/null && echo volume-opened || echo volume-nodev; \
              head -c 0 /tmp/{in_root_name} 2>/dev/null && echo root-opened || echo root-nodev; \
@@ -882,10 +962,10 @@ fn devices_are_docker_s_allowlist_and_no_bind_carries_device_nodes() {
             "c 5:0 rwm",
             "c 1:5 rwm",
             "c 1:9 rwm",
-            "c 5:1 rwm",
-            "c 136:* rwm",
-            "c 5:2 rwm",
-            "c 10:200 rwm",
+            "c 5:1 rw",
+            "c 136:* rw",
+            "c 5:2 rw",
+            "c 10:200 rw",
         ],
         "{stdout}"
     );
@@ -895,6 +975,7 @@ fn devices_are_docker_s_allowlist_and_no_bind_carries_device_nodes() {
         [
             "mknod: /tmp/disk: Operation not permitted",
             "mknod: /dev/mem: Operation not permitted",
+            "mknod: /tmp/console: Operation not permitted",
             "made-null",
             "volume-nodev",
             "root-nodev",

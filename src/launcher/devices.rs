@@ -6,7 +6,9 @@
 //! devices, tty, console, ptmx, the ptys and /dev/net/tun) without runc's `c *:* m` and `b *:* m`: those
 //! let a container's root mknod any device, and a node of the host's disk left in a volume or a
 //! `--rootfs` directory can be opened by the host's users, outside the container's cgroup. Here mknod is
-//! refused (EPERM) for everything not on the list.
+//! refused (EPERM) for everything but the memory devices and tty, which are harmless wherever they are
+//! (tty opens the opener's own terminal); console, ptmx, the ptys and tun can be used, not made (a node
+//! of the host's console left in a volume would give the host's users its input).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,27 +38,27 @@ pub const READ: u32 = 2;
 pub const WRITE: u32 = 4;
 const RWM: u32 = MKNOD | READ | WRITE;
 
-const fn char_device(major: u32, minor: Option<u32>) -> DeviceRule {
+const fn char_device(major: u32, minor: Option<u32>, access: u32) -> DeviceRule {
     DeviceRule {
         kind: DeviceKind::Char,
         major: Some(major),
         minor,
-        access: RWM,
+        access,
     }
 }
 
 /// Docker's default devices, in its order.
 pub const DEFAULT_ALLOWED: &[DeviceRule] = &[
-    char_device(1, Some(3)),    // null
-    char_device(1, Some(8)),    // random
-    char_device(1, Some(7)),    // full
-    char_device(5, Some(0)),    // tty
-    char_device(1, Some(5)),    // zero
-    char_device(1, Some(9)),    // urandom
-    char_device(5, Some(1)),    // console
-    char_device(136, None),     // pts/*
-    char_device(5, Some(2)),    // ptmx
-    char_device(10, Some(200)), // net/tun
+    char_device(1, Some(3), RWM),             // null
+    char_device(1, Some(8), RWM),             // random
+    char_device(1, Some(7), RWM),             // full
+    char_device(5, Some(0), RWM),             // tty
+    char_device(1, Some(5), RWM),             // zero
+    char_device(1, Some(9), RWM),             // urandom
+    char_device(5, Some(1), READ | WRITE),    // console
+    char_device(136, None, READ | WRITE),     // pts/*
+    char_device(5, Some(2), READ | WRITE),    // ptmx
+    char_device(10, Some(200), READ | WRITE), // net/tun
 ];
 
 impl DeviceRule {
@@ -275,7 +277,7 @@ mod tests {
     fn v1_lines_are_what_devices_list_shows() {
         // The whole list as the kernel shows it is checked in tests/run.rs.
         assert_eq!(DEFAULT_ALLOWED[0].v1_line(), "c 1:3 rwm");
-        assert_eq!(char_device(136, None).v1_line(), "c 136:* rwm");
+        assert_eq!(char_device(136, None, READ | WRITE).v1_line(), "c 136:* rw");
         let block_read = DeviceRule {
             kind: DeviceKind::Block,
             major: None,
@@ -318,6 +320,8 @@ mod tests {
         assert!(allows(&program, char, READ | WRITE, 1, 3), "/dev/null");
         assert!(allows(&program, char, MKNOD, 1, 3), "mknod /dev/null");
         assert!(allows(&program, char, READ, 136, 7), "/dev/pts/7");
+        assert!(!allows(&program, char, MKNOD, 136, 7), "mknod of a pty");
+        assert!(!allows(&program, char, MKNOD, 5, 1), "mknod of the console");
         assert!(allows(&program, char, WRITE, 10, 200), "/dev/net/tun");
         assert!(!allows(&program, block, READ, 8, 0), "/dev/sda");
         assert!(!allows(&program, block, MKNOD, 254, 0), "mknod of a disk");
@@ -328,10 +332,7 @@ mod tests {
             !allows(&program, block, READ, 1, 3),
             "a block device with null's numbers"
         );
-        let read_only = [DeviceRule {
-            access: READ,
-            ..char_device(1, Some(3))
-        }];
+        let read_only = [char_device(1, Some(3), READ)];
         let program = super::program(&read_only);
         assert!(allows(&program, char, READ, 1, 3));
         assert!(!allows(&program, char, READ | WRITE, 1, 3));

@@ -105,9 +105,8 @@ struct Located {
 pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     let meta = std::fs::metadata(archive)
         .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?;
-    create_private_dir(cache, true)
-        .map_err(|e| LaunchError::io("cannot create the image cache", cache, e))?;
-    make_entries_private(cache);
+    super::private_dir::private_root(cache)
+        .map_err(|e| LaunchError::io("cannot make the image cache root's alone:", cache, e))?;
     // The manifests and the config name the image; the layers are only read when it is not cached.
     let members = if meta.is_dir() {
         Members::Dir(archive)
@@ -143,7 +142,7 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     let unpacking = cache.join(format!(".unpack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&unpacking);
     let target = unpacking.join("rootfs");
-    create_private_dir(&unpacking, false)
+    super::private_dir::private_dir(&unpacking)
         .and_then(|()| std::fs::create_dir(&target))
         .map_err(|e| LaunchError::io("cannot create", &target, e))?;
     let unpacked = unpack_layers(dir, &located.layers, &diff_ids, &target, archive);
@@ -163,33 +162,6 @@ pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
         }
     }
     Ok(Image { rootfs, config })
-}
-
-/// Creates `dir` (and with `parents` its missing parents) readable by root alone.
-pub fn create_private_dir(dir: &Path, parents: bool) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(parents)
-        .mode(0o700)
-        .create(dir)
-    {
-        Err(e) if parents || e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Images unpacked by earlier versions of vproc sit in the cache with mode 0755: their setuid binaries stay
-/// reachable until each entry is made root's alone.
-fn make_entries_private(cache: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in std::fs::read_dir(cache).into_iter().flatten().flatten() {
-        if let Ok(meta) = entry.metadata()
-            && meta.is_dir()
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o700));
-        }
-    }
 }
 
 /// Every layer of the archive is named by the config (`rootfs.diff_ids`), one for one and in order, so
@@ -315,7 +287,8 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn new(dir: PathBuf) -> Result<Self, LaunchError> {
         let _ = std::fs::remove_dir_all(&dir);
-        create_private_dir(&dir, false).map_err(|e| LaunchError::io("cannot create", &dir, e))?;
+        super::private_dir::private_dir(&dir)
+            .map_err(|e| LaunchError::io("cannot create", &dir, e))?;
         Ok(Scratch(dir))
     }
 }

@@ -25,9 +25,11 @@ pub mod cgroup;
 pub mod devices;
 pub mod image;
 pub mod options;
+pub mod private_dir;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod supervise;
 pub mod terminal;
 pub mod user;
 
@@ -36,8 +38,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -120,14 +121,19 @@ static IN_SETUP: AtomicI32 = AtomicI32::new(0);
 /// handler tells setup (still open) from a started command (hung up).
 static SETUP_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-/// Whether pid 1 has exec'd the command (or ended): its end of the error pipe is closed.
+/// Whether pid 1 has exec'd the command (or ended): its end of the error pipe is closed (or the pipe
+/// is gone, once `vproc run` has read it to its end).
 fn setup_over() -> bool {
+    let fd = SETUP_PIPE.load(Ordering::SeqCst);
+    if fd < 0 {
+        return true;
+    }
     let mut poll = libc::pollfd {
-        fd: SETUP_PIPE.load(Ordering::Relaxed),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: poll(2) with a zero timeout is async-signal-safe; a closed or -1 fd yields POLLNVAL.
+    // SAFETY: poll(2) with a zero timeout is async-signal-safe.
     unsafe { libc::poll(&mut poll, 1, 0) };
     poll.revents & (libc::POLLHUP | libc::POLLNVAL) != 0
 }
@@ -135,37 +141,38 @@ fn setup_over() -> bool {
 /// In `vproc run`: the signal that stopped the container during its setup.
 static STOPPED_IN_SETUP: AtomicI32 = AtomicI32::new(0);
 
-/// In `vproc run`: a SIGTERM was passed on; the stop timeout runs.
-static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn forward_signal(signal: libc::c_int) {
-    let in_setup = IN_SETUP.load(Ordering::Relaxed);
+    // SAFETY: errno of this thread, saved for the code the signal interrupted.
+    let errno = unsafe { *libc::__errno_location() };
+    let in_setup = IN_SETUP.load(Ordering::SeqCst);
     if in_setup > 0 && !setup_over() {
-        STOPPED_IN_SETUP.store(signal, Ordering::Relaxed);
+        STOPPED_IN_SETUP.store(signal, Ordering::SeqCst);
         // SAFETY: kill(2) is async-signal-safe.
         unsafe { libc::kill(in_setup, libc::SIGKILL) };
-        return;
-    }
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
-    if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe.
-        unsafe { libc::kill(pid, signal) };
-        if signal == libc::SIGTERM {
-            STOP_REQUESTED.store(true, Ordering::Relaxed);
-        }
     } else {
-        PENDING.store(signal, Ordering::Relaxed);
+        let pid = FORWARD_TO.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe.
+            unsafe { libc::kill(pid, signal) };
+            if signal == libc::SIGTERM {
+                supervise::request_stop();
+            }
+        } else {
+            PENDING.store(signal, Ordering::SeqCst);
+        }
     }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// From now on signals go to `pid` (or, while `in_setup`, end it); one that came while there was
 /// nobody is handled now.
 fn forward_to(pid: Pid, in_setup: bool) {
     if in_setup {
-        IN_SETUP.store(pid.as_raw(), Ordering::Relaxed);
+        IN_SETUP.store(pid.as_raw(), Ordering::SeqCst);
     }
-    FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
-    let pending = PENDING.swap(0, Ordering::Relaxed);
+    FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
+    let pending = PENDING.swap(0, Ordering::SeqCst);
     if pending != 0 {
         forward_signal(pending);
     }
@@ -286,7 +293,7 @@ fn start_and_wait(
 ) -> Result<u8, LaunchError> {
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
-    SETUP_PIPE.store(error_read.as_raw_fd(), Ordering::Relaxed);
+    SETUP_PIPE.store(error_read.as_raw_fd(), Ordering::SeqCst);
     let console = if spec.tty {
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
@@ -328,8 +335,9 @@ fn start_and_wait(
                 ours
             });
             if let Err(e) = cgroup.add(child.as_raw()) {
-                IN_SETUP.store(0, Ordering::Relaxed);
-                SETUP_PIPE.store(-1, Ordering::Relaxed);
+                IN_SETUP.store(0, Ordering::SeqCst);
+                SETUP_PIPE.store(-1, Ordering::SeqCst);
+                FORWARD_TO.store(0, Ordering::SeqCst);
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = wait_for(child);
                 return Err(e);
@@ -340,7 +348,7 @@ fn start_and_wait(
             // -t: the pty's master, sized like our terminal before the command starts.
             let mut raw_mode = None;
             let master = match &console {
-                Some(socket) => match terminal::receive_fd(socket) {
+                Some(socket) => match terminal::receive_master(socket) {
                     Ok(Some(master)) => {
                         terminal::copy_window_size(&master);
                         if spec.interactive {
@@ -358,17 +366,23 @@ fn start_and_wait(
             let error_read = File::from(error_read);
             let _ = (&error_read).read_to_string(&mut message);
             // The command runs (or setup failed): from here on signals are passed on.
-            IN_SETUP.store(0, Ordering::Relaxed);
-            SETUP_PIPE.store(-1, Ordering::Relaxed);
+            IN_SETUP.store(0, Ordering::SeqCst);
+            SETUP_PIPE.store(-1, Ordering::SeqCst);
             drop(error_read);
-            let relay = Relay {
+            let relay = supervise::Relay {
                 master,
                 stdin: spec.interactive,
             };
-            let code = supervise(child, relay, spec.stop_timeout);
+            let supervised = supervise::supervise(child, relay, spec.stop_timeout);
             drop(raw_mode);
-            FORWARD_TO.store(0, Ordering::Relaxed);
-            let stopped = STOPPED_IN_SETUP.swap(0, Ordering::Relaxed);
+            // Before it is reaped: its pid may then go to another process.
+            FORWARD_TO.store(0, Ordering::SeqCst);
+            if supervised.is_err() {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
+            let code = wait_for(child);
+            supervised?;
+            let stopped = STOPPED_IN_SETUP.swap(0, Ordering::SeqCst);
             if stopped != 0 {
                 return Ok(128 + stopped as u8);
             }
@@ -388,108 +402,6 @@ struct Ends {
     error: OwnedFd,
     /// -t: where the pty's master goes.
     console: Option<OwnedFd>,
-}
-
-/// What `vproc run` relays while the container runs: the pty's master to stdout, stdin to it with -i.
-struct Relay {
-    master: Option<OwnedFd>,
-    stdin: bool,
-}
-
-/// Waits for pid 1 to end, relaying the terminal meanwhile; SIGKILL to it `stop_timeout` after a
-/// SIGTERM was passed on. Its exit code.
-fn supervise(child: Pid, mut relay: Relay, stop_timeout: Duration) -> Result<u8, LaunchError> {
-    use rustix::event::{PollFd, PollFlags};
-    let pidfd = crate::pidfd::open(child.as_raw(), 0);
-    let mut stdin_open = relay.stdin && relay.master.is_some();
-    let mut exited = pidfd.is_none();
-    let mut kill_at: Option<Instant> = None;
-    let mut buffer = vec![0u8; 16 << 10];
-    loop {
-        if terminal::take_resize()
-            && let Some(master) = &relay.master
-        {
-            terminal::copy_window_size(master);
-        }
-        if kill_at.is_none() && STOP_REQUESTED.swap(false, Ordering::Relaxed) {
-            kill_at = Some(Instant::now() + stop_timeout);
-        }
-        if let Some(at) = kill_at
-            && Instant::now() >= at
-        {
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            kill_at = None;
-        }
-        if exited {
-            // What the command wrote before it ended is still in the pty.
-            if let Some(master) = relay.master.take() {
-                let _ = rustix::io::ioctl_fionbio(&master, true);
-                while let Ok(n @ 1..) = rustix::io::read(&master, &mut buffer) {
-                    terminal::write_all(rustix::stdio::stdout(), &buffer[..n]);
-                }
-            }
-            break;
-        }
-        let stdin = rustix::stdio::stdin();
-        let mut fds = Vec::with_capacity(3);
-        if let Some(pidfd) = &pidfd {
-            fds.push(PollFd::new(pidfd, PollFlags::IN));
-        }
-        if let Some(master) = &relay.master {
-            fds.push(PollFd::new(master, PollFlags::IN));
-        }
-        if stdin_open {
-            fds.push(PollFd::new(&stdin, PollFlags::IN));
-        }
-        let timeout = kill_at.map(|at| {
-            let left = at.saturating_duration_since(Instant::now());
-            rustix::event::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
-        });
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(LaunchError::os("cannot wait for the container", e)),
-        }
-        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
-        drop(fds);
-        let mut ready = ready.into_iter();
-        if pidfd.is_some() && ready.next() == Some(true) {
-            exited = true;
-        }
-        if let Some(master) = &relay.master
-            && ready.next() == Some(true)
-        {
-            match rustix::io::read(master, &mut buffer) {
-                Ok(n @ 1..) => {
-                    terminal::write_all(rustix::stdio::stdout(), &buffer[..n]);
-                }
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                // EIO: every slave is closed, the command and its children are gone.
-                _ => relay.master = None,
-            }
-        }
-        if stdin_open && ready.next() == Some(true) {
-            let master = relay.master.as_ref();
-            match rustix::io::read(stdin, &mut buffer) {
-                Ok(n @ 1..) => {
-                    if let Some(master) = master {
-                        terminal::write_all(master, &buffer[..n]);
-                    }
-                }
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                _ => {
-                    if let Some(master) = master {
-                        terminal::write_all(master, &[terminal::END_OF_INPUT]);
-                    }
-                    stdin_open = false;
-                }
-            }
-        }
-    }
-    wait_for(child)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {

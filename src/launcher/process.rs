@@ -118,8 +118,17 @@ pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
     let stdio = match terminal {
         Some(slave) => super::terminal::become_controlling(slave, command.user.uid)
             .map_err(|e| format!("cannot make the terminal the command's: {e}")),
-        None if !command.interactive => stdin_from_null(),
-        None => Ok(()),
+        // A session of its own without -t too: the terminal `vproc run` was started from is not the
+        // container's controlling terminal (no TIOCSTI into the user's shell, no /dev/tty).
+        None => rustix::process::setsid()
+            .map_err(|e| format!("cannot start a session: {e}"))
+            .and_then(|_| {
+                if command.interactive {
+                    Ok(())
+                } else {
+                    stdin_from_null()
+                }
+            }),
     };
     if let Err(message) = stdio {
         fail(EXIT_CANNOT_RUN, message);
@@ -201,6 +210,8 @@ fn stdin_from_null() -> Result<(), String> {
 /// (kill(2) of its own child needs none). It is not dumpable since before that fork, so the command
 /// cannot read its memory or /proc/1/exe (the host's vproc binary).
 pub fn become_reaper() {
+    // Nothing the caller of vproc run left open stays in the container.
+    close_inherited_fds();
     for cap in 0..=last_capability() {
         // SAFETY: plain prctl; EINVAL for unknown numbers is fine.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap) };

@@ -108,15 +108,20 @@ pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
     let _ = std::fs::remove_dir_all(&state);
     let prepared = Prepared { root, image, state };
     // Root's alone: the container's root may write setuid binaries into its upper layer.
-    let private = |dir: &Path, parents| {
-        super::image::create_private_dir(dir, parents)
-            .map_err(|e| LaunchError::io("cannot create", dir, e))
+    super::private_dir::private_root(&spec.state_dir).map_err(|e| {
+        LaunchError::io(
+            "cannot make the state directory root's alone:",
+            &spec.state_dir,
+            e,
+        )
+    })?;
+    let private = |dir: &Path| {
+        super::private_dir::private_dir(dir).map_err(|e| LaunchError::io("cannot create", dir, e))
     };
-    private(&spec.state_dir, true)?;
-    private(&prepared.state, false)?;
+    private(&prepared.state)?;
     if let Root::Overlay { lower } = &prepared.root {
         for sub in ["upper", "work", "merged"] {
-            private(&prepared.state.join(sub), false)?;
+            private(&prepared.state.join(sub))?;
         }
         // The upper directory is the container's `/`: it keeps the image's mode (0755), so that users
         // in the container can walk it; the 0700 directory around it keeps the host's users out.

@@ -63,28 +63,37 @@ pub fn send_fd(socket: &OwnedFd, fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives an fd sent by [`send_fd`]; `None` when the other end closed without sending one.
-pub fn receive_fd(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+/// Receives the pty master sent by [`send_fd`]; `None` when the other end closed without sending
+/// one. Anything but one pty master is refused.
+pub fn receive_master(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
-    loop {
+    let received = loop {
         match rustix::net::recvmsg(
             socket,
             &mut [io::IoSliceMut::new(&mut byte)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         ) {
-            Ok(_) => break,
+            Ok(message) => break message,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    };
+    let refused = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(refused("more than one fd came with the terminal"));
     }
-    let received = control.drain().find_map(|message| match message {
+    let fd = control.drain().find_map(|message| match message {
         RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
         _ => None,
     });
-    Ok(received)
+    if let Some(fd) = &fd {
+        // A master answers TIOCGPTN (its pty's number); a slave or any other file does not.
+        rustix::pty::ptsname(fd, Vec::new()).map_err(|_| refused("not a pty master"))?;
+    }
+    Ok(fd)
 }
 
 /// `vproc run`'s terminal, if stdin or stdout is one: where the window size is read.
@@ -106,7 +115,12 @@ pub fn copy_window_size(master: &OwnedFd) {
 static RESIZED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn note_resize(_: libc::c_int) {
-    RESIZED.store(true, Ordering::Relaxed);
+    // SAFETY: errno of this thread, saved for the code the signal interrupted.
+    let errno = unsafe { *libc::__errno_location() };
+    RESIZED.store(true, Ordering::SeqCst);
+    super::supervise::wake();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// From now on a SIGWINCH is remembered for [`take_resize`] (and interrupts `poll`).
@@ -124,7 +138,7 @@ pub fn watch_resizes() -> io::Result<()> {
 
 /// Whether the window changed size since the last call.
 pub fn take_resize() -> bool {
-    RESIZED.swap(false, Ordering::Relaxed)
+    RESIZED.swap(false, Ordering::SeqCst)
 }
 
 /// `vproc run`'s stdin in raw mode while it lives, if stdin is a terminal; restored when dropped.
