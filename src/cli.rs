@@ -207,13 +207,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_lxcfs: bool,
     /// Where unpacked images are kept.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/vproc/images")]
+    #[arg(long, value_name = "DIR", default_value = launcher::options::DEFAULT_IMAGE_CACHE)]
     pub image_cache: PathBuf,
     /// Where containers' writable layers live while they run.
     #[arg(
         long,
         value_name = "DIR",
-        default_value = "/var/lib/vproc/containers",
+        default_value = launcher::options::DEFAULT_STATE_DIR,
         hide = true
     )]
     pub state_dir: PathBuf,

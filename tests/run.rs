@@ -476,7 +476,7 @@ fn spawn_on_terminal(args: &[&str], slave: &std::fs::File) -> std::process::Chil
     command
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
-        .stderr(Stdio::null());
+        .stderr(slave.try_clone().unwrap());
     // SAFETY: setsid and TIOCSCTTY in the child before exec: vproc run leads a session whose
     // terminal is the test's pty, so SIGWINCH reaches it as it would from a real terminal.
     unsafe {
@@ -493,19 +493,35 @@ fn spawn_on_terminal(args: &[&str], slave: &std::fs::File) -> std::process::Chil
 fn without_t_the_user_s_terminal_is_not_the_container_s() {
     // Were it the container's controlling terminal, its root could push keystrokes into the user's
     // shell (TIOCSTI) or read them from /dev/tty.
+    // Nor are its stdin (-i), stdout and stderr that terminal: it gets pipes, relayed, so it can
+    // neither read what is typed nor change the terminal's settings.
     let (mut master, slave) = open_pty(24, 80);
     let mut child = spawn_on_terminal(
         &[
+            "-i",
             "sh",
             "-c",
-            "(: </dev/tty) 2>/dev/null && echo has-tty || echo no-tty; exit 4",
+            "(: </dev/tty) 2>/dev/null && echo has-tty || echo no-tty; \
+             for fd in 0 1 2; do readlink /proc/self/fd/$fd | cut -c1-5; done; \
+             stty 2>&1 | head -1; read line; echo got:$line; exit 4",
         ],
         &slave,
     );
     drop(slave);
     let mut seen = String::new();
-    read_until(&mut master, "-tty", Duration::from_secs(10), &mut seen);
-    assert!(seen.contains("no-tty"), "{seen:?}");
+    read_until(&mut master, "stty", Duration::from_secs(10), &mut seen);
+    master.write_all(b"typed\n").unwrap();
+    read_until(&mut master, "got:typed", Duration::from_secs(10), &mut seen);
+    let lines: Vec<&str> = seen.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert_eq!(
+        &lines[..4],
+        ["no-tty", "pipe:", "pipe:", "pipe:"],
+        "{seen:?}"
+    );
+    assert!(
+        lines[4].contains("stty"),
+        "stty finds no terminal: {seen:?}"
+    );
     let (code, _) = wait_at_most(&mut child, Duration::from_secs(10));
     assert_eq!(code, Some(4));
 }
@@ -1309,6 +1325,25 @@ fn unpacked_images_and_container_layers_are_root_s_alone() {
     assert!(nobody_reaches(work.path()));
     assert!(!nobody_reaches(&cache.join(".")));
     assert!(!nobody_reaches(&state.join(".")));
+    // A cache the user names that others can enter is refused, not changed (it may be shared).
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = vproc_run(&[
+        "--no-lxcfs",
+        "--image",
+        archive.to_str().unwrap(),
+        "--image-cache",
+        shared.to_str().unwrap(),
+        "true",
+    ]);
+    assert_eq!(code(&out), 125, "{out:?}");
+    assert!(
+        text(&out.stderr).contains("--image-cache: cannot use")
+            && text(&out.stderr).contains("0755"),
+        "{out:?}"
+    );
+    assert!(nobody_reaches(&shared.join(".")));
 }
 
 #[test]

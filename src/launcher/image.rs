@@ -105,8 +105,9 @@ struct Located {
 pub fn load(archive: &Path, cache: &Path) -> Result<Image, LaunchError> {
     let meta = std::fs::metadata(archive)
         .map_err(|e| LaunchError::io("--image: cannot read", archive, e))?;
-    super::private_dir::private_root(cache)
-        .map_err(|e| LaunchError::io("cannot make the image cache root's alone:", cache, e))?;
+    let is_default = cache == Path::new(super::options::DEFAULT_IMAGE_CACHE);
+    super::private_dir::private_root(cache, is_default)
+        .map_err(|e| LaunchError::io("--image-cache: cannot use", cache, e))?;
     // The manifests and the config name the image; the layers are only read when it is not cached.
     let members = if meta.is_dir() {
         Members::Dir(archive)

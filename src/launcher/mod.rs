@@ -237,6 +237,10 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
     // First: a SIGTERM from here on waits for the container (and is passed to it) instead of killing
     // vproc run halfway, which would leave the cgroup and the state directory behind.
     install_forwarding().map_err(|e| LaunchError::os("cannot handle signals for vproc run", e))?;
+    // An ignored SIGCHLD, inherited from whoever started us, would reap pid 1 by itself and lose its
+    // exit code.
+    // SAFETY: restoring the default disposition.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     if let Some(mountpoint) = &spec.lxcfs {
         if let Err(crate::attach::AttachError::NotMounted { detail, .. }) =
             crate::attach::check_daemon(mountpoint)
@@ -283,18 +287,63 @@ fn run_in(
     result
 }
 
-/// Forks pid 1 into a new pid namespace, puts it into the cgroup, lets it go on, relays its terminal
-/// and waits for it.
+/// Forks pid 1 into a new pid namespace, puts it into the cgroup, lets it go on, relays what it needs
+/// relayed and waits for it.
 fn start_and_wait(
     spec: &RunSpec,
     prepared: &rootfs::Prepared,
     command: &process::Command,
     cgroup: &cgroup::ContainerCgroup,
 ) -> Result<u8, LaunchError> {
+    let (parent, child_ends) = channels(spec)?;
+    // Only children land in the new pid namespace: the fork is its pid 1.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(|e| LaunchError::os("cannot create a pid namespace for vproc run", e))?;
+    match fork_holding_signals(true).map_err(|e| LaunchError::os("cannot fork vproc run", e))? {
+        ForkResult::Child => {
+            child_signals(true);
+            drop(parent);
+            pid_one(spec, prepared, command, &cgroup.hierarchies(), child_ends)
+        }
+        ForkResult::Parent { child } => {
+            drop(child_ends);
+            watch(spec, cgroup, child, parent)
+        }
+    }
+}
+
+/// What pid 1 talks to `vproc run` through, pid 1's ends.
+struct Ends {
+    /// One byte once pid 1 is in the container's cgroup.
+    go: OwnedFd,
+    /// Why setup failed; closed without a word by exec.
+    error: OwnedFd,
+    /// -t: where the pty's master goes.
+    console: Option<OwnedFd>,
+    /// stdin, stdout and stderr where `vproc run`'s are a terminal and there is no -t: pipes.
+    stdio: [Option<OwnedFd>; 3],
+}
+
+/// `vproc run`'s ends of the same.
+struct ParentEnds {
+    go: OwnedFd,
+    error: OwnedFd,
+    console: Option<OwnedFd>,
+    relay: supervise::Relay,
+}
+
+/// The pipes and the socket between `vproc run` and pid 1. Without -t, `vproc run`'s stdin (-i),
+/// stdout and stderr are handed to the container as they are unless they are a terminal: a terminal
+/// would let the container read what the user types and change its settings, so the container gets
+/// pipes, relayed (as Docker does).
+fn channels(spec: &RunSpec) -> Result<(ParentEnds, Ends), LaunchError> {
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
     SETUP_PIPE.store(error_read.as_raw_fd(), Ordering::SeqCst);
-    let console = if spec.tty {
+    let mut relay = supervise::Relay::default();
+    let mut stdio: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut console = None;
+    if spec.tty {
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::STREAM,
@@ -304,104 +353,106 @@ fn start_and_wait(
         .map_err(|e| LaunchError::os("cannot create a socket for the terminal", e))?;
         terminal::watch_resizes()
             .map_err(|e| LaunchError::os("cannot handle SIGWINCH for the terminal", e))?;
-        Some((ours, theirs))
+        console = Some((ours, theirs));
     } else {
-        None
-    };
-    // Only children land in the new pid namespace: the fork is its pid 1.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-        .map_err(|e| LaunchError::os("cannot create a pid namespace for vproc run", e))?;
-    match fork_holding_signals(true).map_err(|e| LaunchError::os("cannot fork vproc run", e))? {
-        ForkResult::Child => {
-            child_signals(true);
-            drop(go_write);
-            drop(error_read);
-            let console = console.map(|(ours, theirs)| {
-                drop(ours);
-                theirs
+        if spec.interactive && rustix::termios::isatty(rustix::stdio::stdin()) {
+            let (read, write) = pipe()?;
+            stdio[0] = Some(read);
+            relay.input = Some(supervise::InputSink {
+                fd: write,
+                is_terminal: false,
             });
-            let ends = Ends {
-                go: go_read,
-                error: error_write,
-                console,
-            };
-            pid_one(spec, prepared, command, &cgroup.hierarchies(), ends)
         }
-        ForkResult::Parent { child } => {
-            drop(go_read);
-            drop(error_write);
-            let console = console.map(|(ours, theirs)| {
-                drop(theirs);
-                ours
-            });
-            if let Err(e) = cgroup.add(child.as_raw()) {
-                IN_SETUP.store(0, Ordering::SeqCst);
-                SETUP_PIPE.store(-1, Ordering::SeqCst);
-                FORWARD_TO.store(0, Ordering::SeqCst);
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                let _ = wait_for(child);
-                return Err(e);
+        for (n, ours) in [(1, rustix::stdio::stdout()), (2, rustix::stdio::stderr())] {
+            if rustix::termios::isatty(ours) {
+                let (read, write) = pipe()?;
+                stdio[n] = Some(write);
+                relay.outputs.push((read, ours));
             }
-            let mut go = File::from(go_write);
-            let _ = go.write_all(b"1");
-            drop(go);
-            // -t: the pty's master, sized like our terminal before the command starts.
-            let mut raw_mode = None;
-            let master = match &console {
-                Some(socket) => match terminal::receive_master(socket) {
-                    Ok(Some(master)) => {
-                        terminal::copy_window_size(&master);
-                        if spec.interactive {
-                            raw_mode = Some(terminal::RawMode::enable());
-                        }
-                        let _ = terminal::write_all(socket, b"1");
-                        Some(master)
-                    }
-                    _ => None,
-                },
-                None => None,
-            };
-            drop(console);
-            let mut message = String::new();
-            let error_read = File::from(error_read);
-            let _ = (&error_read).read_to_string(&mut message);
-            // The command runs (or setup failed): from here on signals are passed on.
-            IN_SETUP.store(0, Ordering::SeqCst);
-            SETUP_PIPE.store(-1, Ordering::SeqCst);
-            drop(error_read);
-            let relay = supervise::Relay {
-                master,
-                stdin: spec.interactive,
-            };
-            let supervised = supervise::supervise(child, relay, spec.stop_timeout);
-            drop(raw_mode);
-            // Before it is reaped: its pid may then go to another process.
-            FORWARD_TO.store(0, Ordering::SeqCst);
-            if supervised.is_err() {
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            }
-            let code = wait_for(child);
-            supervised?;
-            let stopped = STOPPED_IN_SETUP.swap(0, Ordering::SeqCst);
-            if stopped != 0 {
-                return Ok(128 + stopped as u8);
-            }
-            if !message.is_empty() {
-                return Err(LaunchError::Refused(message));
-            }
-            code
         }
     }
+    let (console_ours, console_theirs) = console.unzip();
+    Ok((
+        ParentEnds {
+            go: go_write,
+            error: error_read,
+            console: console_ours,
+            relay,
+        },
+        Ends {
+            go: go_read,
+            error: error_write,
+            console: console_theirs,
+            stdio,
+        },
+    ))
 }
 
-/// The ends of the pipes and socket pid 1 talks to `vproc run` through.
-struct Ends {
-    /// One byte once pid 1 is in the container's cgroup.
-    go: OwnedFd,
-    /// Why setup failed; closed without a word by exec.
-    error: OwnedFd,
-    /// -t: where the pty's master goes.
-    console: Option<OwnedFd>,
+/// In `vproc run`: pid 1 into the cgroup, the terminal handed over (-t), setup awaited, then the
+/// container supervised until it ends. Its exit code.
+fn watch(
+    spec: &RunSpec,
+    cgroup: &cgroup::ContainerCgroup,
+    child: Pid,
+    ends: ParentEnds,
+) -> Result<u8, LaunchError> {
+    let ParentEnds {
+        go,
+        error,
+        console,
+        mut relay,
+    } = ends;
+    if let Err(e) = cgroup.add(child.as_raw()) {
+        IN_SETUP.store(0, Ordering::SeqCst);
+        SETUP_PIPE.store(-1, Ordering::SeqCst);
+        FORWARD_TO.store(0, Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = wait_for(child);
+        return Err(e);
+    }
+    let _ = File::from(go).write_all(b"1");
+    // -t: the pty's master, sized like our terminal before the command starts.
+    let mut raw_mode = None;
+    if let Some(socket) = &console
+        && let Ok(Some(master)) = terminal::receive_master(socket)
+    {
+        terminal::copy_window_size(&master);
+        if spec.interactive {
+            raw_mode = Some(terminal::RawMode::enable());
+            relay.input = master.try_clone().ok().map(|fd| supervise::InputSink {
+                fd,
+                is_terminal: true,
+            });
+        }
+        relay.terminal = master.try_clone().ok();
+        relay.outputs.push((master, rustix::stdio::stdout()));
+        let _ = terminal::write_all(socket, b"1");
+    }
+    drop(console);
+    let mut message = String::new();
+    let error = File::from(error);
+    let _ = (&error).read_to_string(&mut message);
+    // The command runs (or setup failed): from here on signals are passed on.
+    IN_SETUP.store(0, Ordering::SeqCst);
+    SETUP_PIPE.store(-1, Ordering::SeqCst);
+    drop(error);
+    let supervised = supervise::supervise(child, relay, spec.stop_timeout);
+    drop(raw_mode);
+    // Before it is reaped: its pid may then go to another process.
+    FORWARD_TO.store(0, Ordering::SeqCst);
+    if supervised.is_err() {
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    }
+    let code = wait_for(child);
+    supervised?;
+    let stopped = STOPPED_IN_SETUP.swap(0, Ordering::SeqCst);
+    if stopped != 0 {
+        return Ok(128 + stopped as u8);
+    }
+    if !message.is_empty() {
+        return Err(LaunchError::Refused(message));
+    }
+    code
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
@@ -453,6 +504,13 @@ fn pid_one(
     }
     // `ps -o comm` tells the init from the command.
     let _ = rustix::thread::set_name(c"vproc-init");
+    for (target, fd) in ends.stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            // SAFETY: dup2(2) onto this process's own standard fds.
+            unsafe { libc::dup2(fd.as_raw_fd(), target as libc::c_int) };
+        }
+    }
+    drop(ends.stdio);
     let mut byte = [0u8; 1];
     if !matches!(File::from(ends.go).read(&mut byte), Ok(1)) {
         // vproc run died before placing us in the cgroup.

@@ -4,6 +4,12 @@ use std::path::PathBuf;
 
 use super::cgroup::Limits;
 
+/// Where unpacked images are kept unless `--image-cache` says otherwise.
+pub const DEFAULT_IMAGE_CACHE: &str = "/var/lib/vproc/images";
+
+/// Where containers' writable layers live unless `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vproc/containers";
+
 /// Everything `vproc run` needs to start one container.
 #[derive(Debug, Clone)]
 pub struct RunSpec {

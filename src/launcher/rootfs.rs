@@ -108,13 +108,9 @@ pub fn prepare(spec: &RunSpec) -> Result<Prepared, LaunchError> {
     let _ = std::fs::remove_dir_all(&state);
     let prepared = Prepared { root, image, state };
     // Root's alone: the container's root may write setuid binaries into its upper layer.
-    super::private_dir::private_root(&spec.state_dir).map_err(|e| {
-        LaunchError::io(
-            "cannot make the state directory root's alone:",
-            &spec.state_dir,
-            e,
-        )
-    })?;
+    let is_default = spec.state_dir == Path::new(super::options::DEFAULT_STATE_DIR);
+    super::private_dir::private_root(&spec.state_dir, is_default)
+        .map_err(|e| LaunchError::io("--state-dir: cannot use", &spec.state_dir, e))?;
     let private = |dir: &Path| {
         super::private_dir::private_dir(dir).map_err(|e| LaunchError::io("cannot create", dir, e))
     };

@@ -1,9 +1,13 @@
-//! `vproc run` while the container runs: waits for pid 1 to end, relays its terminal (-t: the pty's
-//! output to stdout, stdin to it with -i, window size changes), and kills it `--stop-timeout` after a
-//! SIGTERM was passed on. Signal handlers only set flags and write a byte to a pipe this loop polls, so
-//! none is missed between a check and the wait.
+//! `vproc run` while the container runs: waits for pid 1 to end, relays what must not be handed to the
+//! container as it is (the pty's master with -t; pipes in place of `vproc run`'s own terminal without
+//! -t), forwards window size changes, and kills pid 1 `--stop-timeout` after a SIGTERM was passed on.
+//!
+//! Nothing here blocks but the wait itself: every fd is polled, buffers are bounded (a command that
+//! reads nothing, or a stdout nobody drains, stalls the container's side, never the stop timeout), and
+//! signal handlers only set flags and write a byte to a pipe the wait includes, so none is missed
+//! between a look at the flags and the wait.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,23 +17,30 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::{LaunchError, terminal};
 
-/// What is relayed: the pty's master, and `vproc run`'s stdin into it (-i).
+/// What is relayed.
+#[derive(Default)]
 pub struct Relay {
-    pub master: Option<OwnedFd>,
-    pub stdin: bool,
+    /// From the container to `vproc run`'s stdout or stderr: the pty's master, or a pipe's read end.
+    pub outputs: Vec<(OwnedFd, BorrowedFd<'static>)>,
+    /// `vproc run`'s stdin into the container (-i): the pty's master, or a pipe's write end.
+    pub input: Option<InputSink>,
+    /// -t: the pty's master, whose window size follows `vproc run`'s terminal.
+    pub terminal: Option<OwnedFd>,
 }
 
-/// Input read from stdin and not yet taken by the pty; stdin is not read while this much waits (a
-/// command that reads nothing cannot make `vproc run` block or grow).
-const MAX_PENDING_INPUT: usize = 64 << 10;
+/// Where stdin goes, and how its end is told.
+pub struct InputSink {
+    pub fd: OwnedFd,
+    /// A terminal gets its end-of-file character (^D); a pipe is closed.
+    pub is_terminal: bool,
+}
 
-/// Output read from the pty and not yet taken by stdout; the pty is not read while this much waits, so
-/// a stdout that does not drain (a paused pager) stalls the command, not `vproc run`'s stop timeout.
-const MAX_PENDING_OUTPUT: usize = 64 << 10;
+/// Per stream, what waits to be written; its source is not read while this much waits.
+const MAX_PENDING: usize = 64 << 10;
 
-/// At most this much is written to stdout when poll says it can take more: a pipe then takes it
-/// without blocking (PIPE_BUF).
-const STDOUT_CHUNK: usize = 4096;
+/// At most this much is written when poll says a sink takes more: a pipe then takes it without
+/// blocking (PIPE_BUF).
+const WRITE_CHUNK: usize = 4096;
 
 /// Without pidfds (Linux < 5.3), how often pid 1 is looked at.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(100);
@@ -55,7 +66,7 @@ pub(crate) fn request_stop() {
     wake();
 }
 
-/// Returns once pid 1 (`child`) has ended, leaving it to be reaped by the caller.
+/// Returns once pid 1 (`child`) has ended and what it wrote is passed on, leaving it to be reaped.
 pub fn supervise(child: Pid, relay: Relay, stop_timeout: Duration) -> Result<(), LaunchError> {
     let (wake_read, wake_write) = rustix::pipe::pipe_with(
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
@@ -64,102 +75,267 @@ pub fn supervise(child: Pid, relay: Relay, stop_timeout: Duration) -> Result<(),
     WAKE_WRITE.store(wake_write.as_raw_fd(), Ordering::SeqCst);
     // A SIGTERM that came before the pipe existed is in the flag.
     wake();
-    let result = Supervisor::new(child, relay, stop_timeout).run(&wake_read);
+    let mut supervisor = Supervisor::new(child, relay, stop_timeout);
+    let result = supervisor.run(&wake_read);
+    if result.is_ok() {
+        supervisor.flush(&wake_read);
+    }
     WAKE_WRITE.store(-1, Ordering::SeqCst);
-    drop(wake_write);
+    // Never closed: a handler that loaded the fd just before must not write into a reused number.
+    std::mem::forget(wake_write);
     result
+}
+
+/// One direction of one stream: a source read when there is room, a sink written when it takes more.
+struct Stream<'a> {
+    source: Option<OwnedFd>,
+    sink: Option<Sink<'a>>,
+    pending: Vec<u8>,
+    /// stdin: what to do at its end.
+    end: AtEnd,
+}
+
+enum Sink<'a> {
+    Ours(BorrowedFd<'a>),
+    Container(OwnedFd),
+}
+
+impl Sink<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sink::Ours(fd) => *fd,
+            Sink::Container(fd) => fd.as_fd(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AtEnd {
+    /// Output: nothing to do.
+    Nothing,
+    /// stdin into a pty: ^D.
+    SendEof,
+    /// stdin into a pipe: close it once what is pending is written.
+    Close,
+}
+
+impl Stream<'_> {
+    fn wants_input(&self) -> bool {
+        self.source.is_some() && self.sink.is_some() && self.pending.len() < MAX_PENDING
+    }
+
+    fn wants_output(&self) -> bool {
+        self.sink.is_some() && !self.pending.is_empty()
+    }
+
+    /// Reads what the source has; at its end, the stream's end.
+    fn read(&mut self, buffer: &mut [u8]) {
+        let Some(source) = &self.source else {
+            return;
+        };
+        let room = (MAX_PENDING - self.pending.len()).min(buffer.len());
+        if room == 0 {
+            return;
+        }
+        match rustix::io::read(source, &mut buffer[..room]) {
+            Ok(n @ 1..) => self.pending.extend_from_slice(&buffer[..n]),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            // 0 is the end of a pipe or of stdin; EIO is a pty whose slaves are all closed.
+            _ => {
+                self.source = None;
+                if self.end == AtEnd::SendEof {
+                    self.pending.push(terminal::END_OF_INPUT);
+                }
+            }
+        }
+    }
+
+    /// Writes a chunk of what is pending; a sink that takes nothing more is given up.
+    fn write(&mut self) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let chunk = self.pending.len().min(WRITE_CHUNK);
+        match rustix::io::write(sink.fd(), &self.pending[..chunk]) {
+            Ok(n) => {
+                self.pending.drain(..n);
+            }
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(_) => {
+                self.sink = None;
+                self.pending.clear();
+            }
+        }
+        if self.source.is_none() && self.pending.is_empty() && self.end == AtEnd::Close {
+            self.sink = None;
+        }
+    }
 }
 
 struct Supervisor {
     child: Pid,
     pidfd: Option<OwnedFd>,
-    master: Option<OwnedFd>,
-    stdin_open: bool,
-    pending: Vec<u8>,
-    output: Vec<u8>,
+    /// Container to `vproc run`, then `vproc run`'s stdin to the container (last, if -i).
+    streams: Vec<Stream<'static>>,
+    terminal: Option<OwnedFd>,
     stop_timeout: Duration,
     kill_at: Option<Instant>,
     buffer: Vec<u8>,
 }
 
+/// What an entry of the poll set is.
+#[derive(Clone, Copy)]
+enum Polled {
+    Wake,
+    Pid,
+    Source(usize),
+    Sink(usize),
+}
+
 impl Supervisor {
     fn new(child: Pid, relay: Relay, stop_timeout: Duration) -> Self {
-        if let Some(master) = &relay.master {
-            let _ = rustix::io::ioctl_fionbio(master, true);
+        let mut streams: Vec<Stream<'static>> = relay
+            .outputs
+            .into_iter()
+            .map(|(source, sink)| Stream {
+                source: Some(source),
+                sink: Some(Sink::Ours(sink)),
+                pending: Vec::new(),
+                end: AtEnd::Nothing,
+            })
+            .collect();
+        if let Some(input) = relay.input {
+            streams.push(Stream {
+                source: rustix::io::dup(rustix::stdio::stdin()).ok(),
+                sink: Some(Sink::Container(input.fd)),
+                pending: Vec::new(),
+                end: if input.is_terminal {
+                    AtEnd::SendEof
+                } else {
+                    AtEnd::Close
+                },
+            });
+        }
+        // The container's ends are ours alone: they may be non-blocking (stdin's is not touched).
+        for stream in &streams {
+            if let Some(Sink::Container(fd)) = &stream.sink {
+                let _ = rustix::io::ioctl_fionbio(fd, true);
+            }
+            if let (Some(source), AtEnd::Nothing) = (&stream.source, stream.end) {
+                let _ = rustix::io::ioctl_fionbio(source, true);
+            }
         }
         Supervisor {
             child,
             pidfd: crate::pidfd::open(child.as_raw(), 0),
-            stdin_open: relay.stdin && relay.master.is_some(),
-            master: relay.master,
-            pending: Vec::new(),
-            output: Vec::new(),
+            streams,
+            terminal: relay.terminal,
             stop_timeout,
             kill_at: None,
             buffer: vec![0u8; 16 << 10],
         }
     }
 
-    fn run(mut self, wake: &OwnedFd) -> Result<(), LaunchError> {
+    /// Relays until pid 1 ends.
+    fn run(&mut self, wake: &OwnedFd) -> Result<(), LaunchError> {
         loop {
             self.look_at_flags();
             if self.ended() {
-                self.drain_output();
                 return Ok(());
             }
-            let (stdin, stdout) = (rustix::stdio::stdin(), rustix::stdio::stdout());
+            let mut roles = vec![Polled::Wake];
             let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
-            let pidfd_at = self.pidfd.as_ref().map(|pidfd| {
+            if let Some(pidfd) = &self.pidfd {
+                roles.push(Polled::Pid);
                 fds.push(PollFd::new(pidfd, PollFlags::IN));
-                fds.len() - 1
-            });
-            let master_at = self.master.as_ref().map(|master| {
-                let mut events = PollFlags::empty();
-                if self.output.len() < MAX_PENDING_OUTPUT {
-                    events |= PollFlags::IN;
+            }
+            for (i, stream) in self.streams.iter().enumerate() {
+                if stream.wants_input()
+                    && let Some(source) = &stream.source
+                {
+                    roles.push(Polled::Source(i));
+                    fds.push(PollFd::new(source, PollFlags::IN));
                 }
-                if !self.pending.is_empty() {
-                    events |= PollFlags::OUT;
+                if stream.wants_output()
+                    && let Some(sink) = &stream.sink
+                {
+                    roles.push(Polled::Sink(i));
+                    fds.push(PollFd::from_borrowed_fd(sink.fd(), PollFlags::OUT));
                 }
-                fds.push(PollFd::new(master, events));
-                fds.len() - 1
-            });
-            let stdout_at = (!self.output.is_empty()).then(|| {
-                fds.push(PollFd::new(&stdout, PollFlags::OUT));
-                fds.len() - 1
-            });
-            let stdin_at = (self.stdin_open && self.pending.len() < MAX_PENDING_INPUT).then(|| {
-                fds.push(PollFd::new(&stdin, PollFlags::IN));
-                fds.len() - 1
-            });
+            }
             match rustix::event::poll(&mut fds, self.timeout().as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(LaunchError::os("cannot wait for the container", e)),
             }
-            let ready = |at: Option<usize>| at.map(|i| fds[i].revents());
-            let (woken, exited) = (ready(Some(0)), ready(pidfd_at));
-            let (master_events, stdin_events) = (ready(master_at), ready(stdin_at));
-            let stdout_events = ready(stdout_at);
+            let ready: Vec<Polled> = roles
+                .into_iter()
+                .zip(fds.iter().map(|fd| !fd.revents().is_empty()))
+                .filter_map(|(role, ready)| ready.then_some(role))
+                .collect();
             drop(fds);
-            if woken.is_some_and(|r| !r.is_empty()) {
+            for role in ready {
+                match role {
+                    Polled::Wake => drain(wake),
+                    Polled::Pid => {}
+                    Polled::Source(i) => self.streams[i].read(&mut self.buffer),
+                    Polled::Sink(i) => self.streams[i].write(),
+                }
+            }
+        }
+    }
+
+    /// After pid 1 ended: what is left in the container's ends is read and written out. Only a SIGTERM
+    /// gives up on a sink that does not take it.
+    fn flush(&mut self, wake: &OwnedFd) {
+        // The command's input no longer matters.
+        if let Some(last) = self.streams.last_mut()
+            && last.end != AtEnd::Nothing
+        {
+            last.source = None;
+            last.sink = None;
+        }
+        loop {
+            for stream in &mut self.streams {
+                while stream.source.is_some() && stream.pending.len() < MAX_PENDING {
+                    let before = stream.pending.len();
+                    stream.read(&mut self.buffer);
+                    if stream.pending.len() == before {
+                        // Nothing more now (EAGAIN); the rest, if any, is gone with the container.
+                        stream.source = None;
+                    }
+                }
+            }
+            let mut fds = vec![PollFd::new(wake, PollFlags::IN)];
+            let mut sinks = Vec::new();
+            for (i, stream) in self.streams.iter().enumerate() {
+                if stream.wants_output()
+                    && let Some(sink) = &stream.sink
+                {
+                    sinks.push(i);
+                    fds.push(PollFd::from_borrowed_fd(sink.fd(), PollFlags::OUT));
+                }
+            }
+            if sinks.is_empty() {
+                return;
+            }
+            if let Err(e) = rustix::event::poll(&mut fds, None)
+                && e != rustix::io::Errno::INTR
+            {
+                return;
+            }
+            let woken = !fds[0].revents().is_empty();
+            let writable: Vec<bool> = fds[1..].iter().map(|fd| !fd.revents().is_empty()).collect();
+            drop(fds);
+            if woken {
                 drain(wake);
-            }
-            if exited.is_some_and(|r| !r.is_empty()) {
-                continue;
-            }
-            if let Some(events) = master_events {
-                if events.intersects(PollFlags::OUT) {
-                    self.feed_master();
-                }
-                if events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-                    self.copy_output();
+                if STOP_REQUESTED.swap(false, Ordering::SeqCst) {
+                    return;
                 }
             }
-            if stdin_events.is_some_and(|r| !r.is_empty()) {
-                self.read_input();
-            }
-            if stdout_events.is_some_and(|r| !r.is_empty()) {
-                self.write_output();
+            for (i, ready) in sinks.into_iter().zip(writable) {
+                if ready {
+                    self.streams[i].write();
+                }
             }
         }
     }
@@ -167,7 +343,7 @@ impl Supervisor {
     /// A window size change or a SIGTERM since the last look; the stop timeout when it is due.
     fn look_at_flags(&mut self) {
         if terminal::take_resize()
-            && let Some(master) = &self.master
+            && let Some(master) = &self.terminal
         {
             terminal::copy_window_size(master);
         }
@@ -201,86 +377,11 @@ impl Supervisor {
 
     /// Whether pid 1 has ended (it stays a zombie until the caller reaps it).
     fn ended(&self) -> bool {
-        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         match waitid(Id::Pid(self.child), flags) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) => false,
-            Ok(_) => true,
-            Err(nix::errno::Errno::EINTR) => false,
-            Err(_) => true,
-        }
-    }
-
-    fn copy_output(&mut self) {
-        let Some(master) = &self.master else {
-            return;
-        };
-        let room = (MAX_PENDING_OUTPUT - self.output.len()).min(self.buffer.len());
-        match rustix::io::read(master, &mut self.buffer[..room]) {
-            Ok(n @ 1..) => self.output.extend_from_slice(&self.buffer[..n]),
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-            // EIO: every slave is closed, the command and its children are gone.
-            _ => {
-                self.master = None;
-                self.pending.clear();
-            }
-        }
-    }
-
-    fn write_output(&mut self) {
-        let chunk = self.output.len().min(STDOUT_CHUNK);
-        match rustix::io::write(rustix::stdio::stdout(), &self.output[..chunk]) {
-            Ok(n) => {
-                self.output.drain(..n);
-            }
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-            // Nobody reads stdout any more: the output goes nowhere.
-            Err(_) => self.output.clear(),
-        }
-    }
-
-    /// What the command wrote before it ended is still in the pty (and in `output`): written out, even
-    /// if stdout makes `vproc run` wait for it.
-    fn drain_output(&mut self) {
-        terminal::write_all(rustix::stdio::stdout(), &self.output);
-        self.output.clear();
-        while let Some(master) = &self.master {
-            match rustix::io::read(master, &mut self.buffer) {
-                Ok(n @ 1..) => {
-                    terminal::write_all(rustix::stdio::stdout(), &self.buffer[..n]);
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                _ => self.master = None,
-            }
-        }
-    }
-
-    fn read_input(&mut self) {
-        let room = MAX_PENDING_INPUT - self.pending.len();
-        match rustix::io::read(
-            rustix::stdio::stdin(),
-            &mut self.buffer[..room.min(16 << 10)],
-        ) {
-            Ok(n @ 1..) => self.pending.extend_from_slice(&self.buffer[..n]),
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-            // End of input: the terminal's end-of-file character tells the command.
-            _ => {
-                self.pending.push(terminal::END_OF_INPUT);
-                self.stdin_open = false;
-            }
-        }
-    }
-
-    fn feed_master(&mut self) {
-        let Some(master) = &self.master else {
-            return;
-        };
-        match rustix::io::write(master, &self.pending) {
-            Ok(n) => {
-                self.pending.drain(..n);
-            }
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-            Err(_) => self.pending.clear(),
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => false,
+            Ok(_) | Err(_) => true,
         }
     }
 }

@@ -162,6 +162,11 @@ pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
             continue;
         }
         let action = action(&group.action, group.errno_ret).map_err(at)?;
+        // As runc: a rule that does what the default does is no rule (kept, an unconditional one would
+        // hide the call's conditional rules of another action).
+        if action == default {
+            continue;
+        }
         let conditions: Vec<Condition> = group
             .args
             .iter()
@@ -427,6 +432,22 @@ mod tests {
         );
         // An allow-by-default profile has no "newer than the profile".
         assert_eq!(filter.newer_than_profile, None);
+        // A rule with the default's action is dropped, and cannot hide a conditional one.
+        let filter = parse(
+            br#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["kill"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "args": [
+                    {"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]}]}"#,
+            &target,
+        )
+        .unwrap();
+        assert_eq!(
+            filter.rules[&nr("kill")],
+            [Rule {
+                action: eperm,
+                conditions: vec![equal(1, 9)]
+            }]
+        );
     }
 
     #[test]
@@ -451,15 +472,15 @@ mod tests {
         assert!(error("{").contains("not a seccomp profile"));
         assert!(error(r#"{"defaultAction": "SCMP_ACT_MAYBE"}"#).contains("defaultAction"));
         assert!(
-            error(r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]}"#)
+            error(r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]}"#)
                 .contains("syscalls[0]: unknown op")
         );
         assert!(
-            error(r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}"#)
+            error(r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}"#)
                 .contains("seccomp agent")
         );
         assert!(
-            error(r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]}"#)
+            error(r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]}"#)
                 .contains("minKernel")
         );
         // minKernel excludes a rule on an older kernel.
