@@ -262,49 +262,7 @@ pub fn enter(
     .map_err(|e| LaunchError::io("cannot make the mounts private:", Path::new("/"), e))?;
     rustix::process::umask(Mode::empty());
 
-    let (root_mount, mount_at) = match &prepared.root {
-        Root::Dir(dir) => {
-            let tree = open_tree(
-                CWD,
-                dir,
-                OpenTreeFlags::OPEN_TREE_CLONE
-                    | OpenTreeFlags::AT_RECURSIVE
-                    | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-            )
-            .map_err(|e| LaunchError::io("cannot bind the root", dir, e))?;
-            set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_NODEV, true)
-                .map_err(|e| LaunchError::io("cannot mount nodev:", dir, e))?;
-            (tree, dir.clone())
-        }
-        Root::Overlay { lower } => {
-            let state = &prepared.state;
-            let [lower_dir, upper_dir, work_dir] =
-                [lower.clone(), state.join("upper"), state.join("work")]
-                    .map(|dir| dir.to_string_lossy().into_owned());
-            let options = [
-                ("lowerdir", lower_dir.as_str()),
-                ("upperdir", upper_dir.as_str()),
-                ("workdir", work_dir.as_str()),
-            ];
-            let tree = new_mount("overlay", &options, MountAttrFlags::MOUNT_ATTR_NODEV)
-                .map_err(|e| LaunchError::io("cannot mount an overlay over the image", lower, e))?;
-            (tree, state.join("merged"))
-        }
-    };
-    move_mount(
-        &root_mount,
-        "",
-        CWD,
-        &mount_at,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| LaunchError::io("cannot mount the root at", &mount_at, e))?;
-    let root = rustix::fs::open(
-        &mount_at,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| LaunchError::io("cannot open the root", &mount_at, e))?;
+    let (root, mount_at) = mount_root(prepared)?;
     let tree = Tree { root: &root };
 
     tree.mount_new(
@@ -383,6 +341,50 @@ pub fn enter(
         loopback_up().map_err(|e| LaunchError::os("cannot bring up lo", e))?;
     }
     Ok(())
+}
+
+/// The container's root, attached at its place in the init's mount namespace (the `--rootfs` directory
+/// bound over itself, or the overlay at `<state>/merged`): the mount's own fd, on which every later
+/// step works (never the path again, which a host process could change meanwhile), and its path.
+fn mount_root(prepared: &Prepared) -> Result<(OwnedFd, PathBuf), LaunchError> {
+    let (root, mount_at) = match &prepared.root {
+        Root::Dir(dir) => {
+            let tree = open_tree(
+                CWD,
+                dir,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::AT_RECURSIVE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| LaunchError::io("cannot bind the root", dir, e))?;
+            set_attributes(&tree, MountAttrFlags::MOUNT_ATTR_NODEV, true)
+                .map_err(|e| LaunchError::io("cannot mount nodev:", dir, e))?;
+            (tree, dir.clone())
+        }
+        Root::Overlay { lower } => {
+            let state = &prepared.state;
+            let [lower_dir, upper_dir, work_dir] =
+                [lower.clone(), state.join("upper"), state.join("work")]
+                    .map(|dir| dir.to_string_lossy().into_owned());
+            let options = [
+                ("lowerdir", lower_dir.as_str()),
+                ("upperdir", upper_dir.as_str()),
+                ("workdir", work_dir.as_str()),
+            ];
+            let tree = new_mount("overlay", &options, MountAttrFlags::MOUNT_ATTR_NODEV)
+                .map_err(|e| LaunchError::io("cannot mount an overlay over the image", lower, e))?;
+            (tree, state.join("merged"))
+        }
+    };
+    move_mount(
+        &root,
+        "",
+        CWD,
+        &mount_at,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| LaunchError::io("cannot mount the root at", &mount_at, e))?;
+    Ok((root, mount_at))
 }
 
 /// What a mount target must be when it does not exist yet.
