@@ -1,5 +1,8 @@
 //! vprocd's life: lock the pidfile, see the host's cgroups, clear a stale mountpoint, mount, serve until
-//! SIGTERM/SIGINT (or until someone unmounts us), then unmount, detaching if the mount is busy.
+//! SIGTERM/SIGINT (or until someone unmounts us), then unmount, detaching if the mount is busy. The
+//! signals LXCFS's tooling sends mean what they mean to LXCFS: SIGUSR2 switches the per-container views
+//! off (every reader gets the host's files) and on again; SIGUSR1 (reload) and SIGHUP are logged, never
+//! fatal (there is nothing to reload).
 
 use std::fmt;
 use std::fs::File;
@@ -77,11 +80,19 @@ impl std::error::Error for DaemonError {}
 pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     // Block the stop signals before any thread exists, so every thread inherits the mask and only our
     // waiting thread receives them.
-    let mut stop_signals = SigSet::empty();
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        stop_signals.add(signal);
+    let mut handled_signals = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        handled_signals.add(signal);
     }
-    stop_signals.thread_block().map_err(DaemonError::Signals)?;
+    handled_signals
+        .thread_block()
+        .map_err(DaemonError::Signals)?;
 
     let pidfile = Pidfile::lock(&config.pidfile)?;
     let roots = HostRoots::default();
@@ -113,6 +124,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         path: config.mountpoint.clone(),
         source,
     };
+    let renderer_for_signals = Arc::clone(&renderer);
     let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config)
         .map_err(mount_error)?;
     let mut background = session.spawn().map_err(mount_error)?;
@@ -126,9 +138,13 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
 
     let (events, stop) = mpsc::channel();
     let signal_events = events.clone();
+    let signal_renderer = Arc::clone(&renderer_for_signals);
     std::thread::spawn(move || {
-        if let Ok(signal) = stop_signals.wait() {
-            let _ = signal_events.send(Some(signal));
+        while let Ok(signal) = handled_signals.wait() {
+            if !on_signal(signal, &signal_renderer) {
+                let _ = signal_events.send(Some(signal));
+                return;
+            }
         }
     });
     // Watch the session thread alone: fuser's mount guard, dropped after a join, would unmount again
@@ -156,6 +172,27 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     std::mem::forget(background);
     pidfile.remove();
     Ok(())
+}
+
+/// What a signal does to the running daemon; false when it stops it (SIGTERM, SIGINT).
+fn on_signal(signal: Signal, renderer: &Renderer) -> bool {
+    match signal {
+        Signal::SIGUSR2 => {
+            let was_on = renderer.set_virtualizing(false);
+            if was_on {
+                log::warn!("SIGUSR2: per-container views off, every reader gets the host's files");
+            } else {
+                renderer.set_virtualizing(true);
+                log::warn!("SIGUSR2: per-container views on again");
+            }
+            true
+        }
+        Signal::SIGUSR1 | Signal::SIGHUP => {
+            log::info!("{signal}: nothing to reload, ignored");
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (systemd starts services at a soft 1024 whatever

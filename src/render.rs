@@ -66,6 +66,8 @@ pub struct Renderer {
     options: Options,
     logged_causes: Lru<String, ()>,
     health: Health,
+    /// Off after a SIGUSR2 (LXCFS's switch): every reader gets the host's files until the next one.
+    virtualizing: std::sync::atomic::AtomicBool,
 }
 
 impl Renderer {
@@ -82,7 +84,20 @@ impl Renderer {
             options,
             logged_causes: Lru::new(MAX_LOGGED_CAUSES, LOG_AGAIN_AFTER),
             health: Health::default(),
+            virtualizing: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Switches the per-container views off (every reader gets the host's files) or on again; the
+    /// state it was in.
+    pub fn set_virtualizing(&self, on: bool) -> bool {
+        self.virtualizing
+            .swap(on, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether readers get their containers' views (true unless switched off).
+    pub fn virtualizing(&self) -> bool {
+        self.virtualizing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The host files this renderer reads.
@@ -103,7 +118,7 @@ impl Renderer {
     /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable,
     /// which counts against the daemon's health.
     pub fn render(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
-        if pid != 0 {
+        if pid != 0 && self.virtualizing() {
             let rendered = self
                 .container(pid)
                 .and_then(|c| self.render_for(content, &c));
@@ -121,6 +136,9 @@ impl Renderer {
 
     /// The host CPUs process `pid` sees (the host's online CPUs when it is not limited or not resolvable).
     pub fn visible_cpus(&self, pid: u32) -> Vec<u32> {
+        if !self.virtualizing() {
+            return self.host.online_cpus().unwrap_or_default();
+        }
         let cpus = self.container(pid).map(|c| c.cpus.clone());
         match cpus {
             Ok(Some(cpus)) => cpus,

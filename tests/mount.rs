@@ -499,3 +499,61 @@ fn tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(status.success());
     assert!(!common::is_mounted(&mountpoint));
 }
+
+#[test]
+fn sigusr2_switches_the_views_off_and_on_and_usr1_hup_are_harmless() {
+    // LXCFS's tooling sends these: SIGUSR2 toggles virtualization, SIGUSR1 asks for a reload.
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let m = daemon.mountpoint.display();
+    let look = || {
+        stdout(group.run(&format!(
+            "grep MemTotal {m}/proc/meminfo; cat {m}/sys/devices/system/cpu/online; \
+             ls {m}/sys/devices/system/cpu | grep -c '^cpu[0-9]'"
+        )))
+    };
+    let host_memtotal = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap()
+        .to_string();
+    let host_online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let host_cpus = std::fs::read_dir("/sys/devices/system/cpu")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("cpu")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count();
+    let container = "MemTotal:          65536 kB\n0\n1\n";
+    assert_eq!(look(), container);
+    let signal = |signal: libc::c_int| {
+        // SAFETY: a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(daemon.pid() as i32, signal) }, 0);
+    };
+    // The daemon's signal thread acts on it: wait for the view to change, 10 s at most.
+    let until = |wanted: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seen = look();
+            if seen == wanted || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let host = format!("{host_memtotal}\n{host_online}{host_cpus}\n");
+    signal(libc::SIGUSR2);
+    assert_eq!(until(&host), host, "off: the host's files");
+    signal(libc::SIGUSR2);
+    assert_eq!(until(container), container, "on again");
+    for harmless in [libc::SIGUSR1, libc::SIGHUP] {
+        signal(harmless);
+        // Time for the signal to end the daemon, were it fatal.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(look(), container, "after signal {harmless}");
+    }
+}
