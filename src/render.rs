@@ -205,7 +205,7 @@ impl Renderer {
                 self.options.cpu_rule,
             ))
         };
-        let pidns = self.registry.pid_namespaces.of(pid)?;
+        let pidns = self.registry.pid_namespaces.of(pid, &cgroups)?;
         Ok(Container {
             cgroups,
             memory,

@@ -557,3 +557,42 @@ fn sigusr2_switches_the_views_off_and_on_and_usr1_hup_are_harmless() {
         assert_eq!(look(), container, "after signal {harmless}");
     }
 }
+
+#[test]
+fn an_nsentered_first_reader_sees_its_container() {
+    // The container: a pid namespace whose init is `sleep`, in a 64 MiB cgroup. The first reader enters
+    // it with nsenter (as docker exec does): its parent is outside the namespace.
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let mut init = group.spawn("echo ready; exec unshare --pid --fork sleep 120");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(init.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    // sleep, the namespace's pid 1, is unshare's child.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sleep_pid = loop {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            break pid.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no init in the namespace"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let m = daemon.mountpoint.display();
+    let out = stdout(group.run_in_host_pidns(&format!(
+        "nsenter -t {sleep_pid} -p -- sh -c 'grep MemTotal {m}/proc/meminfo; cut -d. -f1 {m}/proc/uptime'"
+    )));
+    let _ = init.kill();
+    let _ = init.wait();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "MemTotal:          65536 kB", "{out}");
+    // The namespace's uptime (seconds since its init started), not the host's.
+    assert!(lines[1].parse::<u32>().unwrap() < 30, "{out}");
+}

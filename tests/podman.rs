@@ -234,3 +234,35 @@ fn vproc_run_takes_the_archives_podman_saves() {
         );
     }
 }
+
+#[test]
+fn podman_exec_is_the_first_reader_of_its_namespace_and_sees_the_container() {
+    // `podman exec` enters the container with setns: its parent (conmon) is outside the namespace, so
+    // the init cannot be found by walking parents. Each container's exec is the first reader there.
+    let daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.display();
+    let volume = format!("{m}/proc/meminfo:/proc/meminfo:ro");
+    for round in 0..20 {
+        let name = common::unique("vproc-exec");
+        let started = Command::new("podman")
+            .args(["run", "-d", "--rm", "--runtime", "runc", "--memory", "256m"])
+            .args(["--name", &name, "-v", &volume])
+            .arg(image())
+            .args(["sleep", "120"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+        let seen = Command::new("podman")
+            .args(["exec", &name, "head", "-1", "/proc/meminfo"])
+            .output()
+            .unwrap();
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &name])
+            .output();
+        assert_eq!(
+            String::from_utf8_lossy(&seen.stdout),
+            "MemTotal:         262144 kB\n",
+            "round {round}: {seen:?}"
+        );
+    }
+}

@@ -1,9 +1,16 @@
 //! The pid namespace of a reader and the start time of that namespace's init, which is where the
 //! container's uptime counts from.
+//!
+//! Finding the init: the kernel says which host pid is pid 1 of a namespace (`NS_GET_TGID_FROM_PIDNS`
+//! on the namespace's fd, Linux 6.10+). Before that, the reader's parents are walked up to the
+//! namespace's pid 1; a process that entered the namespace with setns (`docker exec`, `kubectl exec`,
+//! `nsenter`) has its parent outside, so then the init is looked for among the processes of the
+//! reader's cgroups and their ancestors (runtimes put exec'd processes in the container's cgroup).
 
 use std::path::Path;
 use std::time::Duration;
 
+use crate::cgroup::ProcessCgroups;
 use crate::error::{Error, Result, read_to_string};
 use crate::host::{HostRoots, proc_path};
 use crate::lru::Lru;
@@ -58,8 +65,9 @@ impl PidNamespaces {
         })
     }
 
-    /// The pid namespace of `pid` and, for a container, when its init started.
-    pub fn of(&self, pid: u32) -> Result<PidNamespace> {
+    /// The pid namespace of `pid` and, for a container, when its init started; `cgroups` (the
+    /// reader's) is where its init is looked for when nothing better finds it.
+    pub fn of(&self, pid: u32, cgroups: &ProcessCgroups) -> Result<PidNamespace> {
         let ns = ns_link(&proc_path(&self.roots, pid, "ns/pid"))?;
         if ns == self.own {
             return Ok(PidNamespace::Host);
@@ -75,7 +83,12 @@ impl PidNamespaces {
                 return Ok(container(init.start_ticks));
             }
         }
-        let init_pid = self.find_init(pid)?;
+        let init_pid = match init_by_ioctl(&proc_path(&self.roots, pid, "ns/pid")) {
+            Some(init) => init,
+            None => self
+                .walk_to_init(pid)
+                .or_else(|e| self.init_in_cgroups(pid, &ns, cgroups).ok_or(e))?,
+        };
         let start_ticks = self.start_ticks(init_pid)?;
         self.inits.insert(
             ns,
@@ -104,7 +117,7 @@ impl PidNamespaces {
 
     /// Walks up the parents of `pid` to the process that is pid 1 in the same namespace: the last
     /// `NSpid` entry is the pid in the innermost namespace, and the entry count is the nesting depth.
-    fn find_init(&self, pid: u32) -> Result<u32> {
+    fn walk_to_init(&self, pid: u32) -> Result<u32> {
         let depth = self.status(pid)?.depth;
         let mut current = pid;
         for _ in 0..4096 {
@@ -124,6 +137,44 @@ impl PidNamespaces {
             path: proc_path(&self.roots, pid, "status"),
             field: "pid namespace init",
         })
+    }
+
+    /// Pid 1 of namespace `ns` among the processes of the reader's cgroups and of their ancestors below
+    /// each hierarchy's root (whose list is the whole host): a container's init is in the container's
+    /// cgroup or above the reader's sub-cgroup.
+    fn init_in_cgroups(&self, pid: u32, ns: &str, cgroups: &ProcessCgroups) -> Option<u32> {
+        let depth = self.status(pid).ok()?.depth;
+        let dirs = [
+            &cgroups.memory,
+            &cgroups.cpu,
+            &cgroups.cpuacct,
+            &cgroups.cpuset,
+        ];
+        let mut looked = std::collections::HashSet::new();
+        for dir in dirs.into_iter().flatten() {
+            let mut path = dir.path.as_path();
+            while path != dir.mount && path.starts_with(&dir.mount) {
+                if !looked.insert(path.to_path_buf()) {
+                    break;
+                }
+                let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+                for candidate in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    let is_init = self
+                        .status(candidate)
+                        .is_ok_and(|s| s.innermost_pid == 1 && s.depth == depth);
+                    if is_init
+                        && ns_link(&proc_path(&self.roots, candidate, "ns/pid"))
+                            .ok()
+                            .as_deref()
+                            == Some(ns)
+                    {
+                        return Some(candidate);
+                    }
+                }
+                path = path.parent()?;
+            }
+        }
+        None
     }
 
     /// The fields of /proc/PID/status the walk needs: `NSpid:\t4242\t7` and `PPid:\t4100`.
@@ -180,6 +231,30 @@ fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// `NS_GET_TGID_FROM_PIDNS` = `_IOR(0xb7, 0x7, int)`: the pid, in the caller's namespace, of the
+/// process whose pid is the argument in the namespace of the fd.
+const NS_GET_TGID_FROM_PIDNS: libc::c_ulong = 0x8004_b707;
+
+/// The host pid of pid 1 of the namespace at `ns_path` (a /proc/PID/ns/pid link), if the kernel can
+/// say (Linux 6.10+) and the namespace is the reader's still.
+fn init_by_ioctl(ns_path: &Path) -> Option<u32> {
+    let fd = rustix::fs::open(
+        ns_path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    // SAFETY: an ioctl on our own nsfs fd; the argument is a plain integer, no memory is passed.
+    let init = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            NS_GET_TGID_FROM_PIDNS,
+            1 as libc::c_ulong,
+        )
+    };
+    u32::try_from(init).ok().filter(|&pid| pid > 0)
 }
 
 /// The target of a /proc/PID/ns/* link, `pid:[4026531836]`, which identifies the namespace.
