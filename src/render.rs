@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage};
+use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage, ProcessCgroups};
 use crate::error::{Error, Result};
 use crate::files::Content;
 use crate::health::Health;
@@ -174,8 +174,21 @@ impl Renderer {
             .get_or_resolve(pid, || self.resolve(pid))
     }
 
+    /// What process `pid` sees is its container's: for a reader in a container's pid namespace, the
+    /// cgroups of that namespace's init (its `init.scope` left out), as LXCFS: a container is a
+    /// machine, and a process in a tighter sub-cgroup of it still sees the machine. A reader in the
+    /// host's pid namespace is seen by its own cgroups (so host-pid containers keep their limits).
     fn resolve(&self, pid: u32) -> Result<Container> {
-        let cgroups = process_cgroups(self.host.roots(), &self.layout, pid)?;
+        let own = process_cgroups(self.host.roots(), &self.layout, pid)?;
+        let pidns = self.registry.pid_namespaces.of(pid, &own)?;
+        let cgroups = match pidns {
+            PidNamespace::Container { init_pid, .. } if init_pid != pid => {
+                process_cgroups(self.host.roots(), &self.layout, init_pid)
+                    .map(ProcessCgroups::without_init_scope)
+                    .unwrap_or(own)
+            }
+            _ => own,
+        };
         let memory = match &cgroups.memory {
             Some(memory) if !memory.is_root() => Some((memory.id()?, memory.memory_limits()?)),
             _ => None,
@@ -205,7 +218,6 @@ impl Renderer {
                 self.options.cpu_rule,
             ))
         };
-        let pidns = self.registry.pid_namespaces.of(pid, &cgroups)?;
         Ok(Container {
             cgroups,
             memory,
@@ -316,7 +328,9 @@ impl Renderer {
     /// Seconds since the reader's pid-namespace init started; the host's uptime in the host namespace.
     fn uptime_secs(&self, container: &Container) -> Result<f64> {
         match container.pidns {
-            PidNamespace::Container { init_start_secs } => Ok(boottime_now() - init_start_secs),
+            PidNamespace::Container {
+                init_start_secs, ..
+            } => Ok(boottime_now() - init_start_secs),
             PidNamespace::Host => {
                 let text = self.host.read(HostFile::Uptime)?;
                 uptime_seconds(&text).ok_or_else(|| {

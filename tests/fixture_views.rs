@@ -228,9 +228,27 @@ fn v2_nested_child_takes_the_tighter_ancestor() {
 }
 
 #[test]
+fn a_container_is_its_init_s_cgroups_and_a_host_pid_reader_its_own() {
+    // Namespace 4026532000: init 199 in /limited (64 MiB). Reader 206 is in /limited/tight (32 MiB),
+    // a sub-cgroup of the container: it sees the container, as on a machine a process in a tighter
+    // systemd slice still sees the machine's memory.
+    let container = render("cgroup-v2", Content::Meminfo, 199);
+    assert!(
+        container.contains("MemTotal:          65536 kB\n"),
+        "{container}"
+    );
+    assert_eq!(render("cgroup-v2", Content::Meminfo, 206), container);
+    // Reader 207, in the same sub-cgroup but in the host's pid namespace, is seen by its own cgroup.
+    let own = render("cgroup-v2", Content::Meminfo, 207);
+    assert!(own.contains("MemTotal:          32768 kB\n"), "{own}");
+    // Namespace 4026532001: init 209 runs systemd in /limited/init.scope; the container is /limited.
+    assert_eq!(render("cgroup-v2", Content::Meminfo, 210), container);
+}
+
+#[test]
 fn v2_uptime_counts_from_the_pid_namespace_init() {
-    // Reader 200 is pid 5 in a namespace whose init (host pid 199) started 1199 ticks after boot.
-    let text = render("cgroup-v2", Content::Uptime, 200);
+    // Reader 205 is pid 6 in a namespace whose init (host pid 199) started 1199 ticks after boot.
+    let text = render("cgroup-v2", Content::Uptime, 205);
     let fields: Vec<f64> = text
         .split_whitespace()
         .map(|f| f.parse().unwrap())

@@ -108,6 +108,28 @@ impl ProcessCgroups {
         }
     }
 
+    /// The same cgroups with systemd's `init.scope` left out: the init of a container that runs systemd
+    /// sits in `<container>/init.scope`, and the container is its parent.
+    pub fn without_init_scope(mut self) -> Self {
+        for dir in [
+            &mut self.memory,
+            &mut self.cpu,
+            &mut self.cpuacct,
+            &mut self.cpuset,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if dir.path.file_name().is_some_and(|n| n == "init.scope")
+                && let Some(parent) = dir.path.parent()
+                && parent.starts_with(&dir.mount)
+            {
+                dir.path = parent.to_path_buf();
+            }
+        }
+        self
+    }
+
     /// Where the cgroup of a [`Controller::VIEWED`] controller goes.
     fn slot(&mut self, controller: Controller) -> Option<&mut Option<CgroupDir>> {
         match controller {

@@ -20,8 +20,9 @@ use crate::lru::Lru;
 pub enum PidNamespace {
     /// The daemon's own (the host's): the reader gets the host's uptime.
     Host,
-    /// A container's: its init started `init_start_secs` after boot (CLOCK_BOOTTIME).
-    Container { init_start_secs: f64 },
+    /// A container's: its init is host pid `init_pid`, started `init_start_secs` after boot
+    /// (CLOCK_BOOTTIME).
+    Container { init_pid: u32, init_start_secs: f64 },
 }
 
 /// Finds pid-namespace inits, caching them per namespace (validated by the init's start time, since the
@@ -49,6 +50,9 @@ struct Status {
     innermost_pid: u32,
     parent: u32,
 }
+
+/// Cgroup directories [`PidNamespaces::init_in_cgroups`] reads at most, once per namespace.
+const MAX_CGROUPS_SEARCHED: usize = 256;
 
 /// How long a namespace's init is trusted without a check; each use re-validates it anyway (its start
 /// time and namespace), so this only bounds how long a gone namespace is remembered.
@@ -80,7 +84,7 @@ impl PidNamespaces {
                     .as_ref()
                     == Some(&ns)
             {
-                return Ok(container(init.start_ticks));
+                return Ok(container(init.pid, init.start_ticks));
             }
         }
         let init_pid = match init_by_ioctl(&proc_path(&self.roots, pid, "ns/pid")) {
@@ -97,7 +101,7 @@ impl PidNamespaces {
                 start_ticks,
             },
         );
-        Ok(container(start_ticks))
+        Ok(container(init_pid, start_ticks))
     }
 
     /// Drops namespaces unused for [`INIT_TTL`].
@@ -139,9 +143,11 @@ impl PidNamespaces {
         })
     }
 
-    /// Pid 1 of namespace `ns` among the processes of the reader's cgroups and of their ancestors below
-    /// each hierarchy's root (whose list is the whole host): a container's init is in the container's
-    /// cgroup or above the reader's sub-cgroup.
+    /// Pid 1 of namespace `ns` among the processes of the reader's cgroups, looking from each of them
+    /// up through its ancestors below the hierarchy's root, and through each one's subtree: a
+    /// container's init is in the container's cgroup, above the reader's sub-cgroup, or (v2, where a
+    /// cgroup that delegates holds no process) in a sibling such as `<container>/init.scope`. At most
+    /// [`MAX_CGROUPS_SEARCHED`] directories are read.
     fn init_in_cgroups(&self, pid: u32, ns: &str, cgroups: &ProcessCgroups) -> Option<u32> {
         let depth = self.status(pid).ok()?.depth;
         let dirs = [
@@ -150,31 +156,47 @@ impl PidNamespaces {
             &cgroups.cpuacct,
             &cgroups.cpuset,
         ];
-        let mut looked = std::collections::HashSet::new();
+        let mut searched = std::collections::HashSet::new();
         for dir in dirs.into_iter().flatten() {
-            let mut path = dir.path.as_path();
-            while path != dir.mount && path.starts_with(&dir.mount) {
-                if !looked.insert(path.to_path_buf()) {
-                    break;
-                }
-                let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-                for candidate in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                    let is_init = self
-                        .status(candidate)
-                        .is_ok_and(|s| s.innermost_pid == 1 && s.depth == depth);
-                    if is_init
-                        && ns_link(&proc_path(&self.roots, candidate, "ns/pid"))
-                            .ok()
-                            .as_deref()
-                            == Some(ns)
-                    {
-                        return Some(candidate);
+            let mut ancestor = dir.path.as_path();
+            while ancestor != dir.mount && ancestor.starts_with(&dir.mount) {
+                let mut pending = vec![ancestor.to_path_buf()];
+                while let Some(cgroup) = pending.pop() {
+                    if searched.len() >= MAX_CGROUPS_SEARCHED {
+                        return None;
+                    }
+                    if !searched.insert(cgroup.clone()) {
+                        continue;
+                    }
+                    if let Some(init) = self.init_among(&cgroup, ns, depth) {
+                        return Some(init);
+                    }
+                    for entry in std::fs::read_dir(&cgroup).into_iter().flatten().flatten() {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            pending.push(entry.path());
+                        }
                     }
                 }
-                path = path.parent()?;
+                ancestor = ancestor.parent()?;
             }
         }
         None
+    }
+
+    /// The process of `cgroup` that is pid 1 of namespace `ns` (nested `depth` deep).
+    fn init_among(&self, cgroup: &Path, ns: &str, depth: usize) -> Option<u32> {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .find(|&candidate| {
+                self.status(candidate)
+                    .is_ok_and(|s| s.innermost_pid == 1 && s.depth == depth)
+                    && ns_link(&proc_path(&self.roots, candidate, "ns/pid"))
+                        .ok()
+                        .as_deref()
+                        == Some(ns)
+            })
     }
 
     /// The fields of /proc/PID/status the walk needs: `NSpid:\t4242\t7` and `PPid:\t4100`.
@@ -220,8 +242,9 @@ impl PidNamespaces {
     }
 }
 
-fn container(start_ticks: u64) -> PidNamespace {
+fn container(init_pid: u32, start_ticks: u64) -> PidNamespace {
     PidNamespace::Container {
+        init_pid,
         init_start_secs: start_ticks as f64 / clock_ticks_per_second(),
     }
 }
