@@ -564,27 +564,7 @@ fn an_nsentered_first_reader_sees_its_container() {
     // it with nsenter (as docker exec does): its parent is outside the namespace.
     let daemon = Daemon::start(&[]);
     let group = TestCgroup::new(small_box());
-    let mut init = group.spawn("echo ready; exec unshare --pid --fork sleep 120");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(init.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    // sleep, the namespace's pid 1, is unshare's child.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let sleep_pid = loop {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
-            .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            break pid.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no init in the namespace"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (mut init, sleep_pid) = group.container_init();
     let m = daemon.mountpoint.display();
     let out = stdout(group.run_in_host_pidns(&format!(
         "nsenter -t {sleep_pid} -p -- sh -c 'grep MemTotal {m}/proc/meminfo; cut -d. -f1 {m}/proc/uptime'"
@@ -595,54 +575,4 @@ fn an_nsentered_first_reader_sees_its_container() {
     assert_eq!(lines[0], "MemTotal:          65536 kB", "{out}");
     // The namespace's uptime (seconds since its init started), not the host's.
     assert!(lines[1].parse::<u32>().unwrap() < 30, "{out}");
-}
-
-#[test]
-fn a_reader_deep_in_a_sub_cgroup_sees_its_container() {
-    // The container: 512 MiB and two CPUs, its init in a pid namespace of its own. A reader of that
-    // namespace in a tighter sub-cgroup (400 MiB, one CPU) still sees the container, as LXCFS shows it.
-    let daemon = Daemon::start(&[]);
-    let container = TestCgroup::new(Limits {
-        memory_bytes: Some(512 * MIB),
-        quota_us: Some(200_000),
-        cpus: Some("0-1"),
-    });
-    let sub = container.child(Limits {
-        memory_bytes: Some(400 * MIB),
-        quota_us: Some(100_000),
-        cpus: None,
-    });
-    let mut init = container.spawn("echo ready; exec unshare --pid --fork sleep 120");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(init.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let sleep_pid = loop {
-        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
-            .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            break pid.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no init in the namespace"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let m = daemon.mountpoint.display();
-    let report = format!(
-        "grep MemTotal {m}/proc/meminfo; cat {m}/sys/devices/system/cpu/online; \
-         grep -c ^processor {m}/proc/cpuinfo"
-    );
-    let deep =
-        stdout(sub.run_in_host_pidns(&format!("nsenter -t {sleep_pid} -p -- sh -c '{report}'")));
-    // The same sub-cgroup from the host's pid namespace: its own limits.
-    let host_pid = stdout(sub.run_in_host_pidns(&report));
-    let _ = init.kill();
-    let _ = init.wait();
-    assert_eq!(deep, "MemTotal:         524288 kB\n0-1\n2\n");
-    assert_eq!(host_pid, "MemTotal:         409600 kB\n0\n1\n");
 }

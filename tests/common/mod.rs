@@ -323,6 +323,32 @@ impl TestCgroup {
         }
     }
 
+    /// Starts `sleep` as pid 1 of a new pid namespace in this group: the child to end, and sleep's host
+    /// pid.
+    pub fn container_init(&self) -> (Child, u32) {
+        let mut init = self.spawn("echo ready; exec unshare --pid --fork sleep 120");
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(init.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        match first_child(init.id()) {
+            Some(pid) => (init, pid),
+            None => {
+                let _ = init.kill();
+                let _ = init.wait();
+                panic!("no init in the namespace");
+            }
+        }
+    }
+
+    /// Writes `value` to `file` of this group in `controller`'s hierarchy (a limit [`Limits`] has no
+    /// field for, such as `memory.memsw.limit_in_bytes`).
+    pub fn set(&self, controller: &str, file: &str, value: &str) {
+        write(&self.dir(controller).join(file), value);
+    }
+
     /// Moves process `pid` (one the test started) into this group.
     pub fn adopt(&self, pid: u32) {
         for controller in CONTROLLERS {
@@ -566,4 +592,18 @@ pub fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) {
     let rc = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
     let error = std::io::Error::last_os_error();
     assert_eq!(rc, 0, "mknod {}: {error}", path.display());
+}
+
+/// The first child of process `pid`, once it has one (10 s at most).
+pub fn first_child(pid: u32) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
