@@ -237,12 +237,13 @@ fn vproc_run_takes_the_archives_podman_saves() {
 
 #[test]
 fn podman_exec_is_the_first_reader_of_its_namespace_and_sees_the_container() {
-    // `podman exec` enters the container with setns: its parent (conmon) is outside the namespace, so
-    // the init cannot be found by walking parents. Each container's exec is the first reader there.
-    let daemon = Daemon::start(&[]);
-    let m = daemon.mountpoint.display();
-    let volume = format!("{m}/proc/meminfo:/proc/meminfo:ro");
+    // `podman exec` enters the container with setns: its parent is outside the namespace until runc
+    // exits and it is re-parented to the container's init. Each round, a fresh daemon, whose first
+    // reader of the container's namespace is the exec'd process.
     for round in 0..20 {
+        let daemon = Daemon::start(&[]);
+        let m = daemon.mountpoint.display();
+        let volume = format!("{m}/proc/meminfo:/proc/meminfo:ro");
         let name = common::unique("vproc-exec");
         let started = Command::new("podman")
             .args(["run", "-d", "--rm", "--runtime", "runc", "--memory", "256m"])
