@@ -5,16 +5,7 @@
 
 mod common;
 
-use common::{Daemon, Limits, MIB, TestCgroup, stdout};
-
-/// The box upstream's test_proc uses in spirit: 64 MiB, half a CPU, cpuset 0.
-fn small_box() -> Limits {
-    Limits {
-        memory_bytes: Some(64 * MIB),
-        quota_us: Some(50_000),
-        cpus: Some("0"),
-    }
-}
+use common::{Daemon, Limits, MIB, TestCgroup, small_box, stdout};
 
 #[test]
 fn test_proc_the_mount_and_each_file_of_a_fresh_container() {

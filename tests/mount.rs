@@ -6,16 +6,7 @@ mod common;
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 
-use common::{Daemon, Limits, MIB, TestCgroup, stdout};
-
-/// The box of the issue: 64 MiB, half a CPU, cpuset 0.
-fn small_box() -> Limits {
-    Limits {
-        memory_bytes: Some(64 * MIB),
-        quota_us: Some(50_000),
-        cpus: Some("0"),
-    }
-}
+use common::{Daemon, Limits, MIB, TestCgroup, small_box, stdout};
 
 #[test]
 fn limited_container_sees_its_box() {

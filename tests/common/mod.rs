@@ -209,6 +209,15 @@ pub struct Limits {
     pub cpus: Option<&'static str>,
 }
 
+/// The box most tests use: 64 MiB, half a CPU, cpuset 0.
+pub fn small_box() -> Limits {
+    Limits {
+        memory_bytes: Some(64 * MIB),
+        quota_us: Some(50_000),
+        cpus: Some("0"),
+    }
+}
+
 /// Moves the calling process into `group` until dropped, then back to where it was.
 pub struct Entered {
     original: Vec<(&'static str, String)>,
