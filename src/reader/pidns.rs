@@ -69,9 +69,14 @@ impl PidNamespaces {
         })
     }
 
-    /// The pid namespace of `pid` and, for a container, when its init started; `cgroups` (the
-    /// reader's) is where its init is looked for when nothing better finds it.
-    pub fn of(&self, pid: u32, cgroups: &ProcessCgroups) -> Result<PidNamespace> {
+    /// The pid namespace of `pid` and, for a container, when its init started; `reader_cgroups` gives
+    /// the reader's cgroups, read only when nothing better finds the init (they are where it is looked
+    /// for then).
+    pub fn of(
+        &self,
+        pid: u32,
+        reader_cgroups: impl FnOnce() -> Result<ProcessCgroups>,
+    ) -> Result<PidNamespace> {
         let ns = ns_link(&proc_path(&self.roots, pid, "ns/pid"))?;
         if ns == self.own {
             return Ok(PidNamespace::Host);
@@ -89,9 +94,10 @@ impl PidNamespaces {
         }
         let init_pid = match init_by_ioctl(&proc_path(&self.roots, pid, "ns/pid")) {
             Some(init) => init,
-            None => self
-                .walk_to_init(pid)
-                .or_else(|e| self.init_in_cgroups(pid, &ns, cgroups).ok_or(e))?,
+            None => self.walk_to_init(pid).or_else(|e| {
+                let cgroups = reader_cgroups()?;
+                self.init_in_cgroups(pid, &ns, &cgroups).ok_or(e)
+            })?,
         };
         let start_ticks = self.start_ticks(init_pid)?;
         self.inits.insert(
