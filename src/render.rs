@@ -175,22 +175,22 @@ impl Renderer {
     }
 
     /// What process `pid` sees is its container's: for a reader in a container's pid namespace, the
-    /// cgroups of that namespace's init (its `init.scope` left out), as LXCFS: a container is a
-    /// machine, and a process in a tighter sub-cgroup of it still sees the machine. A reader in the
-    /// host's pid namespace is seen by its own cgroups (so host-pid containers keep their limits).
+    /// cgroups of that namespace's init (its `init.scope` left out) where they hold the reader's, as
+    /// LXCFS: a container is a machine, and a process in a tighter sub-cgroup of it still sees the
+    /// machine. Where the init's cgroup does not hold the reader's (a pod sharing one pid namespace
+    /// among containers, `kubectl debug --target`), the reader's own. A reader in the host's pid
+    /// namespace is seen by its own cgroups (so host-pid containers keep their limits).
     fn resolve(&self, pid: u32) -> Result<Container> {
-        // The reader's own cgroups are read only where they are what it sees (or where its init
-        // cannot be found otherwise): each read of /proc/PID/cgroup costs ~12 us.
-        let own = || process_cgroups(self.host.roots(), &self.layout, pid);
-        let pidns = self.registry.pid_namespaces.of(pid, own)?;
+        let own = process_cgroups(self.host.roots(), &self.layout, pid)?;
+        let pidns = self.registry.pid_namespaces.of(pid, || Ok(own.clone()))?;
         let cgroups = match pidns {
             PidNamespace::Container { init_pid, .. } if init_pid != pid => {
                 match process_cgroups(self.host.roots(), &self.layout, init_pid) {
-                    Ok(init) => init.without_init_scope(),
-                    Err(_) => own()?,
+                    Ok(init) => own.within(init.without_init_scope()),
+                    Err(_) => own,
                 }
             }
-            _ => own()?,
+            _ => own,
         };
         let memory = match &cgroups.memory {
             Some(memory) if !memory.is_root() => Some((memory.id()?, memory.memory_limits()?)),

@@ -243,6 +243,12 @@ fn a_container_is_its_init_s_cgroups_and_a_host_pid_reader_its_own() {
     assert!(own.contains("MemTotal:          32768 kB\n"), "{own}");
     // Namespace 4026532001: init 209 runs systemd in /limited/init.scope; the container is /limited.
     assert_eq!(render("cgroup-v2", Content::Meminfo, 210), container);
+    // Reader 211 shares init 199's namespace from a cgroup outside /limited (a pod whose containers
+    // share one pid namespace): it is seen by its own cgroup, as host-pid reader 201 there is.
+    assert_eq!(
+        render("cgroup-v2", Content::Meminfo, 211),
+        render("cgroup-v2", Content::Meminfo, 201)
+    );
 }
 
 #[test]

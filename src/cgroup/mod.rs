@@ -130,6 +130,25 @@ impl ProcessCgroups {
         self
     }
 
+    /// For each controller, `outer`'s cgroup where it holds this one (is it or an ancestor of it, in
+    /// the same hierarchy), else this one.
+    pub fn within(self, outer: ProcessCgroups) -> ProcessCgroups {
+        let pick = |own: Option<CgroupDir>, outer: Option<CgroupDir>| match (own, outer) {
+            (Some(own), Some(outer))
+                if outer.mount == own.mount && own.path.starts_with(&outer.path) =>
+            {
+                Some(outer)
+            }
+            (own, _) => own,
+        };
+        ProcessCgroups {
+            memory: pick(self.memory, outer.memory),
+            cpu: pick(self.cpu, outer.cpu),
+            cpuacct: pick(self.cpuacct, outer.cpuacct),
+            cpuset: pick(self.cpuset, outer.cpuset),
+        }
+    }
+
     /// Where the cgroup of a [`Controller::VIEWED`] controller goes.
     fn slot(&mut self, controller: Controller) -> Option<&mut Option<CgroupDir>> {
         match controller {

@@ -34,6 +34,9 @@ pub struct PidNamespaces {
     own: String,
     /// Keyed by the namespace's identity, `pid:[4026532301]` (its inode).
     inits: Lru<String, Init>,
+    /// Namespaces whose init no way found, for [`UNFOUND_TTL`]: the cgroup search is not run again on
+    /// every read from them.
+    unfound: Lru<String, ()>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,10 @@ struct Status {
     parent: u32,
 }
 
+/// How long a namespace whose init was not found is not searched again (its readers get the host's
+/// files meanwhile).
+const UNFOUND_TTL: Duration = Duration::from_secs(2);
+
 /// Cgroup directories [`PidNamespaces::init_in_cgroups`] reads at most, once per namespace.
 const MAX_CGROUPS_SEARCHED: usize = 256;
 
@@ -66,6 +73,7 @@ impl PidNamespaces {
             roots,
             own,
             inits: Lru::new(capacity, INIT_TTL),
+            unfound: Lru::new(capacity, UNFOUND_TTL),
         })
     }
 
@@ -95,8 +103,15 @@ impl PidNamespaces {
         let init_pid = match init_by_ioctl(&proc_path(&self.roots, pid, "ns/pid")) {
             Some(init) => init,
             None => self.walk_to_init(pid).or_else(|e| {
+                if self.unfound.get(&ns).is_some() {
+                    return Err(e);
+                }
                 let cgroups = reader_cgroups()?;
-                self.init_in_cgroups(pid, &ns, &cgroups).ok_or(e)
+                let found = self.init_in_cgroups(pid, &ns, &cgroups);
+                if found.is_none() {
+                    self.unfound.insert(ns.clone(), ());
+                }
+                found.ok_or(e)
             })?,
         };
         let start_ticks = self.start_ticks(init_pid)?;
@@ -112,7 +127,7 @@ impl PidNamespaces {
 
     /// Drops namespaces unused for [`INIT_TTL`].
     pub fn sweep(&self) -> usize {
-        self.inits.sweep()
+        self.inits.sweep() + self.unfound.sweep()
     }
 
     /// Namespaces remembered now.
