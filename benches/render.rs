@@ -48,7 +48,7 @@ fn renderers(c: &mut Criterion) {
         system_ns: 23_456_789_000,
     };
     c.bench_function("render_stat_2_cpus", |b| {
-        b.iter(|| render_stat(black_box(&stat), &CpuTimes::spread(usage, 2, 1000.0)))
+        b.iter(|| render_stat(black_box(&stat), &CpuTimes::spread(usage, 2, 1000.0), None))
     });
 }
 

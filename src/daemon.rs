@@ -21,6 +21,7 @@ use crate::fs::VprocFs;
 use crate::host::HostRoots;
 use crate::reader::{Budget, SWEEP_PERIOD};
 use crate::render::{Options, Renderer};
+use crate::view::loadavg::LOAD_PERIOD;
 
 /// What the daemon is asked to do.
 #[derive(Debug, Clone)]
@@ -104,6 +105,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     log::info!("budget: {:?}", options.budget);
     let renderer = Arc::new(Renderer::new(roots, layout, options).map_err(DaemonError::Setup)?);
     sweep_periodically(Arc::clone(&renderer));
+    sample_loads_periodically(Arc::clone(&renderer));
 
     prepare_mountpoint(&config.mountpoint)?;
     let mountpoint = crate::reattach::canonical_mountpoint(&config.mountpoint);
@@ -223,6 +225,26 @@ fn sweep_periodically(renderer: Arc<Renderer>) {
             renderer.registry().sweep();
         }
     });
+}
+
+/// Steps the load averages of the containers read recently, every 5 s as the kernel does.
+fn sample_loads_periodically(renderer: Arc<Renderer>) {
+    let spawned = std::thread::Builder::new()
+        .name("load sampler".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(LOAD_PERIOD);
+                let started = std::time::Instant::now();
+                let sampled = renderer.sample_loads();
+                log::trace!(
+                    "sampled the load of {sampled} cgroups in {:?}",
+                    started.elapsed()
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the load sampler, load averages stay where they start: {e}");
+    }
 }
 
 /// Tells systemd (Type=notify) about our state through $NOTIFY_SOCKET, a unix datagram socket given as

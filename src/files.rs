@@ -9,14 +9,35 @@ pub enum Content {
     Stat,
     Uptime,
     Swaps,
-    /// The host's file for now; per-container load averages are a later issue.
+    /// The container's load averages and task counts.
     Loadavg,
-    /// The host's file for now; per-container I/O statistics are a later issue.
+    /// The container's I/O on the devices it used.
     Diskstats,
+    /// `proc/pressure/*`: the cgroup's pressure stall information on cgroup v2, the host's on v1.
+    Pressure(Pressure),
     /// `sys/devices/system/cpu/online`, `possible` and `present`: `0-(N-1)`.
     CpuOnline,
     CpuPossible,
     CpuPresent,
+}
+
+/// The resources of proc/pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pressure {
+    Cpu,
+    Io,
+    Memory,
+}
+
+impl Pressure {
+    /// The file's name in /proc/pressure; the cgroup's file is `<name>.pressure`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pressure::Cpu => "cpu",
+            Pressure::Io => "io",
+            Pressure::Memory => "memory",
+        }
+    }
 }
 
 /// A file below the mountpoint.
@@ -33,6 +54,9 @@ pub struct VirtualFile {
     /// True when `vproc attach` and the launcher bind-mount this file over the container's own
     /// (`/proc/meminfo`). Files that still show the host's content are not bound: it would add nothing.
     pub bind: bool,
+    /// True for files the kernel may lack (proc/pressure without PSI): bound only where the host has
+    /// them, since a bind needs its target.
+    pub optional: bool,
 }
 
 impl VirtualFile {
@@ -101,6 +125,10 @@ pub const DIRS: &[VirtualDir] = &[
         path: CPU_DIR,
         ino: 6,
     },
+    VirtualDir {
+        path: "proc/pressure",
+        ino: 7,
+    },
 ];
 
 /// Every virtual file.
@@ -112,6 +140,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "meminfo",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/cpuinfo",
@@ -120,6 +149,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "cpuinfo",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/stat",
@@ -128,6 +158,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "stat",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/uptime",
@@ -136,6 +167,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "uptime",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/swaps",
@@ -144,6 +176,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "swaps",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/loadavg",
@@ -151,7 +184,8 @@ pub const FILES: &[VirtualFile] = &[
         content: Content::Loadavg,
         mode: 0o444,
         show_name: "loadavg",
-        bind: false,
+        bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "proc/diskstats",
@@ -159,7 +193,8 @@ pub const FILES: &[VirtualFile] = &[
         content: Content::Diskstats,
         mode: 0o444,
         show_name: "diskstats",
-        bind: false,
+        bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "sys/devices/system/cpu/online",
@@ -168,6 +203,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "cpu-online",
         bind: true,
+        optional: false,
     },
     VirtualFile {
         path: "sys/devices/system/cpu/possible",
@@ -176,6 +212,7 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "cpu-possible",
         bind: false,
+        optional: false,
     },
     VirtualFile {
         path: "sys/devices/system/cpu/present",
@@ -184,6 +221,34 @@ pub const FILES: &[VirtualFile] = &[
         mode: 0o444,
         show_name: "cpu-present",
         bind: false,
+        optional: false,
+    },
+    VirtualFile {
+        path: "proc/pressure/cpu",
+        ino: 26,
+        content: Content::Pressure(Pressure::Cpu),
+        mode: 0o444,
+        show_name: "pressure-cpu",
+        bind: true,
+        optional: true,
+    },
+    VirtualFile {
+        path: "proc/pressure/io",
+        ino: 27,
+        content: Content::Pressure(Pressure::Io),
+        mode: 0o444,
+        show_name: "pressure-io",
+        bind: true,
+        optional: true,
+    },
+    VirtualFile {
+        path: "proc/pressure/memory",
+        ino: 28,
+        content: Content::Pressure(Pressure::Memory),
+        mode: 0o444,
+        show_name: "pressure-memory",
+        bind: true,
+        optional: true,
     },
 ];
 
@@ -196,6 +261,7 @@ pub fn bind_targets() -> Vec<&'static str> {
     FILES
         .iter()
         .filter(|f| f.bind && !BIND_DIRS.contains(&f.parent()))
+        .filter(|f| !f.optional || std::path::Path::new("/").join(f.path).exists())
         .map(|f| f.path)
         .chain(BIND_DIRS.iter().copied())
         .collect()
@@ -250,6 +316,11 @@ mod tests {
                 "proc/stat",
                 "proc/uptime",
                 "proc/swaps",
+                "proc/loadavg",
+                "proc/diskstats",
+                "proc/pressure/cpu",
+                "proc/pressure/io",
+                "proc/pressure/memory",
                 "sys/devices/system/cpu"
             ]
         );

@@ -191,6 +191,7 @@ impl Display for Report {
         let _ = writeln!(text, "pid_namespaces: {}", r.pid_namespaces);
         let _ = writeln!(text, "usage_cgroups: {}", r.usage_cgroups);
         let _ = writeln!(text, "stat_history_cgroups: {}", r.stat_history);
+        let _ = writeln!(text, "load_cgroups: {}", r.load_cgroups);
         let _ = writeln!(text, "open_handles: {}", self.open_handles);
         let _ = writeln!(text, "buffered_bytes: {}", self.buffered_bytes);
         f.write_str(&text)
@@ -261,6 +262,7 @@ mod tests {
             pid_namespaces: 1,
             usage_cgroups: 2,
             stat_history: 2,
+            load_cgroups: 1,
         }
     }
 

@@ -126,6 +126,31 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         value
     }
 
+    /// The fresh entries, most recently used first, without touching their recency.
+    pub fn snapshot(&self) -> Vec<(K, V)> {
+        let now = Instant::now();
+        self.entries
+            .lock()
+            .iter()
+            .filter(|(_, slot)| slot.is_fresh(self.ttl, now))
+            .map(|(key, slot)| (key.clone(), slot.value.clone()))
+            .collect()
+    }
+
+    /// Changes the value of `key` in place, if it is there, without counting as a use (its recency and
+    /// age stay): for background work on entries that readers keep alive.
+    pub fn modify(&self, key: &K, change: impl FnOnce(&mut V)) {
+        if let Some(slot) = self.entries.lock().peek_mut(key) {
+            change(&mut slot.value);
+        }
+    }
+
+    /// Drops `key`.
+    pub fn remove(&self, key: &K) {
+        let dropped = self.entries.lock().pop(key);
+        drop(dropped);
+    }
+
     /// Drops every expired entry that is not more recently used than a fresh one; returns how many went.
     /// Called periodically, so what an idle daemon holds is released too.
     pub fn sweep(&self) -> usize {

@@ -7,17 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage};
+use crate::cgroup::{
+    CgroupDir, CgroupId, CgroupLayout, CountMethod, CpuUsage, TaskCounter, TaskCounts,
+};
 use crate::error::{Error, Result};
 use crate::files::Content;
 use crate::health::Health;
 use crate::host::{Host, HostFile, HostRoots, boottime_now, uptime_seconds};
 use crate::lru::Lru;
-use crate::reader::{Budget, Container, Freshness, PidNamespace, Registry, process_cgroups};
+use crate::reader::{
+    Budget, Container, Freshness, LoadEntry, PidNamespace, Registry, process_cgroups,
+};
 use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
+use crate::view::diskstats::render_diskstats;
+use crate::view::loadavg::{LOAD_PERIOD, LoadAverages, LoadTasks, host_last_pid, render_loadavg};
 use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
-use crate::view::stat::{CpuTimes, render_stat};
+use crate::view::stat::{CpuTimes, Procs, render_stat};
 use crate::view::swaps::render_swaps;
 use crate::view::uptime::render_uptime;
 
@@ -66,6 +72,8 @@ pub struct Renderer {
     options: Options,
     logged_causes: Lru<String, ()>,
     health: Health,
+    /// Counts a cgroup's tasks by state (load, procs_running).
+    tasks: TaskCounter,
     /// Off after a SIGUSR2 (LXCFS's switch): every reader gets the host's files until the next one.
     virtualizing: std::sync::atomic::AtomicBool,
 }
@@ -77,6 +85,7 @@ impl Renderer {
             reader_ttl: options.reader_ttl,
             usage_ttl: options.usage_ttl,
         };
+        let roots_proc = roots.proc.clone();
         Ok(Renderer {
             registry: Registry::new(roots.clone(), options.budget, freshness)?,
             host: Host::new(roots, options.usage_ttl),
@@ -84,6 +93,7 @@ impl Renderer {
             options,
             logged_causes: Lru::new(MAX_LOGGED_CAUSES, LOG_AGAIN_AFTER),
             health: Health::default(),
+            tasks: TaskCounter::new(&roots_proc),
             virtualizing: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -274,7 +284,11 @@ impl Renderer {
                 let uptime = self.uptime_secs(container)?;
                 let times = CpuTimes::spread(self.cpu_usage_of(cpuacct, id)?, cpus.len(), uptime);
                 let times = self.registry.monotonic_stat(id, times);
-                render_stat(&self.host.read(HostFile::Stat)?, &times)
+                let procs = self.task_counts(container)?.map(|(_, counts)| Procs {
+                    running: running_with_reader(counts),
+                    blocked: counts.uninterruptible,
+                });
+                render_stat(&self.host.read(HostFile::Stat)?, &times, procs)
             }
             Content::Uptime => {
                 if container.pidns == PidNamespace::Host {
@@ -300,9 +314,116 @@ impl Renderer {
                 };
                 render_cpu_range(cpus.len())
             }
-            Content::Loadavg | Content::Diskstats => return Ok(None),
+            Content::Loadavg => {
+                let Some((id, counts)) = self.task_counts(container)? else {
+                    return Ok(None);
+                };
+                let Some(cgroup) = tasks_cgroup(container) else {
+                    return Ok(None);
+                };
+                let entry = self.registry.load.update(id, |previous| match previous {
+                    Some(entry) => entry.clone(),
+                    None => LoadEntry {
+                        cgroup: cgroup.clone(),
+                        averages: LoadAverages::starting_at(counts.active()),
+                        stepped_at: std::time::Instant::now(),
+                    },
+                });
+                let last_pid = match container.pidns {
+                    // The newest task of the container still there (the reader itself, most often),
+                    // as its namespace numbers it; the kernel's is the last pid handed out.
+                    PidNamespace::Container { .. } => self
+                        .tasks
+                        .highest_tids(cgroup, 4)?
+                        .into_iter()
+                        .find_map(|tid| self.registry.pid_namespaces.innermost_pid(tid).ok())
+                        .unwrap_or(0),
+                    PidNamespace::Host => {
+                        host_last_pid(&self.host.read(HostFile::Loadavg)?).unwrap_or(0)
+                    }
+                };
+                let tasks = LoadTasks {
+                    running: running_with_reader(counts),
+                    total: counts.total.max(1),
+                    last_pid,
+                };
+                render_loadavg(entry.averages, tasks)
+            }
+            Content::Pressure(resource) => {
+                // The cgroup's own stall figures exist on v2 only (and are the format of the host's).
+                let cgroups = &container.cgroups;
+                let Some(cgroup) = [&cgroups.memory, &cgroups.cpu, &cgroups.io]
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c.version == crate::cgroup::Version::V2 && !c.is_root())
+                else {
+                    return Ok(None);
+                };
+                let Some(text) = cgroup.pressure(resource.name())? else {
+                    return Ok(None);
+                };
+                text
+            }
+            Content::Diskstats => {
+                let Some(cgroup) = container.cgroups.io.as_ref().filter(|c| !c.is_root()) else {
+                    return Ok(None);
+                };
+                let Some(devices) = cgroup.device_io()? else {
+                    return Ok(None);
+                };
+                let devices = self.registry.monotonic_disks(cgroup.id()?, devices);
+                render_diskstats(&self.host.read(HostFile::Diskstats)?, &devices)
+            }
         };
         Ok(Some(text.into_bytes()))
+    }
+
+    /// The container's task counts (at most [`crate::reader::registry`]'s TTL old), with the cgroup
+    /// they are kept under; `None` for a reader in the host's root cgroups.
+    fn task_counts(&self, container: &Container) -> Result<Option<(CgroupId, TaskCounts)>> {
+        let Some(cgroup) = tasks_cgroup(container) else {
+            return Ok(None);
+        };
+        let id = cgroup.id()?;
+        let counts = self.registry.task_counts.get_or_try_insert(&id, || {
+            self.tasks.count(cgroup, id, CountMethod::Fastest, true)
+        })?;
+        Ok(Some((id, counts)))
+    }
+
+    /// One step of every recently read container's load averages that is due (the daemon calls this
+    /// every [`LOAD_PERIOD`]); a cgroup gone is dropped. Returns how many were sampled.
+    pub fn sample_loads(&self) -> usize {
+        let mut sampled = 0;
+        for (id, entry) in self.registry.load.snapshot() {
+            let elapsed = entry.stepped_at.elapsed();
+            // Steps due, to the nearest: a sampler woken a little early or late still takes one.
+            let steps = ((elapsed.as_millis() + LOAD_PERIOD.as_millis() / 2)
+                / LOAD_PERIOD.as_millis()) as u32;
+            if steps == 0 {
+                continue;
+            }
+            match self
+                .tasks
+                .count(&entry.cgroup, id, CountMethod::Fastest, false)
+            {
+                Ok(counts) => {
+                    sampled += 1;
+                    self.registry.load.modify(&id, |entry| {
+                        entry.averages.step(counts.active(), steps);
+                        entry.stepped_at += LOAD_PERIOD * steps;
+                    });
+                }
+                Err(e) => {
+                    log::debug!(
+                        "no longer averaging the load of {}: {e}",
+                        entry.cgroup.path.display()
+                    );
+                    self.registry.load.remove(&id);
+                }
+            }
+        }
+        sampled
     }
 
     fn cpu_usage_of(&self, cpuacct: &CgroupDir, id: CgroupId) -> Result<CpuUsage> {
@@ -324,6 +445,7 @@ impl Renderer {
             Content::CpuOnline => HostFile::CpuOnline,
             Content::CpuPossible => HostFile::CpuPossible,
             Content::CpuPresent => HostFile::CpuPresent,
+            Content::Pressure(resource) => HostFile::Pressure(resource),
         };
         Ok(self.host.read(file)?.as_bytes().to_vec())
     }
@@ -365,6 +487,22 @@ impl Renderer {
         }
         first
     }
+}
+
+/// The cgroup whose tasks are the container's: its cpuacct cgroup (v2: cpu), else its memory cgroup;
+/// `None` when both are roots (a host process).
+fn tasks_cgroup(container: &Container) -> Option<&CgroupDir> {
+    let cgroups = &container.cgroups;
+    [&cgroups.cpuacct, &cgroups.cpu, &cgroups.memory]
+        .into_iter()
+        .flatten()
+        .find(|dir| !dir.is_root())
+}
+
+/// The kernel's `procs_running` counts the reader, running while it reads; here the reader waits for
+/// the daemon, so it is added.
+fn running_with_reader(counts: TaskCounts) -> u32 {
+    counts.running.saturating_add(1).min(counts.total.max(1))
 }
 
 #[cfg(test)]

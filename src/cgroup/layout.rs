@@ -29,6 +29,7 @@ pub struct CgroupLayout {
     cpuset: Option<Hierarchy>,
     pids: Option<Hierarchy>,
     devices: Option<Hierarchy>,
+    io: Option<Hierarchy>,
 }
 
 impl CgroupLayout {
@@ -91,11 +92,7 @@ impl CgroupLayout {
         if let Some(unified) = unified {
             let controllers = v2_controllers(&unified.mount);
             for controller in Controller::ALL {
-                // cpuacct has no v2 controller: v2 `cpu.stat` always carries usage.
-                let name = match controller {
-                    Controller::Cpuacct => "cpu",
-                    other => other.name(),
-                };
+                let name = controller.v2_name();
                 let enabled = controllers.split_whitespace().any(|c| c == name);
                 if enabled && layout.hierarchy(controller).is_none() {
                     layout.offer(controller, unified.clone());
@@ -137,6 +134,7 @@ impl CgroupLayout {
             Controller::Cpuset => self.cpuset.as_ref(),
             Controller::Pids => self.pids.as_ref(),
             Controller::Devices => self.devices.as_ref(),
+            Controller::Io => self.io.as_ref(),
         }
     }
 
@@ -149,6 +147,7 @@ impl CgroupLayout {
             Controller::Cpuset => &mut self.cpuset,
             Controller::Pids => &mut self.pids,
             Controller::Devices => &mut self.devices,
+            Controller::Io => &mut self.io,
         };
         if slot
             .as_ref()

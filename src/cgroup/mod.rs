@@ -4,15 +4,19 @@
 //!
 //! Everything takes its root directories as parameters so tests run on fixture trees.
 
+mod blockio;
 mod layout;
 pub mod parse;
+mod tasks;
 mod v1;
 mod v2;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use blockio::DeviceIo;
 pub use layout::{CgroupLayout, Hierarchy};
+pub use tasks::{Method as CountMethod, TaskCounter, TaskCounts};
 
 use crate::error::{Error, Result};
 
@@ -33,28 +37,32 @@ pub enum Controller {
     Pids,
     /// v1 only: on v2 device access is a BPF program of the cgroup, not a controller.
     Devices,
+    /// Block I/O: v1 `blkio`, v2 `io`.
+    Io,
 }
 
 impl Controller {
     /// All controllers, in a fixed order.
-    pub const ALL: [Controller; 6] = [
+    pub const ALL: [Controller; 7] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Cpuset,
         Controller::Pids,
         Controller::Devices,
+        Controller::Io,
     ];
 
     /// The controllers a reader's cgroups are resolved for (what the views read).
-    pub const VIEWED: [Controller; 4] = [
+    pub const VIEWED: [Controller; 5] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Cpuset,
+        Controller::Io,
     ];
 
-    /// The controller's name in /proc/PID/cgroup, mount options and v2 `cgroup.controllers`.
+    /// The controller's v1 name, in /proc/PID/cgroup and mount options.
     pub fn name(self) -> &'static str {
         match self {
             Controller::Memory => "memory",
@@ -63,6 +71,17 @@ impl Controller {
             Controller::Cpuset => "cpuset",
             Controller::Pids => "pids",
             Controller::Devices => "devices",
+            Controller::Io => "blkio",
+        }
+    }
+
+    /// The v2 controller that does this one's work, as `cgroup.controllers` and
+    /// `cgroup.subtree_control` name it (cpuacct has none of its own: v2 `cpu.stat` carries usage).
+    pub fn v2_name(self) -> &'static str {
+        match self {
+            Controller::Cpuacct => "cpu",
+            Controller::Io => "io",
+            other => other.name(),
         }
     }
 }
@@ -94,6 +113,8 @@ pub struct ProcessCgroups {
     pub cpu: Option<CgroupDir>,
     pub cpuacct: Option<CgroupDir>,
     pub cpuset: Option<CgroupDir>,
+    /// v1 blkio, v2 io.
+    pub io: Option<CgroupDir>,
 }
 
 impl ProcessCgroups {
@@ -104,6 +125,7 @@ impl ProcessCgroups {
             Controller::Cpu => self.cpu.as_ref(),
             Controller::Cpuacct => self.cpuacct.as_ref(),
             Controller::Cpuset => self.cpuset.as_ref(),
+            Controller::Io => self.io.as_ref(),
             Controller::Pids | Controller::Devices => None,
         }
     }
@@ -116,6 +138,7 @@ impl ProcessCgroups {
             &mut self.cpu,
             &mut self.cpuacct,
             &mut self.cpuset,
+            &mut self.io,
         ]
         .into_iter()
         .flatten()
@@ -146,6 +169,7 @@ impl ProcessCgroups {
             cpu: pick(self.cpu, outer.cpu),
             cpuacct: pick(self.cpuacct, outer.cpuacct),
             cpuset: pick(self.cpuset, outer.cpuset),
+            io: pick(self.io, outer.io),
         }
     }
 
@@ -156,6 +180,7 @@ impl ProcessCgroups {
             Controller::Cpu => Some(&mut self.cpu),
             Controller::Cpuacct => Some(&mut self.cpuacct),
             Controller::Cpuset => Some(&mut self.cpuset),
+            Controller::Io => Some(&mut self.io),
             Controller::Pids | Controller::Devices => None,
         }
     }
@@ -285,6 +310,16 @@ impl CgroupDir {
             Version::V1 => v1::cpuset(self),
             Version::V2 => v2::cpuset(self),
         }
+    }
+
+    /// The cgroup's block I/O per device; `None` where the kernel keeps none for it.
+    pub fn device_io(&self) -> Result<Option<Vec<DeviceIo>>> {
+        blockio::device_io(self)
+    }
+
+    /// The cgroup's `<resource>.pressure` (v2 with PSI); `None` where there is none.
+    pub fn pressure(&self, resource: &str) -> Result<Option<String>> {
+        self.read_optional(&format!("{resource}.pressure"))
     }
 
     /// CPU time consumed by the cgroup.

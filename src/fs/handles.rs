@@ -38,6 +38,14 @@ pub enum HandleSource {
     Virtual(Content),
     /// A host sysfs file passed through, resolved for the reader at open.
     Host(PathBuf),
+    /// A topology or cache file below the reader's `cpu{slot}` directory, rewritten for its visible
+    /// host CPUs (see [`crate::view::topology`]).
+    CpuTopology {
+        path: PathBuf,
+        relative: PathBuf,
+        slot: u32,
+        visible: Vec<u32>,
+    },
 }
 
 /// Rendered bytes, counted in [`Handles::buffered_bytes`] while they exist.

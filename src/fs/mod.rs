@@ -20,6 +20,7 @@ use fuser::{
 use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report};
 use crate::render::Renderer;
+use crate::view::topology::{self, render_topology_file};
 pub use handles::{
     BUFFER_BUDGET, KEPT_BYTES_PER_CONTAINER, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES,
 };
@@ -146,6 +147,26 @@ impl VprocFs {
             Some(Node::Dir(_) | Node::File(_)) => FIXED_TTL,
             Some(Node::Host(entry)) if !entry.per_reader() => HOST_TTL,
             _ => PER_READER_TTL,
+        }
+    }
+
+    /// What a host entry shows reader `pid`: the host's file, or below a `cpuK` slot, its topology and
+    /// cache files in the container's numbering.
+    fn host_source(&self, entry: HostEntry, pid: u32) -> Result<HandleSource, Errno> {
+        match entry.slot {
+            Some(slot) if topology::is_rewritten(&entry.relative) => {
+                let visible = self.renderer.visible_cpus(pid);
+                let path = entry
+                    .host_path(&self.host_cpu_dir(), &visible)
+                    .ok_or(Errno::ENOENT)?;
+                Ok(HandleSource::CpuTopology {
+                    path,
+                    relative: entry.relative,
+                    slot,
+                    visible,
+                })
+            }
+            _ => self.host_path(&entry, pid).map(HandleSource::Host),
         }
     }
 
@@ -291,6 +312,15 @@ impl VprocFs {
                 Errno::EIO
             }),
             HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),
+            HandleSource::CpuTopology {
+                path,
+                relative,
+                slot,
+                visible,
+            } => {
+                let host = std::fs::read_to_string(path).map_err(Errno::from)?;
+                Ok(render_topology_file(relative, &host, *slot, visible).into_bytes())
+            }
         }
     }
 }
@@ -337,7 +367,7 @@ impl Filesystem for VprocFs {
         }
         let source = match self.nodes.node(ino.0) {
             Some(Node::File(file)) => Ok(HandleSource::Virtual(file.content)),
-            Some(Node::Host(entry)) => self.host_path(&entry, req.pid()).map(HandleSource::Host),
+            Some(Node::Host(entry)) => self.host_source(entry, req.pid()),
             Some(_) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
         };

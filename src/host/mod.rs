@@ -27,6 +27,8 @@ pub enum HostFile {
     CpuOnline,
     CpuPossible,
     CpuPresent,
+    /// `/proc/pressure/{cpu,io,memory}`
+    Pressure(crate::files::Pressure),
 }
 
 impl HostFile {
@@ -43,6 +45,7 @@ impl HostFile {
             HostFile::CpuOnline => roots.sys.join("devices/system/cpu/online"),
             HostFile::CpuPossible => roots.sys.join("devices/system/cpu/possible"),
             HostFile::CpuPresent => roots.sys.join("devices/system/cpu/present"),
+            HostFile::Pressure(resource) => roots.proc.join("pressure").join(resource.name()),
         }
     }
 }

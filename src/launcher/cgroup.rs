@@ -34,6 +34,7 @@ const V2_KILL: &str = "cgroup.kill";
 const PIDS_MAX: &str = "pids.max";
 const V1_DEVICES_DENY: &str = "devices.deny";
 const V1_DEVICES_ALLOW: &str = "devices.allow";
+const V1_BLKIO_READ_BPS: &str = "blkio.throttle.read_bps_device";
 
 /// What `--memory`, `--cpus`, `--cpuset-cpus` and `--pids-limit` ask for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -267,10 +268,11 @@ fn ready_parent(
 /// What v2 `cgroup.subtree_control` takes to delegate `controllers`: `+memory +cpu ...` (cpuacct is
 /// part of v2's cpu controller).
 fn subtree_control(controllers: &[Controller]) -> String {
-    controllers
+    let mut names: Vec<&str> = controllers.iter().map(|c| c.v2_name()).collect();
+    names.dedup();
+    names
         .iter()
-        .filter(|c| **c != Controller::Cpuacct)
-        .map(|c| format!("+{}", c.name()))
+        .map(|name| format!("+{name}"))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -290,6 +292,9 @@ fn write_limits(container: &ContainerDir, limits: &Limits) -> Result<(), LaunchE
             if let (true, Some(quota)) = (has(Controller::Cpu), limits.cpu_quota_us()) {
                 write(&dir.join(V1_CFS_PERIOD), &CPU_PERIOD_US.to_string())?;
                 write(&dir.join(V1_CFS_QUOTA), &quota.to_string())?;
+            }
+            if has(Controller::Io) {
+                count_block_io(dir);
             }
             if has(Controller::Cpuset) {
                 let parent = dir.parent().unwrap_or(dir);
@@ -400,6 +405,25 @@ fn read(path: &Path) -> Result<String, LaunchError> {
     std::fs::read_to_string(path).map_err(|e| LaunchError::io("cannot read", path, e))
 }
 
+/// Makes the kernel count the container's block I/O (its diskstats). On cgroup v1 the kernel keeps a
+/// cgroup's I/O statistics only for disks where blkio throttling is active (Linux 6.7 and later start
+/// it with the first rule written for the disk), so a rule of 0, "no limit", is written for each disk
+/// in /sys/block. It limits nothing; a disk that refuses one keeps the container's I/O uncounted.
+fn count_block_io(dir: &Path) {
+    let Ok(disks) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for disk in disks.flatten() {
+        let Ok(device) = std::fs::read_to_string(disk.path().join("dev")) else {
+            continue;
+        };
+        let rule = format!("{} 0", device.trim());
+        if let Err(e) = std::fs::write(dir.join(V1_BLKIO_READ_BPS), &rule) {
+            log::debug!("no I/O accounting on {:?}: {e}", disk.file_name());
+        }
+    }
+}
+
 fn write(path: &Path, value: &str) -> Result<(), LaunchError> {
     std::fs::write(path, value)
         .map_err(|e| LaunchError::io(format!("cannot write {value:?} to"), path, e))
@@ -458,7 +482,10 @@ mod tests {
             (hierarchy.version, hierarchy.mount.to_str().unwrap()),
             (Version::V2, "/sys/fs/cgroup")
         );
-        assert_eq!(subtree_control(controllers), "+memory +cpu +cpuset +pids");
+        assert_eq!(
+            subtree_control(controllers),
+            "+memory +cpu +cpuset +pids +io"
+        );
     }
 
     #[test]

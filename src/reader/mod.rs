@@ -9,7 +9,9 @@ mod registry;
 
 pub use cache::ReaderCache;
 pub use pidns::{PidNamespace, PidNamespaces};
-pub use registry::{Budget, FD_RESERVE, Freshness, MAX_READERS, Occupancy, Registry, SWEEP_PERIOD};
+pub use registry::{
+    Budget, FD_RESERVE, Freshness, LoadEntry, MAX_READERS, Occupancy, Registry, SWEEP_PERIOD,
+};
 
 use crate::cgroup::{CgroupId, CgroupLayout, MemoryLimits, ProcessCgroups};
 use crate::error::{Result, read_to_string};

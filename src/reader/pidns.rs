@@ -220,6 +220,11 @@ impl PidNamespaces {
             })
     }
 
+    /// The pid of process `pid` in its own (innermost) pid namespace.
+    pub fn innermost_pid(&self, pid: u32) -> Result<u32> {
+        Ok(self.status(pid)?.innermost_pid)
+    }
+
     /// The fields of /proc/PID/status the walk needs: `NSpid:\t4242\t7` and `PPid:\t4100`.
     fn status(&self, pid: u32) -> Result<Status> {
         let path = proc_path(&self.roots, pid, "status");

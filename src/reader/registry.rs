@@ -10,6 +10,9 @@
 //! | memory usage | cgroup inode | 4096 | 0 | ~150 | one tick (10 ms) |
 //! | cpu usage | cgroup inode | 4096 | 0 | ~50 | one tick (10 ms) |
 //! | /proc/stat history | cgroup inode | 16384 | 0 | ~100 + 24 per CPU | 1 h after the last read |
+//! | diskstats history | cgroup inode | 16384 | 0 | ~100 + 80 per device | 1 h after the last read |
+//! | load averages | cgroup inode | 4096 | 0 | ~200 (cgroup path) | 15 min after the last read |
+//! | task counts | cgroup inode | 4096 | 0 | ~30 | 1 s |
 //!
 //! At most ~8 MiB of readers plus ~4 MiB for the rest, whatever containers do; an expired entry goes at
 //! the next insert or sweep (the daemon sweeps every [`SWEEP_PERIOD`]).
@@ -17,10 +20,13 @@
 use std::time::Duration;
 
 use super::{Container, PidNamespaces, ReaderCache};
-use crate::cgroup::{CgroupId, CpuUsage, MemoryUsage};
+use std::time::Instant;
+
+use crate::cgroup::{CgroupDir, CgroupId, CpuUsage, DeviceIo, MemoryUsage, TaskCounts};
 use crate::error::Result;
 use crate::host::HostRoots;
 use crate::lru::Lru;
+use crate::view::loadavg::LoadAverages;
 use crate::view::stat::CpuTimes;
 
 /// Resolved readers at most, however many fds the daemon may open.
@@ -38,6 +44,15 @@ pub const MAX_STAT_HISTORY: usize = 16384;
 /// top or htop the counters must not go backwards; after an hour of silence they cannot have caught up
 /// with nothing (idle time alone has grown by an hour per CPU).
 pub const STAT_HISTORY_TTL: Duration = Duration::from_secs(3600);
+/// Cgroups whose load averages are kept (and sampled every 5 s) at most.
+pub const MAX_LOAD_CGROUPS: usize = 4096;
+/// A cgroup's load is sampled while it is read at least this often: idle containers cost nothing. A
+/// container read again after a longer silence starts afresh, as on its first read.
+pub const LOAD_SAMPLED_FOR: Duration = Duration::from_secs(15 * 60);
+/// How old a cgroup's task counts (loadavg's running/total, /proc/stat's procs_running) may be. Counting
+/// costs a /proc read per task on cgroup v2, so a container of 1,000 threads read in a tight loop costs
+/// at most one count a second.
+pub const TASK_COUNTS_TTL: Duration = Duration::from_secs(1);
 /// How often the daemon drops expired entries (and so closes the pidfds of readers gone).
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -49,6 +64,7 @@ pub struct Budget {
     pub pid_namespaces: usize,
     pub usage_cgroups: usize,
     pub stat_history: usize,
+    pub load_cgroups: usize,
 }
 
 impl Budget {
@@ -65,6 +81,7 @@ impl Budget {
             pid_namespaces: MAX_PID_NAMESPACES,
             usage_cgroups: MAX_USAGE_CGROUPS,
             stat_history: MAX_STAT_HISTORY,
+            load_cgroups: MAX_LOAD_CGROUPS,
         }
     }
 }
@@ -86,6 +103,17 @@ pub struct Occupancy {
     pub pid_namespaces: usize,
     pub usage_cgroups: usize,
     pub stat_history: usize,
+    pub load_cgroups: usize,
+}
+
+/// A cgroup whose load is being averaged.
+#[derive(Debug, Clone)]
+pub struct LoadEntry {
+    /// Where the sampler counts its tasks.
+    pub cgroup: CgroupDir,
+    pub averages: LoadAverages,
+    /// When the averages last took a step (or started).
+    pub stepped_at: Instant,
 }
 
 /// The owner of all per-reader and per-cgroup state.
@@ -97,6 +125,12 @@ pub struct Registry {
     pub cpu_usage: Lru<CgroupId, CpuUsage>,
     /// The last /proc/stat counters shown for each cpuacct cgroup, so they never go backwards.
     pub stat_history: Lru<CgroupId, CpuTimes>,
+    /// The last diskstats counters shown for each io cgroup, so they never go backwards.
+    pub disk_history: Lru<CgroupId, Vec<DeviceIo>>,
+    /// Load averages of the cgroups read recently, stepped by the daemon's sampler.
+    pub load: Lru<CgroupId, LoadEntry>,
+    /// Each cgroup's tasks by state, a moment ago.
+    pub task_counts: Lru<CgroupId, TaskCounts>,
 }
 
 impl Registry {
@@ -108,6 +142,9 @@ impl Registry {
             memory_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
             cpu_usage: Lru::new(budget.usage_cgroups, freshness.usage_ttl),
             stat_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
+            disk_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
+            load: Lru::new(budget.load_cgroups, LOAD_SAMPLED_FOR),
+            task_counts: Lru::new(budget.load_cgroups, TASK_COUNTS_TTL),
         })
     }
 
@@ -119,6 +156,32 @@ impl Registry {
         })
     }
 
+    /// The devices to show for `cgroup`: `devices`, each counter raised to what was shown before where
+    /// lower (a device once shown stays).
+    pub fn monotonic_disks(&self, cgroup: CgroupId, devices: Vec<DeviceIo>) -> Vec<DeviceIo> {
+        self.disk_history.update(cgroup, |previous| {
+            let mut shown: Vec<DeviceIo> = devices
+                .iter()
+                .map(|now| {
+                    let before = previous.and_then(|p| {
+                        p.iter()
+                            .find(|d| d.major == now.major && d.minor == now.minor)
+                    });
+                    before.map_or(*now, |before| now.at_least(before))
+                })
+                .collect();
+            for before in previous.into_iter().flatten() {
+                if !shown
+                    .iter()
+                    .any(|d| d.major == before.major && d.minor == before.minor)
+                {
+                    shown.push(*before);
+                }
+            }
+            shown
+        })
+    }
+
     /// Drops every expired entry; returns how many went.
     pub fn sweep(&self) -> usize {
         self.readers.sweep()
@@ -126,6 +189,9 @@ impl Registry {
             + self.memory_usage.sweep()
             + self.cpu_usage.sweep()
             + self.stat_history.sweep()
+            + self.disk_history.sweep()
+            + self.load.sweep()
+            + self.task_counts.sweep()
     }
 
     /// How full the maps are.
@@ -136,6 +202,7 @@ impl Registry {
             pid_namespaces: self.pid_namespaces.len(),
             usage_cgroups: self.memory_usage.len().max(self.cpu_usage.len()),
             stat_history: self.stat_history.len(),
+            load_cgroups: self.load.len(),
         }
     }
 }

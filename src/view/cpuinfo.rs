@@ -1,4 +1,8 @@
-//! proc/cpuinfo: the host's blocks of the visible CPUs, renumbered `processor : 0..N-1`.
+//! proc/cpuinfo: the host's blocks of the visible CPUs, renumbered `processor : 0..N-1`, with the
+//! topology lines (`physical id`, `siblings`, `core id`, `cpu cores`, `apicid`) of one package of N
+//! single-thread cores, as in [`super::topology`].
+
+use super::topology::cpuinfo_topology_value;
 
 /// Renders cpuinfo for `visible` host CPUs. Blocks are separated by blank lines and start with
 /// `processor\t: K`, K being the host CPU number; blocks without a processor line (the trailing
@@ -10,15 +14,18 @@ pub fn render_cpuinfo(host_cpuinfo: &str, visible: &[u32]) -> String {
         .filter(|b| !b.trim().is_empty())
         .collect();
     let mut out = String::with_capacity(host_cpuinfo.len());
-    let mut emitted = 0usize;
+    let mut emitted = 0u32;
     for &cpu in visible {
         let Some(block) = blocks.iter().find(|b| processor_number(b) == Some(cpu)) else {
             continue;
         };
         for line in block.lines() {
+            let (label, _) = line.split_once(':').unwrap_or((line, ""));
+            let topology = cpuinfo_topology_value(label.trim_end(), emitted, visible.len() as u32);
             if processor_number(line).is_some() {
-                let (label, _) = line.split_once(':').unwrap_or((line, ""));
                 out.push_str(&format!("{label}: {emitted}\n"));
+            } else if let Some(value) = topology {
+                out.push_str(&format!("{label}: {value}\n"));
             } else {
                 out.push_str(line);
                 out.push('\n');

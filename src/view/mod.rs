@@ -3,9 +3,12 @@
 
 pub mod cpuinfo;
 pub mod cpus;
+pub mod diskstats;
+pub mod loadavg;
 pub mod meminfo;
 pub mod stat;
 pub mod swaps;
+pub mod topology;
 pub mod uptime;
 
 /// USER_HZ, the unit of /proc/stat; 100 on every architecture vproc supports.
@@ -101,7 +104,7 @@ mod properties {
             let f = facts(Some(1 << 26), 1 << 25, SwapLimit::MemoryPlusSwap(Some(1 << 27)), [1, 2, 3, 4]);
             let _ = render_meminfo(&host, &f);
             let _ = render_cpuinfo(&host, &cpus);
-            let _ = render_stat(&host, &CpuTimes::spread(CpuUsage { user_ns: 5, system_ns: 7 }, cpus.len(), 1.0));
+            let _ = render_stat(&host, &CpuTimes::spread(CpuUsage { user_ns: 5, system_ns: 7 }, cpus.len(), 1.0), None);
             let _ = render_swaps(&host, crate::view::meminfo::swap_view(&host, &f));
         }
 

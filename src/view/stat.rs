@@ -69,8 +69,16 @@ impl CpuTimes {
     }
 }
 
-/// Renders /proc/stat: the host's lines with its `cpu*` lines replaced by the container's.
-pub fn render_stat(host_stat: &str, times: &CpuTimes) -> String {
+/// The container's `procs_running` and `procs_blocked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Procs {
+    pub running: u32,
+    pub blocked: u32,
+}
+
+/// Renders /proc/stat: the host's lines with its `cpu*` lines replaced by the container's, and its
+/// `procs_running` / `procs_blocked` too when `procs` is known.
+pub fn render_stat(host_stat: &str, times: &CpuTimes, procs: Option<Procs>) -> String {
     let mut out = String::with_capacity(host_stat.len());
     let mut cpu_lines_written = false;
     for line in host_stat.lines() {
@@ -83,6 +91,16 @@ pub fn render_stat(host_stat: &str, times: &CpuTimes) -> String {
                 cpu_lines_written = true;
             }
             continue;
+        }
+        if let Some(procs) = procs {
+            if line.starts_with("procs_running ") {
+                let _ = writeln!(out, "procs_running {}", procs.running);
+                continue;
+            }
+            if line.starts_with("procs_blocked ") {
+                let _ = writeln!(out, "procs_blocked {}", procs.blocked);
+                continue;
+            }
         }
         out.push_str(line);
         out.push('\n');
@@ -115,7 +133,7 @@ intr 1 2\nctxt 3\nbtime 1700000000\nprocesses 9\nprocs_running 1\nprocs_blocked 
         };
         let times = CpuTimes::spread(usage, 1, 10.0);
         assert_eq!(
-            render_stat(HOST, &times),
+            render_stat(HOST, &times, None),
             "cpu  150 0 50 800 0 0 0 0 0 0\ncpu0 150 0 50 800 0 0 0 0 0 0\n\
 intr 1 2\nctxt 3\nbtime 1700000000\nprocesses 9\nprocs_running 1\nprocs_blocked 0\nsoftirq 1 2\n"
         );
@@ -169,6 +187,27 @@ intr 1 2\nctxt 3\nbtime 1700000000\nprocesses 9\nprocs_running 1\nprocs_blocked 
                 system: 5,
                 idle: 90
             }
+        );
+    }
+
+    #[test]
+    fn procs_lines_are_the_container_s_when_known() {
+        let usage = CpuUsage {
+            user_ns: 0,
+            system_ns: 0,
+        };
+        let times = CpuTimes::spread(usage, 1, 1.0);
+        let text = render_stat(
+            HOST,
+            &times,
+            Some(Procs {
+                running: 3,
+                blocked: 2,
+            }),
+        );
+        assert!(
+            text.contains("\nprocesses 9\nprocs_running 3\nprocs_blocked 2\nsoftirq"),
+            "{text}"
         );
     }
 }

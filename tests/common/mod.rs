@@ -199,7 +199,7 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "cpuset"];
+const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "cpuset", "blkio"];
 
 /// Limits for a test cgroup; `None` leaves the kernel's default (unlimited / inherited).
 #[derive(Default, Clone)]

@@ -1,0 +1,326 @@
+//! Per-container load, task counts, I/O, pressure and CPU topology, read by the programs people run:
+//! procps `uptime` and `top`, Python's `os.getloadavg()`, Node's `os.loadavg()`, sysstat's `iostat`,
+//! `lscpu`, psutil and hwloc, each inside a container whose /proc and /sys/devices/system/cpu files are
+//! vprocd's. cgroup v1 here; the v2 half is in the VM lane (tests/vm/guest-init). Needs root, /dev/fuse,
+//! writable cgroup v1 hierarchies and the Debian packages scripts/test installs.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Limits, TestCgroup, small_box, stdout};
+
+/// Debian's Python, which has psutil (the PATH may lead to another).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A shell prefix binding the daemon's files over /proc and /sys/devices/system/cpu, as a container
+/// runtime does.
+fn bind_all(mountpoint: &std::path::Path) -> String {
+    let m = mountpoint.display();
+    let mut script = String::new();
+    for file in [
+        "meminfo",
+        "cpuinfo",
+        "stat",
+        "uptime",
+        "loadavg",
+        "diskstats",
+    ] {
+        script += &format!("mount --bind {m}/proc/{file} /proc/{file} && ");
+    }
+    script + &format!("mount --bind {m}/sys/devices/system/cpu /sys/devices/system/cpu && ")
+}
+
+/// The first three fields of a loadavg line.
+fn averages(loadavg: &str) -> [f64; 3] {
+    let fields: Vec<f64> = loadavg
+        .split_whitespace()
+        .take(3)
+        .map(|f| f.parse().unwrap_or_else(|_| panic!("loadavg: {loadavg:?}")))
+        .collect();
+    [fields[0], fields[1], fields[2]]
+}
+
+/// Starts `count` busy loops in `group`; they end with the group.
+fn busy_loops(group: &TestCgroup, count: usize) -> Vec<std::process::Child> {
+    (0..count)
+        .map(|_| group.spawn("exec sh -c 'while :; do :; done'"))
+        .collect()
+}
+
+fn end(children: Vec<std::process::Child>) {
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn load_is_the_container_s_from_the_first_read_for_every_consumer() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let loops = busy_loops(&group, 2);
+    // The host's load is whatever this machine does; the container runs exactly two loops. Its first
+    // read already says so (LXCFS says 0.00 until minutes of sampling have passed).
+    // (Python's os.getloadavg() is not here: glibc's getloadavg() asks sysinfo(2), as strace shows, which
+    // no file can change; the seccomp agent's issue.)
+    let out = stdout(group.run(&format!(
+        "{} cat /proc/loadavg; uptime; top -bn1 | head -1; \
+         node -e 'console.log(JSON.stringify(require(\"os\").loadavg()))'; \
+         grep ^procs_ /proc/stat",
+        bind_all(&daemon.mountpoint)
+    )));
+    end(loops);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(averages(lines[0]), [2.0, 2.0, 2.0], "{out}");
+    // Running: the two loops and the reader; total: the loops, the shell and the reader at least.
+    let tasks = lines[0].split_whitespace().nth(3).unwrap();
+    let (running, total) = tasks.split_once('/').unwrap();
+    assert_eq!(running, "3", "{out}");
+    assert!((4..20).contains(&total.parse::<u32>().unwrap()), "{out}");
+    assert!(
+        lines[1].ends_with("load average: 2.00, 2.00, 2.00"),
+        "uptime: {out}"
+    );
+    assert!(
+        lines[2].ends_with("load average: 2.00, 2.00, 2.00"),
+        "top: {out}"
+    );
+    assert_eq!(lines[3], "[2,2,2]", "node: {out}");
+    assert_eq!(lines[4], "procs_running 3", "/proc/stat: {out}");
+    assert_eq!(lines[5], "procs_blocked 0", "/proc/stat: {out}");
+
+    // An idle container beside it: nothing runs but the reader.
+    let idle = TestCgroup::new(small_box());
+    let out = stdout(idle.run(&format!("cat {}/proc/loadavg", daemon.mountpoint.display())));
+    assert_eq!(averages(&out), [0.0, 0.0, 0.0], "{out}");
+    assert!(out.split_whitespace().nth(3) == Some("1/2"), "{out}");
+}
+
+#[test]
+fn the_averages_follow_the_kernel_s_formula_every_five_seconds() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    let path = daemon.path("proc/loadavg");
+    let read = || stdout(group.run_in_host_pidns(&format!("cat {}", path.display())));
+    assert_eq!(averages(&read()), [0.0, 0.0, 0.0]);
+    let loops = busy_loops(&group, 1);
+    // One step of the kernel's formula with one task takes the 1-minute average from 0 to 0.08, the
+    // 5-minute to 0.01 and the 15-minute to 0.00 (1 - EXP_n / 2048, rounded). The sampler steps every
+    // 5 s; a loaded runner may delay it, so wait up to a minute for the first step.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let now = averages(&read());
+        if now[0] > 0.0 {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "no step in a minute: {now:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    end(loops);
+    assert!(first[0] >= 0.08 && first[0] < 1.0, "{first:?}");
+    assert!(first[0] > first[1] && first[1] >= first[2], "{first:?}");
+}
+
+#[test]
+fn the_last_pid_is_the_newest_of_the_container_s_namespace() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    // The kernel's /proc/loadavg in a pid namespace names that namespace's last pid: the first cat's.
+    // The second cat is the next pid, and the newest task of the container when it reads.
+    let out = stdout(group.run(&format!(
+        "cat /proc/loadavg; cat {}/proc/loadavg",
+        daemon.mountpoint.display()
+    )));
+    let last = |line: &str| -> u32 { line.split_whitespace().nth(4).unwrap().parse().unwrap() };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(last(lines[1]), last(lines[0]) + 1, "{out}");
+}
+
+#[test]
+fn topology_is_one_package_of_the_visible_cores_for_lscpu_psutil_and_hwloc() {
+    let daemon = Daemon::start(&[]);
+    // Host CPU 1 alone: it becomes CPU 0, and its host core id (1) must not show through.
+    let group = TestCgroup::new(Limits {
+        cpus: Some("1"),
+        ..small_box()
+    });
+    let out = stdout(group.run(&format!(
+        "{} lscpu | grep -E '^(CPU\\(s\\)|Thread\\(s\\) per core|Core\\(s\\) per socket|Socket\\(s\\)):'; \
+         {PYTHON} -c 'import psutil; print(psutil.cpu_count(), psutil.cpu_count(logical=False))'; \
+         grep -E '^(physical id|siblings|core id|cpu cores|apicid)' /proc/cpuinfo | tr -d '\\t'; \
+         cd /sys/devices/system/cpu/cpu0 && cat topology/core_id topology/core_siblings_list \
+           topology/thread_siblings_list topology/package_cpus cache/index0/shared_cpu_list",
+        bind_all(&daemon.mountpoint)
+    )));
+    let squeezed: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let mut expected: Vec<&str> = vec![
+        "CPU(s): 1",
+        "Thread(s) per core: 1",
+        "Core(s) per socket: 1",
+        "Socket(s): 1",
+        "1 1",
+        "physical id: 0",
+        "siblings: 1",
+        "core id: 0",
+        "cpu cores: 1",
+        "apicid: 0",
+        "0",
+        "0",
+        "0",
+    ];
+    // The host's mask width (one hex digit per 4 possible CPUs) is kept.
+    let mask_digits = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/topology/package_cpus")
+        .unwrap()
+        .trim()
+        .replace(',', "")
+        .len();
+    let mask = format!("{}1", "0".repeat(mask_digits - 1));
+    expected.push(&mask);
+    expected.push("0");
+    assert_eq!(squeezed, expected, "{out}");
+
+    // hwloc also takes the process's CPU affinity, which names host CPUs: a cpuset from CPU 0 with a
+    // quota of one CPU shows CPU 0, which the affinity allows.
+    let group = TestCgroup::new(Limits {
+        cpus: Some("0-1"),
+        quota_us: Some(100_000),
+        ..small_box()
+    });
+    let out = stdout(group.run(&format!(
+        "{} hwloc-calc --number-of core all; hwloc-calc --number-of pu all; \
+         {PYTHON} -c 'import psutil; print(psutil.cpu_count(logical=False))'",
+        bind_all(&daemon.mountpoint)
+    )));
+    // (`nproc --all` is not here: glibc's get_nprocs_conf() also counts sched_getaffinity(2), which no
+    // file can change; the seccomp agent's issue.)
+    assert_eq!(out, "1\n1\n1\n", "hwloc cores, PUs, psutil cores");
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop {
+    device: String,
+    number: String,
+    image: std::path::PathBuf,
+}
+
+impl Loop {
+    fn new() -> Loop {
+        let image = std::env::temp_dir().join(common::unique("vproc-test-loop"));
+        std::fs::write(&image, vec![0u8; 8 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let name = device.trim_start_matches("/dev/").to_string();
+        let number = std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Loop {
+            device,
+            number,
+            image,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.device.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[test]
+fn diskstats_shows_the_devices_the_container_used_with_its_own_counts() {
+    let daemon = Daemon::start(&[]);
+    let disk = Loop::new();
+    let group = TestCgroup::new(small_box());
+    // What `vproc run` does on cgroup v1: a rule of 0 ("no limit") makes the kernel count the group's
+    // I/O on the disk.
+    group.set(
+        "blkio",
+        "blkio.throttle.read_bps_device",
+        &format!("{} 0", disk.number),
+    );
+    let m = daemon.mountpoint.display();
+    let read =
+        |group: &TestCgroup| stdout(group.run_in_host_pidns(&format!("cat {m}/proc/diskstats")));
+    assert_eq!(read(&group), "", "no I/O yet: no device");
+    let out = stdout(group.run(&format!(
+        "dd if=/dev/zero of={dev} bs=4k count=64 oflag=direct 2>/dev/null && \
+         dd if={dev} of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null && \
+         {} iostat -d -k {dev} sda vda | grep -E '^(loop|sd|vd)'; cat /proc/diskstats",
+        bind_all(&daemon.mountpoint),
+        dev = disk.device
+    )));
+    let lines: Vec<&str> = out.lines().collect();
+    // iostat: the container's own device with its 80 I/Os (64 writes, 16 reads: 64 KiB read and
+    // 256 KiB written), and no other device.
+    assert_eq!(lines.len(), 2, "{out}");
+    let iostat: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(iostat[0], disk.name(), "{out}");
+    assert_eq!(
+        &iostat[iostat.len() - 3..],
+        ["64", "256", "0"],
+        "kB read, written, discarded: {out}"
+    );
+    let fields: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(fields[2], disk.name(), "{out}");
+    let host_fields = std::fs::read_to_string("/proc/diskstats")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .count();
+    assert_eq!(fields.len(), host_fields, "the kernel's field count: {out}");
+    assert_eq!(
+        (fields[3], fields[5], fields[7], fields[9]),
+        ("16", "128", "64", "512"),
+        "reads, sectors read, writes, sectors written: {out}"
+    );
+
+    // It only goes up, and another container sees none of it.
+    let more = stdout(group.run_in_host_pidns(&format!(
+        "dd if=/dev/zero of={} bs=4k count=8 oflag=direct 2>/dev/null; cat {m}/proc/diskstats",
+        disk.device
+    )));
+    assert_eq!(more.split_whitespace().nth(7), Some("72"), "{more}");
+    let other = TestCgroup::new(small_box());
+    assert_eq!(read(&other), "", "another container did no I/O");
+}
+
+#[test]
+fn pressure_is_the_host_s_on_cgroup_v1() {
+    if !std::path::Path::new("/proc/pressure/cpu").exists() {
+        eprintln!("this kernel has no PSI: nothing to pass through");
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(small_box());
+    for resource in ["cpu", "io", "memory"] {
+        let out = stdout(group.run(&format!(
+            "cat {}/proc/pressure/{resource}",
+            daemon.mountpoint.display()
+        )));
+        let keys: Vec<&str> = out
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or(""))
+            .collect();
+        assert_eq!(keys, ["some", "full"], "{resource}: {out}");
+        assert!(out.contains("avg10=") && out.contains("total="), "{out}");
+    }
+}
