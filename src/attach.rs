@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, Mode, OFlags};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
 
-use crate::files::bind_targets;
+use crate::files::bind_pairs;
 use crate::in_root::{self, Symlinks};
 
 /// `FUSE_SUPER_MAGIC`, the f_type statfs reports for a FUSE mount.
@@ -95,11 +95,7 @@ pub enum AttachMode {
 ///
 /// Enters that namespace: call it from a single-threaded process that does nothing else afterwards.
 pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>, AttachError> {
-    let pairs: Vec<(String, String)> = bind_targets()
-        .into_iter()
-        .map(|t| (t.to_string(), t.to_string()))
-        .collect();
-    attach_pairs(pid, root, mountpoint, &pairs)
+    attach_pairs(pid, root, mountpoint, &bind_pairs())
 }
 
 /// Like [`attach`], for explicit pairs: `source` below the mountpoint goes over `target` below `root`

@@ -99,6 +99,9 @@ pub const ROOT_INO: u64 = 1;
 /// The directory that also lists `cpu0..cpu(N-1)` and passes the host's other entries through.
 pub const CPU_DIR: &str = "sys/devices/system/cpu";
 
+/// The directory of the host's block devices, each with its `stat` in the container's numbers.
+pub const BLOCK_DIR: &str = "sys/block";
+
 /// Every virtual directory, parents before children.
 pub const DIRS: &[VirtualDir] = &[
     VirtualDir {
@@ -128,6 +131,10 @@ pub const DIRS: &[VirtualDir] = &[
     VirtualDir {
         path: "proc/pressure",
         ino: 7,
+    },
+    VirtualDir {
+        path: BLOCK_DIR,
+        ino: 8,
     },
 ];
 
@@ -265,6 +272,32 @@ pub fn bind_targets() -> Vec<&'static str> {
         .map(|f| f.path)
         .chain(BIND_DIRS.iter().copied())
         .collect()
+}
+
+/// What container tools bind and where, below the mountpoint and below the container's root: every
+/// [`bind_targets`] path over itself, and each host block device's `sys/block/NAME/stat` over the file
+/// it is in sysfs (`sys/devices/.../NAME/stat`: sys/block holds symlinks, and binds go through none).
+/// iostat reads the sysfs files, not /proc/diskstats.
+pub fn bind_pairs() -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = bind_targets()
+        .into_iter()
+        .map(|t| (t.to_string(), t.to_string()))
+        .collect();
+    let mut devices: Vec<(String, String)> = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            let real = std::fs::canonicalize(entry.path()).ok()?;
+            let real = real.strip_prefix("/").ok()?.to_str()?.to_string();
+            real.starts_with("sys/devices/")
+                .then(|| (format!("{BLOCK_DIR}/{name}/stat"), format!("{real}/stat")))
+        })
+        .collect();
+    devices.sort();
+    pairs.extend(devices);
+    pairs
 }
 
 /// Inodes from here up are handed out at run time (`cpuN` slots and host entries passed through).

@@ -20,7 +20,7 @@ use crate::reader::{
 };
 use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
-use crate::view::diskstats::render_diskstats;
+use crate::view::diskstats::{render_block_stat, render_diskstats};
 use crate::view::loadavg::{LOAD_PERIOD, LoadAverages, LoadTasks, host_last_pid, render_loadavg};
 use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
 use crate::view::stat::{CpuTimes, Procs, render_stat};
@@ -376,6 +376,46 @@ impl Renderer {
             }
         };
         Ok(Some(text.into_bytes()))
+    }
+
+    /// `sys/block/NAME/stat` as process `pid` sees it: its container's I/O on the device (zeros where
+    /// it did none), or the host's file where the container is the host's or keeps no I/O statistics.
+    pub fn render_block_stat(&self, name: &str, pid: u32) -> Result<Vec<u8>> {
+        let device_dir = self.host.roots().sys.join("block").join(name);
+        let stat_path = device_dir.join("stat");
+        let host = crate::error::read_to_string(&stat_path)?;
+        if pid == 0 || !self.virtualizing() {
+            return Ok(host.into_bytes());
+        }
+        let devices = self.container(pid).and_then(|container| {
+            let Some(cgroup) = container.cgroups.io.as_ref().filter(|c| !c.is_root()) else {
+                return Ok(None);
+            };
+            let Some(devices) = cgroup.device_io()? else {
+                return Ok(None);
+            };
+            Ok(Some(self.registry.monotonic_disks(cgroup.id()?, devices)))
+        });
+        let devices = match devices {
+            Ok(Some(devices)) => devices,
+            Ok(None) => return Ok(host.into_bytes()),
+            Err(e) => {
+                self.log_once(&e);
+                return Ok(host.into_bytes());
+            }
+        };
+        let dev_path = device_dir.join("dev");
+        let dev = crate::error::read_to_string(&dev_path)?;
+        let parsed = dev.trim().split_once(':').and_then(|(major, minor)| {
+            Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+        });
+        let Some((major, minor)) = parsed else {
+            return Err(Error::parse(&dev_path, "device number", &dev));
+        };
+        let io = devices
+            .iter()
+            .find(|d| d.major == major && d.minor == minor);
+        Ok(render_block_stat(&host, io).into_bytes())
     }
 
     /// The container's task counts (at most [`crate::reader::registry`]'s TTL old), with the cgroup

@@ -38,6 +38,8 @@ pub enum HandleSource {
     Virtual(Content),
     /// A host sysfs file passed through, resolved for the reader at open.
     Host(PathBuf),
+    /// `sys/block/NAME/stat` in the reader's container's numbers.
+    BlockStat(String),
     /// A topology or cache file below the reader's `cpu{slot}` directory, rewritten for its visible
     /// host CPUs (see [`crate::view::topology`]).
     CpuTopology {

@@ -17,7 +17,7 @@ use fuser::{
     ReplyOpen, ReplyXattr, Request,
 };
 
-use crate::files::{self, CPU_DIR, FILES, ROOT_INO};
+use crate::files::{self, BLOCK_DIR, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report};
 use crate::render::Renderer;
 use crate::view::topology::{self, render_topology_file};
@@ -128,6 +128,18 @@ impl VprocFs {
                     Err(Errno::ENOENT)
                 }
             }
+            Node::BlockDevice(index) => {
+                self.block_name(index)?;
+                Ok((self.fixed_attr(ino, FileType::Directory), HOST_TTL))
+            }
+            Node::BlockStat(index) => {
+                let name = self.block_name(index)?;
+                let mut attr = self.fixed_attr(ino, FileType::RegularFile);
+                attr.perm = 0o444;
+                attr.nlink = 1;
+                attr.size = self.produce(&HandleSource::BlockStat(name), pid)?.len() as u64;
+                Ok((attr, VIRTUAL_FILE_ATTR_TTL))
+            }
             Node::Host(entry) => {
                 let path = self.host_path(&entry, pid)?;
                 let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
@@ -146,6 +158,7 @@ impl VprocFs {
         match self.nodes.node(ino) {
             Some(Node::Dir(_) | Node::File(_)) => FIXED_TTL,
             Some(Node::Host(entry)) if !entry.per_reader() => HOST_TTL,
+            Some(Node::BlockDevice(_) | Node::BlockStat(_)) => HOST_TTL,
             _ => PER_READER_TTL,
         }
     }
@@ -196,6 +209,11 @@ impl VprocFs {
                 if let Some(file) = FILES.iter().find(|f| f.path == child_path) {
                     return Ok(file.ino);
                 }
+                if dir.path == BLOCK_DIR {
+                    std::fs::symlink_metadata(self.host_block_dir().join(name))
+                        .map_err(Errno::from)?;
+                    return self.nodes.block_ino(name).ok_or(Errno::ENOENT);
+                }
                 if dir.path != CPU_DIR {
                     return Err(Errno::ENOENT);
                 }
@@ -227,8 +245,21 @@ impl VprocFs {
                     pid,
                 )
             }
-            Node::File(_) => Err(Errno::ENOTDIR),
+            Node::BlockDevice(index) if name == "stat" => Ok(NodeTable::block_stat_ino(index)),
+            Node::BlockDevice(_) => Err(Errno::ENOENT),
+            Node::File(_) | Node::BlockStat(_) => Err(Errno::ENOTDIR),
         }
+    }
+
+    /// The host's block device called by the `index`-th name numbered, if it is still there.
+    fn block_name(&self, index: u32) -> Result<String, Errno> {
+        let name = self.nodes.block_name(index).ok_or(Errno::ENOENT)?;
+        std::fs::symlink_metadata(self.host_block_dir().join(&name)).map_err(Errno::from)?;
+        Ok(name)
+    }
+
+    fn host_block_dir(&self) -> PathBuf {
+        self.renderer.host().roots().sys.join("block")
     }
 
     /// The inode of a host entry that exists for reader `pid`; names that do not exist get no inode,
@@ -252,6 +283,13 @@ impl VprocFs {
                 for file in FILES.iter().filter(|f| f.parent() == dir.path) {
                     entries.push((file.ino, FileType::RegularFile, file.name().to_string()));
                 }
+                if dir.path == BLOCK_DIR {
+                    for (name, _) in read_host_dir(&self.host_block_dir())? {
+                        if let Some(ino) = self.nodes.block_ino(&name) {
+                            entries.push((ino, FileType::Directory, name));
+                        }
+                    }
+                }
                 if dir.path == CPU_DIR {
                     for k in 0..self.renderer.visible_cpus(pid).len() as u32 {
                         entries.push((
@@ -273,6 +311,15 @@ impl VprocFs {
                 }
             }
             Node::CpuSlot(k) => self.list_host(Some(k), PathBuf::new(), pid, &mut entries)?,
+            Node::BlockDevice(index) => {
+                self.block_name(index)?;
+                entries.push((
+                    NodeTable::block_stat_ino(index),
+                    FileType::RegularFile,
+                    "stat".to_string(),
+                ));
+            }
+            Node::BlockStat(_) => return Err(Errno::ENOTDIR),
             Node::Host(entry) => self.list_host(entry.slot, entry.relative, pid, &mut entries)?,
             Node::File(_) => return Err(Errno::ENOTDIR),
         }
@@ -312,6 +359,12 @@ impl VprocFs {
                 Errno::EIO
             }),
             HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),
+            HandleSource::BlockStat(name) => {
+                self.renderer.render_block_stat(name, pid).map_err(|e| {
+                    log::error!("cannot read the host's file: {e}");
+                    Errno::EIO
+                })
+            }
             HandleSource::CpuTopology {
                 path,
                 relative,
@@ -368,6 +421,7 @@ impl Filesystem for VprocFs {
         let source = match self.nodes.node(ino.0) {
             Some(Node::File(file)) => Ok(HandleSource::Virtual(file.content)),
             Some(Node::Host(entry)) => self.host_source(entry, req.pid()),
+            Some(Node::BlockStat(index)) => self.block_name(index).map(HandleSource::BlockStat),
             Some(_) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
         };

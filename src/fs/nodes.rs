@@ -10,6 +10,9 @@ use crate::files::{self, Content, FIRST_DYNAMIC_INO};
 
 /// Slot inodes `cpu0..cpu8191` come first in the dynamic range; the kernel's NR_CPUS tops out at 8192.
 const CPU_SLOTS: u64 = 8192;
+/// Block devices below sys/block numbered at most (two inodes each: the directory and its `stat`).
+pub const MAX_BLOCK_DEVICES: u64 = 4096;
+const FIRST_BLOCK_INO: u64 = FIRST_DYNAMIC_INO + CPU_SLOTS;
 
 /// What an inode is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,10 @@ pub enum Node {
     CpuSlot(u32),
     /// A host entry below sys/devices/system/cpu.
     Host(HostEntry),
+    /// `sys/block/NAME`, the K-th block device name seen (see [`NodeTable::block_name`]).
+    BlockDevice(u32),
+    /// `sys/block/NAME/stat`: the device's I/O statistics as the reader's container did them.
+    BlockStat(u32),
 }
 
 /// A host entry, named relative to where it hangs so that the same inode serves every reader.
@@ -52,6 +59,9 @@ impl HostEntry {
 #[derive(Debug, Default)]
 pub struct NodeTable {
     host: RwLock<HostInodes>,
+    /// Names of the host's block devices, numbered on first sight (bounded by
+    /// [`MAX_BLOCK_DEVICES`]; only names the host's /sys/block has get one).
+    block: RwLock<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +70,7 @@ struct HostInodes {
     by_entry: HashMap<HostEntry, u64>,
 }
 
-const FIRST_HOST_INO: u64 = FIRST_DYNAMIC_INO + CPU_SLOTS;
+const FIRST_HOST_INO: u64 = FIRST_BLOCK_INO + 2 * MAX_BLOCK_DEVICES;
 
 impl NodeTable {
     /// What inode `ino` is.
@@ -71,8 +81,20 @@ impl NodeTable {
         if let Some(file) = files::file_by_ino(ino) {
             return Some(Node::File(file));
         }
-        if (FIRST_DYNAMIC_INO..FIRST_HOST_INO).contains(&ino) {
+        if (FIRST_DYNAMIC_INO..FIRST_BLOCK_INO).contains(&ino) {
             return Some(Node::CpuSlot((ino - FIRST_DYNAMIC_INO) as u32));
+        }
+        if (FIRST_BLOCK_INO..FIRST_HOST_INO).contains(&ino) {
+            let offset = ino - FIRST_BLOCK_INO;
+            let index = (offset / 2) as u32;
+            if index as usize >= self.block.read().len() {
+                return None;
+            }
+            return Some(if offset % 2 == 0 {
+                Node::BlockDevice(index)
+            } else {
+                Node::BlockStat(index)
+            });
         }
         let index = usize::try_from(ino.checked_sub(FIRST_HOST_INO)?).ok()?;
         self.host.read().by_ino.get(index).cloned().map(Node::Host)
@@ -81,6 +103,35 @@ impl NodeTable {
     /// The inode of slot `cpuK`.
     pub fn slot_ino(k: u32) -> u64 {
         FIRST_DYNAMIC_INO + u64::from(k)
+    }
+
+    /// The directory inode of block device `name` (one the host has), numbering it if it is new;
+    /// `None` once [`MAX_BLOCK_DEVICES`] names are numbered.
+    pub fn block_ino(&self, name: &str) -> Option<u64> {
+        let index = |names: &Vec<String>| names.iter().position(|n| n == name);
+        if let Some(i) = index(&self.block.read()) {
+            return Some(FIRST_BLOCK_INO + 2 * i as u64);
+        }
+        let mut names = self.block.write();
+        let i = match index(&names) {
+            Some(i) => i,
+            None if (names.len() as u64) < MAX_BLOCK_DEVICES => {
+                names.push(name.to_string());
+                names.len() - 1
+            }
+            None => return None,
+        };
+        Some(FIRST_BLOCK_INO + 2 * i as u64)
+    }
+
+    /// The inode of `sys/block/NAME/stat` for the device whose directory is `index`.
+    pub fn block_stat_ino(index: u32) -> u64 {
+        FIRST_BLOCK_INO + 2 * u64::from(index) + 1
+    }
+
+    /// The name of the `index`-th block device numbered.
+    pub fn block_name(&self, index: u32) -> Option<String> {
+        self.block.read().get(index as usize).cloned()
     }
 
     /// The inode of a host entry, numbering it if it is new.
@@ -148,6 +199,20 @@ mod tests {
         assert_eq!(table.host_ino(entry.clone()), ino);
         assert_eq!(table.node(ino), Some(Node::Host(entry)));
         assert_eq!(table.node(NodeTable::slot_ino(3)), Some(Node::CpuSlot(3)));
+    }
+
+    #[test]
+    fn block_devices_are_numbered_once_each() {
+        let table = NodeTable::default();
+        let vda = table.block_ino("vda").unwrap();
+        let loop0 = table.block_ino("loop0").unwrap();
+        assert_eq!(table.block_ino("vda"), Some(vda));
+        assert_eq!(table.node(vda), Some(Node::BlockDevice(0)));
+        assert_eq!(table.node(loop0 + 1), Some(Node::BlockStat(1)));
+        assert_eq!(table.node(loop0 + 2), None, "not numbered yet");
+        assert_eq!(table.block_name(1).as_deref(), Some("loop0"));
+        assert!(table.node(NodeTable::slot_ino(8191)).is_some());
+        assert_ne!(NodeTable::slot_ino(8191), vda);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::image::{Image, ImageConfig};
 use super::options::{Network, RootSource, RunSpec};
 use super::process::Command;
 use crate::cgroup::{Hierarchy, Version};
-use crate::files::bind_targets;
+use crate::files::bind_pairs;
 use crate::in_root::{self, Symlinks};
 
 /// Hidden like runc/Docker: a bind of /dev/null over files, an empty read-only tmpfs over directories.
@@ -285,9 +285,8 @@ pub fn enter(
     )?;
     tree.mount_cgroups(cgroups)?;
     if let Some(lxcfs) = &spec.lxcfs {
-        for relative in bind_targets() {
-            let source = lxcfs.join(relative);
-            tree.bind(&source, relative, false, Needs::Existing)?;
+        for (source, target) in bind_pairs() {
+            tree.bind(&lxcfs.join(source), &target, false, Needs::Existing)?;
         }
     }
     for volume in &spec.volumes {

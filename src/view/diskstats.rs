@@ -29,32 +29,52 @@ pub fn render_diskstats(host_diskstats: &str, devices: &[DeviceIo]) -> String {
             continue;
         };
         let counters = fields.count();
-        let busy_ms = io.read_ms.saturating_add(io.write_ms);
-        let values = [
-            io.reads,
-            0,
-            io.read_bytes / 512,
-            io.read_ms,
-            io.writes,
-            0,
-            io.write_bytes / 512,
-            io.write_ms,
-            0,
-            busy_ms,
-            busy_ms,
-            io.discards,
-            0,
-            io.discard_bytes / 512,
-            0,
-            0,
-            0,
-        ];
         let _ = write!(out, "{major:4} {minor:7} {name}");
-        for value in values.iter().take(counters) {
+        for value in counters_of(io).iter().take(counters) {
             let _ = write!(out, " {value}");
         }
         out.push('\n');
     }
+    out
+}
+
+/// The kernel's counters in diskstats order (the same order as sysfs `stat`).
+fn counters_of(io: &DeviceIo) -> [u64; 17] {
+    let busy_ms = io.read_ms.saturating_add(io.write_ms);
+    [
+        io.reads,
+        0,
+        io.read_bytes / 512,
+        io.read_ms,
+        io.writes,
+        0,
+        io.write_bytes / 512,
+        io.write_ms,
+        0,
+        busy_ms,
+        busy_ms,
+        io.discards,
+        0,
+        io.discard_bytes / 512,
+        0,
+        0,
+        0,
+    ]
+}
+
+/// A block device's sysfs `stat` (`%8lu` per counter, as many as the host's file has) for a container
+/// that did `io` on it; zeros where it did none.
+pub fn render_block_stat(host_stat: &str, io: Option<&DeviceIo>) -> String {
+    let counters = host_stat.split_whitespace().count();
+    let values = counters_of(&io.copied().unwrap_or_default());
+    let mut out = String::with_capacity(9 * counters + 1);
+    for (i, value) in values.iter().take(counters).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(out, "{value:8}");
+    }
+    out.push('\n');
     out
 }
 
@@ -103,6 +123,24 @@ mod tests {
         assert_eq!(
             render_diskstats(old_kernel, &devices),
             "   8       0 sda 0 0 0 0 2 0 2 0 0 0 0\n"
+        );
+    }
+
+    #[test]
+    fn sysfs_stat_has_the_kernel_s_widths() {
+        let host = "     100        0     6666       16      100        0      800       10        0      264      277        0        0        0        0       12        4\n";
+        let io = DeviceIo {
+            writes: 64,
+            write_bytes: 262144,
+            ..DeviceIo::default()
+        };
+        assert_eq!(
+            render_block_stat(host, Some(&io)),
+            "       0        0        0        0       64        0      512        0        0        0        0        0        0        0        0        0        0\n"
+        );
+        assert_eq!(
+            render_block_stat("1 2 3", None),
+            "       0        0        0\n"
         );
     }
 
