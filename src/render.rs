@@ -284,7 +284,12 @@ impl Renderer {
                 let uptime = self.uptime_secs(container)?;
                 let times = CpuTimes::spread(self.cpu_usage_of(cpuacct, id)?, cpus.len(), uptime);
                 let times = self.registry.monotonic_stat(id, times);
-                let procs = self.task_counts(container)?.map(|(_, counts)| Procs {
+                // The task counts are a side line: a failure to count keeps the host's and the rest.
+                let counts = self.task_counts(container).unwrap_or_else(|e| {
+                    self.log_once(&e);
+                    None
+                });
+                let procs = counts.map(|(_, counts)| Procs {
                     running: running_with_reader(counts),
                     blocked: counts.uninterruptible,
                 });

@@ -196,6 +196,7 @@ fn tree_lists_exactly_what_exists_and_refuses_writes() {
             "diskstats",
             "loadavg",
             "meminfo",
+            "pressure",
             "stat",
             "swaps",
             "uptime"

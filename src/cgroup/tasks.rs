@@ -143,14 +143,22 @@ impl TaskCounter {
                             Err(e) => return Err(e),
                         },
                     };
-                    let mut level = taskstats
-                        .lock()
-                        .cgroup_stats(&fd)
-                        .map_err(|e| Error::io(&path, e))?;
-                    if listed {
-                        level.total = thread_count(&path, cgroup.version)?.max(level.active());
+                    // A directory taskstats does not take (not a v1 cgroupfs directory) is counted
+                    // task by task.
+                    let stats = taskstats.lock().cgroup_stats(&fd);
+                    match stats {
+                        Ok(mut level) => {
+                            if listed {
+                                level.total =
+                                    thread_count(&path, cgroup.version)?.max(level.active());
+                            }
+                            level
+                        }
+                        Err(e) => {
+                            log::debug!("taskstats refused {}: {e}", path.display());
+                            self.count_tasks_of(&path, cgroup.version, &counts)?
+                        }
                     }
-                    level
                 }
                 None => self.count_tasks_of(&path, cgroup.version, &counts)?,
             };
