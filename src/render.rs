@@ -131,7 +131,7 @@ impl Renderer {
         if pid != 0 && self.virtualizing() {
             let rendered = self
                 .container(pid)
-                .and_then(|c| self.render_for(content, &c));
+                .and_then(|c| self.render_for(content, &c, pid));
             match rendered {
                 Ok(Some(bytes)) => return Ok(bytes),
                 Ok(None) => {}
@@ -241,7 +241,13 @@ impl Renderer {
     }
 
     /// The container's view of `content`; `Ok(None)` where it is the host's.
-    fn render_for(&self, content: Content, container: &Container) -> Result<Option<Vec<u8>>> {
+    /// The container's view of `content` for reader `pid`; `Ok(None)` where it is the host's.
+    fn render_for(
+        &self,
+        content: Content,
+        container: &Container,
+        pid: u32,
+    ) -> Result<Option<Vec<u8>>> {
         let text = match content {
             Content::Meminfo | Content::Swaps => {
                 let (Some((id, limits)), Some(memory)) =
@@ -285,7 +291,7 @@ impl Renderer {
                 let times = CpuTimes::spread(self.cpu_usage_of(cpuacct, id)?, cpus.len(), uptime);
                 let times = self.registry.monotonic_stat(id, times);
                 // The task counts are a side line: a failure to count keeps the host's and the rest.
-                let counts = self.task_counts(container).unwrap_or_else(|e| {
+                let counts = self.task_counts(container, pid).unwrap_or_else(|e| {
                     self.log_once(&e);
                     None
                 });
@@ -320,7 +326,7 @@ impl Renderer {
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg => {
-                let Some((id, counts)) = self.task_counts(container)? else {
+                let Some((id, counts)) = self.task_counts(container, pid)? else {
                     return Ok(None);
                 };
                 let Some(cgroup) = tasks_cgroup(container) else {
@@ -425,12 +431,20 @@ impl Renderer {
 
     /// The container's task counts (at most [`crate::reader::registry`]'s TTL old), with the cgroup
     /// they are kept under; `None` for a reader in the host's root cgroups.
-    fn task_counts(&self, container: &Container) -> Result<Option<(CgroupId, TaskCounts)>> {
+    /// The reader is not counted as running (it waits for this answer), but it may not have gone to
+    /// sleep yet when the daemon counts: the count waits for that (2 ms at most), so that it says the
+    /// same however fast the daemon picks the request up. [`running_with_reader`] adds it back.
+    fn task_counts(
+        &self,
+        container: &Container,
+        reader: u32,
+    ) -> Result<Option<(CgroupId, TaskCounts)>> {
         let Some(cgroup) = tasks_cgroup(container) else {
             return Ok(None);
         };
         let id = cgroup.id()?;
         let counts = self.registry.task_counts.get_or_try_insert(&id, || {
+            self.tasks.wait_until_asleep(reader, Duration::from_millis(2));
             self.tasks.count(cgroup, id, CountMethod::Fastest, true)
         })?;
         Ok(Some((id, counts)))

@@ -178,6 +178,19 @@ impl TaskCounter {
         Ok(counts)
     }
 
+    /// Waits (at most `limit`) until task `tid` is no longer running: a reader that asked the daemon
+    /// something is about to sleep until the answer.
+    pub fn wait_until_asleep(&self, tid: u32, limit: std::time::Duration) {
+        let started = std::time::Instant::now();
+        let mut buffer = Vec::with_capacity(128);
+        while task_state(&self.proc_root, tid, &mut buffer) == Some(b'R') {
+            if started.elapsed() >= limit {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// The `keep` highest thread ids in `cgroup` and below it, highest first, from the thread lists
     /// alone (no per-task read): the newest tasks, for loadavg's last field.
     pub fn highest_tids(&self, cgroup: &CgroupDir, keep: usize) -> Result<Vec<u32>> {
