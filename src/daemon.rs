@@ -227,24 +227,44 @@ fn sweep_periodically(renderer: Arc<Renderer>) {
     });
 }
 
-/// Steps the load averages of the containers read recently, every 5 s as the kernel does.
+/// The share of one core the load sampler may take: past it, its period stretches beyond 5 s.
+const SAMPLER_CPU_SHARE: f64 = 0.015;
+
+/// Steps the load averages of the containers read recently, every 5 s as the kernel does, or less often
+/// when a pass costs more than [`SAMPLER_CPU_SHARE`] of a core over the period (the averages then take
+/// the steps due in one go): the sampler's cost stays bounded however many containers a node runs.
 fn sample_loads_periodically(renderer: Arc<Renderer>) {
     let spawned = std::thread::Builder::new()
         .name("load sampler".into())
         .spawn(move || {
+            let mut wait = LOAD_PERIOD;
             loop {
-                std::thread::sleep(LOAD_PERIOD);
+                std::thread::sleep(wait);
+                let cpu_before = thread_cpu_time();
                 let started = std::time::Instant::now();
                 let sampled = renderer.sample_loads();
+                let cpu = thread_cpu_time().saturating_sub(cpu_before);
+                let period = LOAD_PERIOD.max(cpu.div_f64(SAMPLER_CPU_SHARE));
+                wait = period.saturating_sub(started.elapsed());
                 log::trace!(
-                    "sampled the load of {sampled} cgroups in {:?}",
-                    started.elapsed()
+                    "sampled the load of {sampled} cgroups with {cpu:?} of CPU; next in {wait:?}"
                 );
             }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the load sampler, load averages stay where they start: {e}");
     }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Tells systemd (Type=notify) about our state through $NOTIFY_SOCKET, a unix datagram socket given as

@@ -338,6 +338,9 @@ impl Renderer {
                         cgroup: cgroup.clone(),
                         averages: LoadAverages::starting_at(counts.active()),
                         stepped_at: std::time::Instant::now(),
+                        active: counts.active(),
+                        cpu_time_at_count: None,
+                        counted_at: std::time::Instant::now(),
                     },
                 });
                 let last_pid = match container.pidns {
@@ -444,7 +447,8 @@ impl Renderer {
         };
         let id = cgroup.id()?;
         let counts = self.registry.task_counts.get_or_try_insert(&id, || {
-            self.tasks.wait_until_asleep(reader, Duration::from_millis(2));
+            self.tasks
+                .wait_until_asleep(reader, Duration::from_millis(2));
             self.tasks.count(cgroup, id, CountMethod::Fastest, true)
         })?;
         Ok(Some((id, counts)))
@@ -462,15 +466,31 @@ impl Renderer {
             if steps == 0 {
                 continue;
             }
-            match self
-                .tasks
-                .count(&entry.cgroup, id, CountMethod::Fastest, false)
-            {
-                Ok(counts) => {
+            // No task changes state without running, so a container whose CPU time has not moved
+            // has the tasks running and waiting it had (a wake-up not yet run is seen once it runs);
+            // idle containers cost one small read. A full count at least every minute anyway.
+            let cpu_time = entry.cgroup.cpu_time_marker().ok().flatten();
+            let unchanged = cpu_time.is_some()
+                && cpu_time == entry.cpu_time_at_count
+                && entry.counted_at.elapsed() < FULL_COUNT_PERIOD;
+            let active = if unchanged {
+                Ok(entry.active)
+            } else {
+                self.tasks
+                    .count(&entry.cgroup, id, CountMethod::Fastest, false)
+                    .map(|counts| counts.active())
+            };
+            match active {
+                Ok(active) => {
                     sampled += 1;
                     self.registry.load.modify(&id, |entry| {
-                        entry.averages.step(counts.active(), steps);
+                        entry.averages.step(active, steps);
                         entry.stepped_at += LOAD_PERIOD * steps;
+                        if !unchanged {
+                            entry.active = active;
+                            entry.cpu_time_at_count = cpu_time;
+                            entry.counted_at = std::time::Instant::now();
+                        }
                     });
                 }
                 Err(e) => {
@@ -547,6 +567,9 @@ impl Renderer {
         first
     }
 }
+
+/// How long the sampler may go on from a container's last task count while its CPU time stands still.
+const FULL_COUNT_PERIOD: Duration = Duration::from_secs(60);
 
 /// The cgroup whose tasks are the container's: its cpuacct cgroup (v2: cpu), else its memory cgroup;
 /// `None` when both are roots (a host process).

@@ -55,7 +55,8 @@ impl TaskCounts {
 /// Counts tasks by state; holds the taskstats socket when the kernel offers one.
 #[derive(Debug)]
 pub struct TaskCounter {
-    proc_root: std::path::PathBuf,
+    /// /proc, held open.
+    proc_dir: Option<OwnedFd>,
     taskstats: Option<Mutex<Taskstats>>,
 }
 
@@ -70,7 +71,13 @@ pub enum Method {
 
 impl TaskCounter {
     /// A counter reading tasks below `proc_root`; opens the taskstats socket if the kernel has one.
+    /// `VPROCD_TASK_COUNT=per-task` in the environment counts task by task everywhere, as on cgroup v2
+    /// (benches/loadavg-sampler compares the two).
     pub fn new(proc_root: &Path) -> Self {
+        if std::env::var_os("VPROCD_TASK_COUNT").is_some_and(|v| v == "per-task") {
+            log::info!("VPROCD_TASK_COUNT=per-task: load is counted task by task");
+            return Self::per_task(proc_root);
+        }
         let taskstats = match Taskstats::open() {
             Ok(t) => Some(Mutex::new(t)),
             Err(e) => {
@@ -81,7 +88,7 @@ impl TaskCounter {
             }
         };
         TaskCounter {
-            proc_root: proc_root.to_path_buf(),
+            proc_dir: open_proc_dir(proc_root),
             taskstats,
         }
     }
@@ -89,7 +96,7 @@ impl TaskCounter {
     /// A counter that never uses taskstats (benchmarks compare the two).
     pub fn per_task(proc_root: &Path) -> Self {
         TaskCounter {
-            proc_root: proc_root.to_path_buf(),
+            proc_dir: open_proc_dir(proc_root),
             taskstats: None,
         }
     }
@@ -110,38 +117,34 @@ impl TaskCounter {
         method: Method,
         listed: bool,
     ) -> Result<TaskCounts> {
-        let dir = open_dir(&cgroup.path)?;
-        let meta = std::fs::File::from(dir.try_clone().map_err(|e| Error::io(&cgroup.path, e))?)
-            .metadata()
-            .map_err(|e| Error::io(&cgroup.path, e))?;
+        // One stat: the identity, and the link count, which on cgroupfs (kernfs) is 2 plus the number
+        // of child cgroups, so a leaf is never listed.
+        let meta = std::fs::metadata(&cgroup.path).map_err(|e| Error::io(&cgroup.path, e))?;
         if meta.dev() != id.dev || meta.ino() != id.ino {
             return Err(Error::io(
                 &cgroup.path,
                 io::Error::from(io::ErrorKind::NotFound),
             ));
         }
+        let taskstats = match (&self.taskstats, cgroup.version, method) {
+            (Some(t), Version::V1, Method::Fastest) => Some(t),
+            _ => None,
+        };
         let mut counts = TaskCounts::default();
-        let mut pending = vec![(cgroup.path.clone(), Some(dir))];
+        let mut pending = vec![(cgroup.path.clone(), meta.nlink())];
         let mut visited = 0;
-        while let Some((path, fd)) = pending.pop() {
+        while let Some((path, links)) = pending.pop() {
             visited += 1;
             if visited > MAX_CGROUPS_PER_COUNT {
                 break;
             }
-            let taskstats = match (&self.taskstats, cgroup.version, method) {
-                (Some(t), Version::V1, Method::Fastest) => Some(t),
-                _ => None,
-            };
             let level = match taskstats {
                 Some(taskstats) => {
-                    let fd = match fd {
-                        Some(fd) => fd,
-                        None => match open_dir(&path) {
-                            Ok(fd) => fd,
-                            // Removed since it was listed.
-                            Err(e) if e.is_not_found() => continue,
-                            Err(e) => return Err(e),
-                        },
+                    let fd = match open_dir(&path) {
+                        Ok(fd) => fd,
+                        // Removed since it was listed.
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e),
                     };
                     // A directory taskstats does not take (not a v1 cgroupfs directory) is counted
                     // task by task.
@@ -163,11 +166,16 @@ impl TaskCounter {
                 None => self.count_tasks_of(&path, cgroup.version, &counts)?,
             };
             counts.add(level);
+            if links == 2 {
+                continue;
+            }
             match std::fs::read_dir(&path) {
                 Ok(entries) => {
                     for entry in entries.flatten() {
-                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                            pending.push((entry.path(), None));
+                        if let Ok(meta) = entry.metadata()
+                            && meta.is_dir()
+                        {
+                            pending.push((entry.path(), meta.nlink()));
                         }
                     }
                 }
@@ -182,8 +190,7 @@ impl TaskCounter {
     /// something is about to sleep until the answer.
     pub fn wait_until_asleep(&self, tid: u32, limit: std::time::Duration) {
         let started = std::time::Instant::now();
-        let mut buffer = Vec::with_capacity(128);
-        while task_state(&self.proc_root, tid, &mut buffer) == Some(b'R') {
+        while task_state(self.proc_dir.as_ref(), tid) == Some(b'R') {
             if started.elapsed() >= limit {
                 return;
             }
@@ -237,13 +244,12 @@ impl TaskCounter {
             Err(e) => return Err(Error::io(&list, e)),
         };
         let mut counts = TaskCounts::default();
-        let mut stat = Vec::with_capacity(512);
         for tid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             if (so_far.total + counts.total) as usize >= MAX_TASKS_PER_COUNT {
                 break;
             }
             counts.total += 1;
-            match task_state(&self.proc_root, tid, &mut stat) {
+            match task_state(self.proc_dir.as_ref(), tid) {
                 Some(b'R') => counts.running += 1,
                 Some(b'D') => counts.uninterruptible += 1,
                 _ => {}
@@ -273,24 +279,58 @@ fn thread_list_name(version: Version) -> &'static str {
 }
 
 /// The state letter of task `tid` (the field after the command's closing parenthesis in
-/// /proc/TID/stat); `None` when the task is gone.
-fn task_state(proc_root: &Path, tid: u32, buffer: &mut Vec<u8>) -> Option<u8> {
-    use std::io::Read;
-    buffer.clear();
-    let mut file = std::fs::File::open(proc_root.join(tid.to_string()).join("stat")).ok()?;
-    // The state is within the first 64 bytes past the command (at most 16 bytes, in parentheses).
-    buffer.resize(128, 0);
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(_) => return None,
+/// /proc/TID/stat); `None` when the task is gone. Three system calls on a held /proc fd and no
+/// allocation: the v2 sampler makes one call per task of every container it samples.
+fn task_state(proc_dir: Option<&OwnedFd>, tid: u32) -> Option<u8> {
+    let proc_dir = proc_dir?;
+    // "4294967295/stat\0" at most.
+    let mut path = [0u8; 16];
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut value = tid;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
         }
     }
-    let text = &buffer[..filled];
+    let digits = &digits[start..];
+    path[..digits.len()].copy_from_slice(digits);
+    path[digits.len()..digits.len() + 5].copy_from_slice(b"/stat");
+    // SAFETY: path is NUL-terminated (the array's rest is zero); the fd is closed below.
+    let fd = unsafe {
+        libc::openat(
+            proc_dir.as_raw_fd(),
+            path.as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // The state is within the first 64 bytes: pid, the command (at most 16 bytes, in parentheses).
+    let mut buffer = [0u8; 96];
+    // SAFETY: the buffer is valid for its length; fd is ours.
+    let read = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    let text = buffer.get(..usize::try_from(read).ok()?)?;
     let close = text.iter().rposition(|&b| b == b')')?;
     text.get(close + 2).copied()
+}
+
+/// /proc (or a fixture) as a directory fd, for [`task_state`].
+fn open_proc_dir(proc_root: &Path) -> Option<OwnedFd> {
+    open_dir(proc_root)
+        .inspect_err(|e| {
+            log::warn!(
+                "cannot open {}: {e}; task states are unknown",
+                proc_root.display()
+            )
+        })
+        .ok()
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
@@ -533,8 +573,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vproc-task-state-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("7")).unwrap();
         std::fs::write(dir.join("7/stat"), "7 (a) b) c) D 1 7 7 0 -1").unwrap();
-        assert_eq!(task_state(&dir, 7, &mut Vec::new()), Some(b'D'));
-        assert_eq!(task_state(&dir, 8, &mut Vec::new()), None);
+        let fd = open_proc_dir(&dir);
+        assert_eq!(task_state(fd.as_ref(), 7), Some(b'D'));
+        assert_eq!(task_state(fd.as_ref(), 8), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

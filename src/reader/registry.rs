@@ -114,6 +114,11 @@ pub struct LoadEntry {
     pub averages: LoadAverages,
     /// When the averages last took a step (or started).
     pub stepped_at: Instant,
+    /// The tasks running or waiting at the last count, the cgroup's CPU time then (see
+    /// [`crate::cgroup::CgroupDir::cpu_time_marker`]) and when it was.
+    pub active: u32,
+    pub cpu_time_at_count: Option<u64>,
+    pub counted_at: Instant,
 }
 
 /// The owner of all per-reader and per-cgroup state.
