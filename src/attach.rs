@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, Mode, OFlags};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
 
-use crate::files::bind_pairs;
+use crate::files::{self, bind_pairs};
 use crate::in_root::{self, Symlinks};
 
 /// `FUSE_SUPER_MAGIC`, the f_type statfs reports for a FUSE mount.
@@ -141,18 +141,28 @@ pub fn attach_in(
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
     let mut clones: Vec<(&str, OwnedFd)> = Vec::new();
+    let mut results = Vec::new();
     for (source, relative) in pairs {
         let path = mountpoint.join(source);
         let tree = open_tree(
             CWD,
             &path,
             OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-        )
-        .map_err(|e| AttachError::Source {
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        clones.push((relative.as_str(), tree));
+        );
+        match tree {
+            Ok(tree) => clones.push((relative.as_str(), tree)),
+            // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
+            // a reason to leave the container without its other files.
+            Err(_) if files::is_block_stat(source) => {
+                results.push(Attached::Missing(Path::new("/").join(relative)));
+            }
+            Err(e) => {
+                return Err(AttachError::Source {
+                    path: path.clone(),
+                    source: e.into(),
+                });
+            }
+        }
     }
 
     // After setns, /proc is the container's procfs, where our /proc/self does not exist; keep the host's.
@@ -195,7 +205,6 @@ pub fn attach_in(
             (dir, Path::new("/"))
         }
     };
-    let mut results = Vec::new();
     for (relative, tree) in clones {
         let shown = root.join(relative);
         let target_error = |source: io::Error| AttachError::Target {

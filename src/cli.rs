@@ -21,7 +21,7 @@ pub struct VprocdArgs {
     /// Log at debug level (RUST_LOG, when set, wins).
     #[arg(short = 'd', long)]
     pub debug: bool,
-    /// Accepted for LXCFS compatibility; per-container load averages are not implemented yet.
+    /// Accepted for LXCFS compatibility; per-container load averages are always on.
     #[arg(short = 'l', long = "enable-loadavg")]
     pub enable_loadavg: bool,
     /// Accepted for LXCFS compatibility; quota-aware CPU counts are the default (see --cpu-view).

@@ -300,6 +300,20 @@ pub fn bind_pairs() -> Vec<(String, String)> {
     pairs
 }
 
+/// True for a name that can be a host block device's in sys/block: one path component, not `.` or
+/// `..` (the kernel's own names, `vda`, `loop0`, `dm-1`, `nvme0n1`).
+pub fn is_block_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+/// True for `sys/block/NAME/stat`, a block device's statistics below the mountpoint.
+pub fn is_block_stat(path: &str) -> bool {
+    path.strip_prefix(BLOCK_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.strip_suffix("/stat"))
+        .is_some_and(is_block_name)
+}
+
 /// Inodes from here up are handed out at run time (`cpuN` slots and host entries passed through).
 pub const FIRST_DYNAMIC_INO: u64 = 1 << 16;
 
@@ -357,6 +371,17 @@ mod tests {
                 "sys/devices/system/cpu"
             ]
         );
+    }
+
+    #[test]
+    fn block_stat_paths_name_one_device() {
+        assert!(is_block_stat("sys/block/vda/stat"));
+        assert!(is_block_stat("sys/block/dm-1/stat"));
+        assert!(!is_block_stat("sys/block/../stat"));
+        assert!(!is_block_stat("sys/block/a/b/stat"));
+        assert!(!is_block_stat("sys/block//stat"));
+        assert!(!is_block_stat("sys/block/vda/size"));
+        assert!(!is_block_name("."));
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct NamespaceMounts {
 }
 
 /// Mounts of one namespace looked at, at most: a namespace with more is healed for these.
-pub const MAX_MOUNTS_PER_NAMESPACE: usize = 64;
+pub const MAX_MOUNTS_PER_NAMESPACE: usize = 512;
 
 /// The mount namespaces holding dead mounts of the daemon at `mountpoint`, found one process at a time,
 /// once per namespace, reading only /proc (mountinfo), never the mounts themselves: a mount of the
@@ -196,7 +196,8 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
         let source = line.root.trim_start_matches('/');
         let served = source.is_empty()
             || files::FILES.iter().any(|f| f.path == source)
-            || files::dir_by_path(source).is_some();
+            || files::dir_by_path(source).is_some()
+            || files::is_block_stat(source);
         if !served {
             continue;
         }
@@ -444,6 +445,27 @@ mod tests {
         assert_eq!(
             dead_mounts(&mountinfo, &wanted()).len(),
             MAX_MOUNTS_PER_NAMESPACE
+        );
+    }
+
+    #[test]
+    fn block_device_stats_are_healed_and_odd_names_are_not() {
+        let mountinfo = [
+            line(
+                "/sys/block/vda/stat",
+                "/sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/stat",
+                FS,
+            ),
+            line("/sys/block/../stat", "/x", FS),
+            line("/sys/block/vda/size", "/y", FS),
+        ]
+        .concat();
+        assert_eq!(
+            dead_mounts(&mountinfo, &wanted()),
+            [(
+                "sys/block/vda/stat".to_string(),
+                "sys/devices/pci0000:00/0000:00:02.0/virtio1/block/vda/stat".to_string()
+            )]
         );
     }
 }

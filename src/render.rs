@@ -16,7 +16,7 @@ use crate::health::Health;
 use crate::host::{Host, HostFile, HostRoots, boottime_now, uptime_seconds};
 use crate::lru::Lru;
 use crate::reader::{
-    Budget, Container, Freshness, LoadEntry, PidNamespace, Registry, process_cgroups,
+    Budget, Container, CountedTasks, Freshness, LoadEntry, PidNamespace, Registry, process_cgroups,
 };
 use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
@@ -295,9 +295,9 @@ impl Renderer {
                     self.log_once(&e);
                     None
                 });
-                let procs = counts.map(|(_, counts)| Procs {
-                    running: running_with_reader(counts),
-                    blocked: counts.uninterruptible,
+                let procs = counts.map(|(_, counted)| Procs {
+                    running: running_with_reader(counted.counts),
+                    blocked: counted.counts.uninterruptible,
                 });
                 render_stat(&self.host.read(HostFile::Stat)?, &times, procs)
             }
@@ -326,9 +326,10 @@ impl Renderer {
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg => {
-                let Some((id, counts)) = self.task_counts(container, pid)? else {
+                let Some((id, counted)) = self.task_counts(container, pid)? else {
                     return Ok(None);
                 };
+                let counts = counted.counts;
                 let Some(cgroup) = tasks_cgroup(container) else {
                     return Ok(None);
                 };
@@ -344,14 +345,9 @@ impl Renderer {
                     },
                 });
                 let last_pid = match container.pidns {
-                    // The newest task of the container still there (the reader itself, most often),
-                    // as its namespace numbers it; the kernel's is the last pid handed out.
-                    PidNamespace::Container { .. } => self
-                        .tasks
-                        .highest_tids(cgroup, 4)?
-                        .into_iter()
-                        .find_map(|tid| self.registry.pid_namespaces.innermost_pid(tid).ok())
-                        .unwrap_or(0),
+                    // The newest task of the container still there when counted (the reader itself,
+                    // most often), as its namespace numbers it; the kernel's is the last pid handed out.
+                    PidNamespace::Container { .. } => counted.last_pid,
                     PidNamespace::Host => {
                         host_last_pid(&self.host.read(HostFile::Loadavg)?).unwrap_or(0)
                     }
@@ -441,17 +437,36 @@ impl Renderer {
         &self,
         container: &Container,
         reader: u32,
-    ) -> Result<Option<(CgroupId, TaskCounts)>> {
+    ) -> Result<Option<(CgroupId, CountedTasks)>> {
         let Some(cgroup) = tasks_cgroup(container) else {
             return Ok(None);
         };
         let id = cgroup.id()?;
-        let counts = self.registry.task_counts.get_or_try_insert(&id, || {
-            self.tasks
-                .wait_until_asleep(reader, Duration::from_millis(2));
-            self.tasks.count(cgroup, id, CountMethod::Fastest, true)
-        })?;
-        Ok(Some((id, counts)))
+        if let Some(counted) = self
+            .registry
+            .task_counts
+            .get_if(&id, CountedTasks::is_fresh)
+        {
+            return Ok(Some((id, counted)));
+        }
+        self.tasks
+            .wait_until_asleep(reader, Duration::from_millis(2));
+        let started = std::time::Instant::now();
+        let counts = self.tasks.count(cgroup, id, CountMethod::Fastest, true)?;
+        let last_pid = counts
+            .newest
+            .iter()
+            .filter(|&&tid| tid != 0)
+            .find_map(|&tid| self.registry.pid_namespaces.innermost_pid(tid).ok())
+            .unwrap_or(0);
+        let counted = CountedTasks {
+            counts,
+            last_pid,
+            at: std::time::Instant::now(),
+            cost: started.elapsed(),
+        };
+        self.registry.task_counts.insert(id, counted);
+        Ok(Some((id, counted)))
     }
 
     /// One step of every recently read container's load averages that is due (the daemon calls this
@@ -483,7 +498,12 @@ impl Renderer {
             match active {
                 Ok(active) => {
                     sampled += 1;
+                    let sampled_from = entry.stepped_at;
                     self.registry.load.modify(&id, |entry| {
+                        // An entry dropped and made again since the snapshot starts on its own.
+                        if entry.stepped_at != sampled_from {
+                            return;
+                        }
                         entry.averages.step(active, steps);
                         entry.stepped_at += LOAD_PERIOD * steps;
                         if !unchanged {

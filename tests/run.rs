@@ -138,6 +138,66 @@ fn the_container_sees_its_limits_through_vprocd() {
 }
 
 #[test]
+fn the_container_sees_its_own_load_and_disk_io() {
+    let daemon = Daemon::start(&[]);
+    let volume = std::env::temp_dir().join(unique("vproc-run-io"));
+    std::fs::create_dir(&volume).unwrap();
+    // The disk under the volume, as /sys/block names it (a partition's disk).
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&volume).unwrap());
+    let sysfs = std::fs::canonicalize(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ))
+    .unwrap();
+    let disk = if sysfs.join("partition").exists() {
+        sysfs.parent().unwrap().to_path_buf()
+    } else {
+        sysfs
+    };
+    let disk_name = disk.file_name().unwrap().to_str().unwrap().to_string();
+    let out = vproc_run(&[
+        "--lxcfs",
+        daemon.mountpoint.to_str().unwrap(),
+        "--rootfs",
+        rootfs().to_str().unwrap(),
+        "--cpus",
+        "1",
+        "-v",
+        &format!("{}:/v", volume.display()),
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "cut -d' ' -f1-3 /proc/loadavg; \
+             dd if=/dev/zero of=/v/f bs=4096 count=32 oflag=direct 2>/dev/null; \
+             grep ' {disk_name} ' /proc/diskstats; cat /sys/block/{disk_name}/stat"
+        ),
+    ]);
+    let _ = std::fs::remove_dir_all(&volume);
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0], "0.00 0.00 0.00",
+        "an idle container's load: {stdout}"
+    );
+    // At least its 32 direct writes (a filesystem adds its own), counted from the container's start:
+    // far fewer than the host's disk has done.
+    let fields: Vec<u64> = lines[1]
+        .split_whitespace()
+        .skip(3)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert!((32..1000).contains(&fields[4]), "writes: {stdout}");
+    let sysfs: Vec<u64> = lines[2]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(sysfs[4], fields[4], "iostat's file says the same: {stdout}");
+}
+
+#[test]
 fn limits_are_written_before_the_payload_runs_and_removed_after_sigterm() {
     let name = unique("vproc-run");
     // --init: vproc-init is pid 1 and passes SIGTERM to the command, which dies of it.

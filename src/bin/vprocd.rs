@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         log::info!("ignoring -o {opts} (LXCFS mount options do not apply to vprocd)");
     }
     if args.enable_loadavg {
-        log::info!("--enable-loadavg: proc/loadavg shows the host's load averages for now");
+        log::info!(
+            "-l/--enable-loadavg: accepted for LXCFS; per-container load averages are always on"
+        );
     }
     let threads = args.threads.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()

@@ -1,7 +1,7 @@
 //! A cgroup's block I/O per device, for its proc/diskstats: v2 `io.stat`, v1 blkio's throttle
 //! statistics (`blkio.throttle.io_serviced_recursive`, `blkio.throttle.io_service_bytes_recursive`),
-//! plus BFQ's service and wait times where the kernel has them (`blkio.bfq.io_service_time_recursive`,
-//! `blkio.bfq.io_wait_time_recursive`, CONFIG_BFQ_CGROUP_DEBUG).
+//! plus BFQ's service and wait times where the kernel has them (`blkio.bfq.io_service_time_recursive`
+//! and `blkio.bfq.io_wait_time_recursive`, with CONFIG_BFQ_CGROUP_DEBUG).
 //!
 //! v1 caveat, measured on Linux 6.18: the throttle statistics count only on disks where throttling is
 //! active, which is once any blkio throttle rule was written for the disk (in any cgroup; a rule of 0,
@@ -79,12 +79,19 @@ pub(super) fn device_io(cgroup: &CgroupDir) -> Result<Option<Vec<DeviceIo>>> {
                 "Discard" => d.discard_bytes = n,
                 _ => {}
             });
-            if let Some(service) = cgroup.read_optional("blkio.bfq.io_service_time_recursive")? {
-                add_v1(&mut devices, &service, |d, op, ns| match op {
-                    "Read" => d.read_ms = ns / 1_000_000,
-                    "Write" => d.write_ms = ns / 1_000_000,
-                    _ => {}
-                });
+            // A request's time is its wait in the scheduler plus its service by the device, as the
+            // kernel's own per-disk times count from submission to completion.
+            for file in [
+                "blkio.bfq.io_service_time_recursive",
+                "blkio.bfq.io_wait_time_recursive",
+            ] {
+                if let Some(times) = cgroup.read_optional(file)? {
+                    add_v1(&mut devices, &times, |d, op, ns| match op {
+                        "Read" => d.read_ms = d.read_ms.saturating_add(ns / 1_000_000),
+                        "Write" => d.write_ms = d.write_ms.saturating_add(ns / 1_000_000),
+                        _ => {}
+                    });
+                }
             }
             Ok(Some(devices))
         }

@@ -37,7 +37,13 @@ pub struct TaskCounts {
     pub uninterruptible: u32,
     /// All tasks (threads).
     pub total: u32,
+    /// The highest thread ids among them, highest first (0: none), when the lists were read: the
+    /// newest tasks, for loadavg's last field.
+    pub newest: [u32; NEWEST_KEPT],
 }
+
+/// How many of the newest thread ids a count keeps (a few, in case the newest have ended).
+pub const NEWEST_KEPT: usize = 4;
 
 impl TaskCounts {
     /// What the kernel's load average adds up: running plus uninterruptible.
@@ -49,6 +55,22 @@ impl TaskCounts {
         self.running = self.running.saturating_add(other.running);
         self.uninterruptible = self.uninterruptible.saturating_add(other.uninterruptible);
         self.total = self.total.saturating_add(other.total);
+        for tid in other.newest {
+            self.note_tid(tid);
+        }
+    }
+
+    /// Keeps `tid` among the newest if it is higher than one of them.
+    fn note_tid(&mut self, tid: u32) {
+        if tid == 0 || self.newest.contains(&tid) {
+            return;
+        }
+        if let Some(lowest) = self.newest.iter_mut().min()
+            && tid > *lowest
+        {
+            *lowest = tid;
+            self.newest.sort_unstable_by(|a, b| b.cmp(a));
+        }
     }
 }
 
@@ -78,7 +100,7 @@ impl TaskCounter {
             log::info!("VPROCD_TASK_COUNT=per-task: load is counted task by task");
             return Self::per_task(proc_root);
         }
-        let taskstats = match Taskstats::open() {
+        let taskstats = match Taskstats::open_in_host_network(proc_root) {
             Ok(t) => Some(Mutex::new(t)),
             Err(e) => {
                 log::info!(
@@ -130,6 +152,11 @@ impl TaskCounter {
             (Some(t), Version::V1, Method::Fastest) => Some(t),
             _ => None,
         };
+        // A frozen container (`docker pause` on v2) adds nothing to the load, as in the kernel's count,
+        // though /proc shows its tasks in D.
+        let frozen = cgroup.version == Version::V2
+            && std::fs::read_to_string(cgroup.path.join("cgroup.events"))
+                .is_ok_and(|events| events.lines().any(|l| l.trim() == "frozen 1"));
         let mut counts = TaskCounts::default();
         let mut pending = vec![(cgroup.path.clone(), meta.nlink())];
         let mut visited = 0;
@@ -152,8 +179,9 @@ impl TaskCounter {
                     match stats {
                         Ok(mut level) => {
                             if listed {
-                                level.total =
-                                    thread_count(&path, cgroup.version)?.max(level.active());
+                                let listed = thread_list(&path, cgroup.version)?;
+                                level.total = listed.total.max(level.active());
+                                level.newest = listed.newest;
                             }
                             level
                         }
@@ -165,6 +193,15 @@ impl TaskCounter {
                 }
                 None => self.count_tasks_of(&path, cgroup.version, &counts)?,
             };
+            let level = if frozen {
+                TaskCounts {
+                    running: 0,
+                    uninterruptible: 0,
+                    ..level
+                }
+            } else {
+                level
+            };
             counts.add(level);
             if links == 2 {
                 continue;
@@ -172,8 +209,13 @@ impl TaskCounter {
             match std::fs::read_dir(&path) {
                 Ok(entries) => {
                     for entry in entries.flatten() {
-                        if let Ok(meta) = entry.metadata()
-                            && meta.is_dir()
+                        // The directory's type comes with the entry; only child cgroups are stat'ed,
+                        // and no more are kept than the walk may visit.
+                        if visited + pending.len() >= MAX_CGROUPS_PER_COUNT {
+                            break;
+                        }
+                        if entry.file_type().is_ok_and(|t| t.is_dir())
+                            && let Ok(meta) = entry.metadata()
                         {
                             pending.push((entry.path(), meta.nlink()));
                         }
@@ -198,38 +240,6 @@ impl TaskCounter {
         }
     }
 
-    /// The `keep` highest thread ids in `cgroup` and below it, highest first, from the thread lists
-    /// alone (no per-task read): the newest tasks, for loadavg's last field.
-    pub fn highest_tids(&self, cgroup: &CgroupDir, keep: usize) -> Result<Vec<u32>> {
-        let mut tids: Vec<u32> = Vec::new();
-        let mut pending = vec![cgroup.path.clone()];
-        let mut visited = 0;
-        while let Some(path) = pending.pop() {
-            visited += 1;
-            if visited > MAX_CGROUPS_PER_COUNT {
-                break;
-            }
-            let list = path.join(thread_list_name(cgroup.version));
-            match std::fs::read_to_string(&list) {
-                Ok(text) => {
-                    tids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-                    tids.sort_unstable_by(|a, b| b.cmp(a));
-                    tids.truncate(keep);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&list, e)),
-            }
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        pending.push(entry.path());
-                    }
-                }
-            }
-        }
-        Ok(tids)
-    }
-
     /// The tasks directly in the cgroup at `path`, from its thread list and each thread's state.
     fn count_tasks_of(
         &self,
@@ -249,6 +259,7 @@ impl TaskCounter {
                 break;
             }
             counts.total += 1;
+            counts.note_tid(tid);
             match task_state(self.proc_dir.as_ref(), tid) {
                 Some(b'R') => counts.running += 1,
                 Some(b'D') => counts.uninterruptible += 1,
@@ -259,15 +270,20 @@ impl TaskCounter {
     }
 }
 
-/// How many threads the cgroup at `path` itself lists.
-fn thread_count(path: &Path, version: Version) -> Result<u32> {
+/// The threads the cgroup at `path` itself lists: how many, and the newest (no states).
+fn thread_list(path: &Path, version: Version) -> Result<TaskCounts> {
     let list = path.join(thread_list_name(version));
     let text = match std::fs::read_to_string(&list) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TaskCounts::default()),
         Err(e) => return Err(Error::io(&list, e)),
     };
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).count() as u32)
+    let mut counts = TaskCounts::default();
+    for tid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        counts.total = counts.total.saturating_add(1);
+        counts.note_tid(tid);
+    }
+    Ok(counts)
 }
 
 /// The file listing a cgroup's threads (in the reader's pid namespace).
@@ -285,18 +301,8 @@ fn task_state(proc_dir: Option<&OwnedFd>, tid: u32) -> Option<u8> {
     let proc_dir = proc_dir?;
     // "4294967295/stat\0" at most.
     let mut path = [0u8; 16];
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut value = tid;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    let digits = &digits[start..];
+    let mut buffer = [0u8; 20];
+    let digits = crate::view::decimal(u64::from(tid), &mut buffer);
     path[..digits.len()].copy_from_slice(digits);
     path[digits.len()..digits.len() + 5].copy_from_slice(b"/stat");
     // SAFETY: path is NUL-terminated (the array's rest is zero); the fd is closed below.
@@ -372,6 +378,30 @@ const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 
 impl Taskstats {
+    /// The taskstats family exists only in the host's (initial) network namespace. A daemon in a pod
+    /// without hostNetwork makes its socket from a thread that joined the namespace of `<proc>/1`
+    /// (the socket keeps its namespace; the thread ends).
+    fn open_in_host_network(proc_root: &Path) -> io::Result<Self> {
+        let here = Self::open();
+        let host_ns = proc_root.join("1/ns/net");
+        let same = std::fs::read_link(&host_ns).ok()
+            == std::fs::read_link("/proc/thread-self/ns/net").ok();
+        match here {
+            Ok(taskstats) => Ok(taskstats),
+            Err(e) if same => Err(e),
+            Err(_) => std::thread::spawn(move || {
+                let ns = std::fs::File::open(&host_ns)?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                Self::open()
+            })
+            .join()
+            .map_err(|_| {
+                io::Error::other("the thread joining the host's network namespace failed")
+            })?,
+        }
+    }
+
     fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the fd is owned below.
         let fd = unsafe {
@@ -391,14 +421,17 @@ impl Taskstats {
             tv_usec: 0,
         };
         // SAFETY: a valid timeval of the right size. A kernel that never answers must not hang a read.
-        unsafe {
+        let set = unsafe {
             libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&timeout as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
         }
         let mut taskstats = Taskstats {
             socket,
@@ -441,7 +474,9 @@ impl Taskstats {
             (field(0), field(1), field(2), field(3), field(4));
         Ok(TaskCounts {
             running,
-            uninterruptible,
+            // Killable sleeps (in I/O or on a lock) fall outside taskstats' exact state match and are
+            // counted as I/O wait when in io_schedule; the kernel's load counts both.
+            uninterruptible: uninterruptible.saturating_add(io_wait),
             // The kernel counts only these states; tasks in others (dead, traced, idle kernel
             // threads) are left out of its total too.
             total: sleeping
@@ -449,6 +484,7 @@ impl Taskstats {
                 .saturating_add(stopped)
                 .saturating_add(uninterruptible)
                 .saturating_add(io_wait),
+            ..TaskCounts::default()
         })
     }
 

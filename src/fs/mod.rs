@@ -210,9 +210,12 @@ impl VprocFs {
                     return Ok(file.ino);
                 }
                 if dir.path == BLOCK_DIR {
+                    if !files::is_block_name(name) {
+                        return Err(Errno::ENOENT);
+                    }
                     std::fs::symlink_metadata(self.host_block_dir().join(name))
                         .map_err(Errno::from)?;
-                    return self.nodes.block_ino(name).ok_or(Errno::ENOENT);
+                    return self.block_ino(name).ok_or(Errno::ENOENT);
                 }
                 if dir.path != CPU_DIR {
                     return Err(Errno::ENOENT);
@@ -258,6 +261,13 @@ impl VprocFs {
         Ok(name)
     }
 
+    /// The inode of the host's block device `name`, numbered if new (see [`NodeTable::block_ino`]).
+    fn block_ino(&self, name: &str) -> Option<u64> {
+        let dir = self.host_block_dir();
+        self.nodes
+            .block_ino(name, |n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+    }
+
     fn host_block_dir(&self) -> PathBuf {
         self.renderer.host().roots().sys.join("block")
     }
@@ -285,7 +295,7 @@ impl VprocFs {
                 }
                 if dir.path == BLOCK_DIR {
                     for (name, _) in read_host_dir(&self.host_block_dir())? {
-                        if let Some(ino) = self.nodes.block_ino(&name) {
+                        if let Some(ino) = self.block_ino(&name) {
                             entries.push((ino, FileType::Directory, name));
                         }
                     }

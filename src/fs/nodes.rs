@@ -105,9 +105,11 @@ impl NodeTable {
         FIRST_DYNAMIC_INO + u64::from(k)
     }
 
-    /// The directory inode of block device `name` (one the host has), numbering it if it is new;
-    /// `None` once [`MAX_BLOCK_DEVICES`] names are numbered.
-    pub fn block_ino(&self, name: &str) -> Option<u64> {
+    /// The directory inode of block device `name` (one the host has), numbering it if it is new. Once
+    /// [`MAX_BLOCK_DEVICES`] names are numbered, the number of a name the host no longer has
+    /// (`exists` says) goes to the new one, so loop and dm devices coming and going never run the table
+    /// out; `None` only when every numbered device still exists.
+    pub fn block_ino(&self, name: &str, exists: impl Fn(&str) -> bool) -> Option<u64> {
         let index = |names: &Vec<String>| names.iter().position(|n| n == name);
         if let Some(i) = index(&self.block.read()) {
             return Some(FIRST_BLOCK_INO + 2 * i as u64);
@@ -119,7 +121,11 @@ impl NodeTable {
                 names.push(name.to_string());
                 names.len() - 1
             }
-            None => return None,
+            None => {
+                let gone = names.iter().position(|n| !exists(n))?;
+                names[gone] = name.to_string();
+                gone
+            }
         };
         Some(FIRST_BLOCK_INO + 2 * i as u64)
     }
@@ -204,15 +210,28 @@ mod tests {
     #[test]
     fn block_devices_are_numbered_once_each() {
         let table = NodeTable::default();
-        let vda = table.block_ino("vda").unwrap();
-        let loop0 = table.block_ino("loop0").unwrap();
-        assert_eq!(table.block_ino("vda"), Some(vda));
+        let all = |_: &str| true;
+        let vda = table.block_ino("vda", all).unwrap();
+        let loop0 = table.block_ino("loop0", all).unwrap();
+        assert_eq!(table.block_ino("vda", all), Some(vda));
         assert_eq!(table.node(vda), Some(Node::BlockDevice(0)));
         assert_eq!(table.node(loop0 + 1), Some(Node::BlockStat(1)));
         assert_eq!(table.node(loop0 + 2), None, "not numbered yet");
         assert_eq!(table.block_name(1).as_deref(), Some("loop0"));
         assert!(table.node(NodeTable::slot_ino(8191)).is_some());
         assert_ne!(NodeTable::slot_ino(8191), vda);
+    }
+
+    #[test]
+    fn a_full_block_table_reuses_the_numbers_of_devices_gone() {
+        let table = NodeTable::default();
+        for i in 0..MAX_BLOCK_DEVICES {
+            table.block_ino(&format!("loop{i}"), |_| true).unwrap();
+        }
+        assert_eq!(table.block_ino("dm-0", |_| true), None, "all still there");
+        let loop7 = table.block_ino("loop7", |_| true).unwrap();
+        assert_eq!(table.block_ino("dm-0", |n| n != "loop7"), Some(loop7));
+        assert_eq!(table.block_name(7).as_deref(), Some("dm-0"));
     }
 
     #[test]

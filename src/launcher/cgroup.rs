@@ -92,7 +92,14 @@ fn hierarchies(layout: &CgroupLayout) -> Vec<(Hierarchy, Vec<Controller>)> {
 impl ContainerCgroup {
     /// Creates `vproc/<name>` in every hierarchy found in `<proc_root>/self/mountinfo` and writes the
     /// limits. Fails if a container of that name is running (its cgroup exists).
-    pub fn create(proc_root: &Path, name: &str, limits: &Limits) -> Result<Self, LaunchError> {
+    /// `io_paths` are where the container's files live (its root, its layers, its volumes): on cgroup v1
+    /// the disks under them get the rule that makes the kernel count the container's I/O.
+    pub fn create(
+        proc_root: &Path,
+        name: &str,
+        limits: &Limits,
+        io_paths: &[PathBuf],
+    ) -> Result<Self, LaunchError> {
         let layout = CgroupLayout::detect(proc_root)
             .map_err(|e| LaunchError::Refused(format!("cannot find the cgroup mounts: {e}")))?;
         let hierarchies = hierarchies(&layout);
@@ -128,7 +135,7 @@ impl ContainerCgroup {
                 };
                 // Kept before the limits are written, so a failure removes it again.
                 cgroup.dirs.push(dir.clone());
-                write_limits(&dir, limits)?;
+                write_limits(&dir, limits, io_paths)?;
                 confine_devices(&dir)
             });
             if let Err(e) = made {
@@ -277,7 +284,11 @@ fn subtree_control(controllers: &[Controller]) -> String {
         .join(" ")
 }
 
-fn write_limits(container: &ContainerDir, limits: &Limits) -> Result<(), LaunchError> {
+fn write_limits(
+    container: &ContainerDir,
+    limits: &Limits,
+    io_paths: &[PathBuf],
+) -> Result<(), LaunchError> {
     let dir = container.path.as_path();
     let has = |controller| container.has(controller);
     match container.hierarchy.version {
@@ -294,7 +305,7 @@ fn write_limits(container: &ContainerDir, limits: &Limits) -> Result<(), LaunchE
                 write(&dir.join(V1_CFS_QUOTA), &quota.to_string())?;
             }
             if has(Controller::Io) {
-                count_block_io(dir);
+                count_block_io(dir, io_paths);
             }
             if has(Controller::Cpuset) {
                 let parent = dir.parent().unwrap_or(dir);
@@ -407,21 +418,47 @@ fn read(path: &Path) -> Result<String, LaunchError> {
 
 /// Makes the kernel count the container's block I/O (its diskstats). On cgroup v1 the kernel keeps a
 /// cgroup's I/O statistics only for disks where blkio throttling is active (Linux 6.7 and later start
-/// it with the first rule written for the disk), so a rule of 0, "no limit", is written for each disk
-/// in /sys/block. It limits nothing; a disk that refuses one keeps the container's I/O uncounted.
-fn count_block_io(dir: &Path) {
-    let Ok(disks) = std::fs::read_dir("/sys/block") else {
-        return;
-    };
-    for disk in disks.flatten() {
-        let Ok(device) = std::fs::read_to_string(disk.path().join("dev")) else {
-            continue;
-        };
-        let rule = format!("{} 0", device.trim());
+/// it with the first rule written for the disk), so a rule of 0, "no limit", is written for the disks
+/// holding `paths` (the container's root, layers and volumes): only those, since starting throttling
+/// on a disk waits for its I/O in flight once. It limits nothing; a disk that refuses it keeps the
+/// container's I/O there uncounted.
+fn count_block_io(dir: &Path, paths: &[PathBuf]) {
+    let mut disks: Vec<String> = paths.iter().filter_map(|p| whole_disk_of(p)).collect();
+    disks.sort();
+    disks.dedup();
+    for disk in disks {
+        let rule = format!("{disk} 0");
         if let Err(e) = std::fs::write(dir.join(V1_BLKIO_READ_BPS), &rule) {
-            log::debug!("no I/O accounting on {:?}: {e}", disk.file_name());
+            log::debug!("no I/O accounting on {disk}: {e}");
         }
     }
+}
+
+/// `MAJ:MIN` of the disk (not the partition) holding `path`; `None` for a filesystem on no block
+/// device (tmpfs, overlay's own device, NFS).
+fn whole_disk_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // A directory made later (the first image unpacked) lives on its nearest existing ancestor's disk.
+    let dev = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())?
+        .dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    if major == 0 {
+        return None;
+    }
+    let sysfs = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let disk = if sysfs.join("partition").exists() {
+        sysfs.parent()?.to_path_buf()
+    } else {
+        sysfs
+    };
+    Some(
+        std::fs::read_to_string(disk.join("dev"))
+            .ok()?
+            .trim()
+            .to_string(),
+    )
 }
 
 fn write(path: &Path, value: &str) -> Result<(), LaunchError> {

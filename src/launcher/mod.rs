@@ -260,7 +260,16 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, LaunchError> {
             flags,
         });
     // The cgroup claims the name first: the container's state directory is named after it too.
-    let cgroup = cgroup::ContainerCgroup::create(Path::new("/proc"), &spec.name, &spec.limits)?;
+    let mut io_paths: Vec<PathBuf> = spec.volumes.iter().map(|v| v.source.clone()).collect();
+    match &spec.root {
+        options::RootSource::Dir(dir) => io_paths.push(dir.clone()),
+        options::RootSource::Image(_) => {
+            io_paths.push(spec.image_cache.clone());
+            io_paths.push(spec.state_dir.clone());
+        }
+    }
+    let cgroup =
+        cgroup::ContainerCgroup::create(Path::new("/proc"), &spec.name, &spec.limits, &io_paths)?;
     let result = run_in(spec, &cgroup, seccomp);
     let oom_kills = cgroup.oom_kills();
     let removed = cgroup.remove();

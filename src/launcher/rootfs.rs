@@ -286,7 +286,14 @@ pub fn enter(
     tree.mount_cgroups(cgroups)?;
     if let Some(lxcfs) = &spec.lxcfs {
         for (source, target) in bind_pairs() {
-            tree.bind(&lxcfs.join(source), &target, false, Needs::Existing)?;
+            let bound = tree.bind(&lxcfs.join(&source), &target, false, Needs::Existing);
+            match bound {
+                // A disk gone since the list was made is skipped, never a reason not to start.
+                Err(e) if crate::files::is_block_stat(&source) => {
+                    log::debug!("not binding {source}: {e}");
+                }
+                other => other?,
+            }
         }
     }
     for volume in &spec.volumes {

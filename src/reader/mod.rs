@@ -10,7 +10,8 @@ mod registry;
 pub use cache::ReaderCache;
 pub use pidns::{PidNamespace, PidNamespaces};
 pub use registry::{
-    Budget, FD_RESERVE, Freshness, LoadEntry, MAX_READERS, Occupancy, Registry, SWEEP_PERIOD,
+    Budget, CountedTasks, FD_RESERVE, Freshness, LoadEntry, MAX_READERS, Occupancy, Registry,
+    SWEEP_PERIOD,
 };
 
 use crate::cgroup::{CgroupId, CgroupLayout, MemoryLimits, ProcessCgroups};

@@ -12,7 +12,7 @@
 //! | /proc/stat history | cgroup inode | 16384 | 0 | ~100 + 24 per CPU | 1 h after the last read |
 //! | diskstats history | cgroup inode | 16384 | 0 | ~100 + 80 per device | 1 h after the last read |
 //! | load averages | cgroup inode | 4096 | 0 | ~200 (cgroup path) | 15 min after the last read |
-//! | task counts | cgroup inode | 4096 | 0 | ~30 | 1 s |
+//! | task counts | cgroup inode | 4096 | 0 | ~70 | 1 s, or 50 times what the count cost |
 //!
 //! At most ~8 MiB of readers plus ~4 MiB for the rest, whatever containers do; an expired entry goes at
 //! the next insert or sweep (the daemon sweeps every [`SWEEP_PERIOD`]).
@@ -53,6 +53,8 @@ pub const LOAD_SAMPLED_FOR: Duration = Duration::from_secs(15 * 60);
 /// costs a /proc read per task on cgroup v2, so a container of 1,000 threads read in a tight loop costs
 /// at most one count a second.
 pub const TASK_COUNTS_TTL: Duration = Duration::from_secs(1);
+/// How long a count is kept at most (see [`CountedTasks::is_fresh`] for how long it is used).
+pub const TASK_COUNTS_KEPT: Duration = Duration::from_secs(60);
 /// How often the daemon drops expired entries (and so closes the pidfds of readers gone).
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -106,6 +108,25 @@ pub struct Occupancy {
     pub load_cgroups: usize,
 }
 
+/// A cgroup's tasks by state at one count, what loadavg's last field says from it, and what the count
+/// cost: a count is reused for [`TASK_COUNTS_TTL`], or 50 times what it cost if longer, so reads of a
+/// container of 16,000 threads cannot take more than 2% of a core each.
+#[derive(Debug, Clone, Copy)]
+pub struct CountedTasks {
+    pub counts: TaskCounts,
+    /// The newest task's pid in its own pid namespace (0: unknown).
+    pub last_pid: u32,
+    pub at: Instant,
+    pub cost: Duration,
+}
+
+impl CountedTasks {
+    /// True while the count may be reused.
+    pub fn is_fresh(&self) -> bool {
+        self.at.elapsed() < TASK_COUNTS_TTL.max(self.cost * 50)
+    }
+}
+
 /// A cgroup whose load is being averaged.
 #[derive(Debug, Clone)]
 pub struct LoadEntry {
@@ -135,7 +156,7 @@ pub struct Registry {
     /// Load averages of the cgroups read recently, stepped by the daemon's sampler.
     pub load: Lru<CgroupId, LoadEntry>,
     /// Each cgroup's tasks by state, a moment ago.
-    pub task_counts: Lru<CgroupId, TaskCounts>,
+    pub task_counts: Lru<CgroupId, CountedTasks>,
 }
 
 impl Registry {
@@ -149,7 +170,7 @@ impl Registry {
             stat_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
             disk_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
             load: Lru::new(budget.load_cgroups, LOAD_SAMPLED_FOR),
-            task_counts: Lru::new(budget.load_cgroups, TASK_COUNTS_TTL),
+            task_counts: Lru::new(budget.load_cgroups, TASK_COUNTS_KEPT),
         })
     }
 
@@ -251,5 +272,19 @@ mod tests {
             times(3),
             "a cgroup re-created on the old path starts from its own usage"
         );
+    }
+
+    #[test]
+    fn a_costly_count_is_reused_longer() {
+        let counted = |cost_ms: u64, age_ms: u64| CountedTasks {
+            counts: TaskCounts::default(),
+            last_pid: 0,
+            at: Instant::now() - Duration::from_millis(age_ms),
+            cost: Duration::from_millis(cost_ms),
+        };
+        assert!(counted(1, 500).is_fresh());
+        assert!(!counted(1, 1500).is_fresh(), "a cheap count lives 1 s");
+        assert!(counted(100, 4000).is_fresh(), "100 ms of counting is reused for 5 s");
+        assert!(!counted(100, 5500).is_fresh());
     }
 }

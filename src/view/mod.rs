@@ -14,22 +14,26 @@ pub mod uptime;
 /// USER_HZ, the unit of /proc/stat; 100 on every architecture vproc supports.
 pub const USER_HZ: u64 = 100;
 
-/// Formats one meminfo line exactly as the kernel does (`show_val_kb`): the label with its colon padded
-/// to 16 columns, the value right-aligned in 8, then ` kB`. Written without `format!`: this runs for
-/// every line of every read.
-pub(crate) fn meminfo_line(out: &mut String, key: &str, kb: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut value = kb;
+/// The decimal ASCII digits of `value`, written into the end of `buffer` without allocating.
+pub(crate) fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
     loop {
         start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
+        buffer[start] = b'0' + (value % 10) as u8;
         value /= 10;
         if value == 0 {
             break;
         }
     }
-    let digits = &digits[start..];
+    &buffer[start..]
+}
+
+/// Formats one meminfo line exactly as the kernel does (`show_val_kb`): the label with its colon padded
+/// to 16 columns, the value right-aligned in 8, then ` kB`. Written without `format!`: this runs for
+/// every line of every read.
+pub(crate) fn meminfo_line(out: &mut String, key: &str, kb: u64) {
+    let mut buffer = [0u8; 20];
+    let digits = decimal(kb, &mut buffer);
     out.push_str(key);
     out.push(':');
     for _ in key.len() + 1..16 {
