@@ -284,7 +284,10 @@ mod tests {
         };
         assert!(counted(1, 500).is_fresh());
         assert!(!counted(1, 1500).is_fresh(), "a cheap count lives 1 s");
-        assert!(counted(100, 4000).is_fresh(), "100 ms of counting is reused for 5 s");
+        assert!(
+            counted(100, 4000).is_fresh(),
+            "100 ms of counting is reused for 5 s"
+        );
         assert!(!counted(100, 5500).is_fresh());
     }
 }
