@@ -247,14 +247,9 @@ impl TaskCounter {
         version: Version,
         so_far: &TaskCounts,
     ) -> Result<TaskCounts> {
-        let list = path.join(thread_list_name(version));
-        let text = match std::fs::read_to_string(&list) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TaskCounts::default()),
-            Err(e) => return Err(Error::io(&list, e)),
-        };
+        let text = read_thread_list(path, version)?;
         let mut counts = TaskCounts::default();
-        for tid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        for tid in thread_ids(&text) {
             if (so_far.total + counts.total) as usize >= MAX_TASKS_PER_COUNT {
                 break;
             }
@@ -272,26 +267,32 @@ impl TaskCounter {
 
 /// The threads the cgroup at `path` itself lists: how many, and the newest (no states).
 fn thread_list(path: &Path, version: Version) -> Result<TaskCounts> {
-    let list = path.join(thread_list_name(version));
-    let text = match std::fs::read_to_string(&list) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TaskCounts::default()),
-        Err(e) => return Err(Error::io(&list, e)),
-    };
+    let text = read_thread_list(path, version)?;
     let mut counts = TaskCounts::default();
-    for tid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+    for tid in thread_ids(&text) {
         counts.total = counts.total.saturating_add(1);
         counts.note_tid(tid);
     }
     Ok(counts)
 }
 
-/// The file listing a cgroup's threads (in the reader's pid namespace).
-fn thread_list_name(version: Version) -> &'static str {
-    match version {
+/// The cgroup at `path`'s own thread list (v1 `tasks`, v2 `cgroup.threads`, in the reader's pid
+/// namespace); empty for a cgroup removed meanwhile.
+fn read_thread_list(path: &Path, version: Version) -> Result<String> {
+    let list = path.join(match version {
         Version::V1 => "tasks",
         Version::V2 => "cgroup.threads",
+    });
+    match std::fs::read_to_string(&list) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(Error::io(&list, e)),
     }
+}
+
+/// The thread ids of a thread list.
+fn thread_ids(text: &str) -> impl Iterator<Item = u32> + '_ {
+    text.lines().filter_map(|l| l.trim().parse().ok())
 }
 
 /// The state letter of task `tid` (the field after the command's closing parenthesis in
