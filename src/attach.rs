@@ -140,7 +140,7 @@ pub fn attach_in(
     mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
-    let mut clones: Vec<(&str, OwnedFd)> = Vec::new();
+    let mut clones: Vec<(&str, &str, OwnedFd)> = Vec::new();
     let mut results = Vec::new();
     for (source, relative) in pairs {
         let path = mountpoint.join(source);
@@ -150,7 +150,7 @@ pub fn attach_in(
             OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
         );
         match tree {
-            Ok(tree) => clones.push((relative.as_str(), tree)),
+            Ok(tree) => clones.push((source.as_str(), relative.as_str(), tree)),
             // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
             // a reason to leave the container without its other files.
             Err(_) if files::is_block_stat(source) => {
@@ -205,36 +205,48 @@ pub fn attach_in(
             (dir, Path::new("/"))
         }
     };
-    for (relative, tree) in clones {
+    for (source, relative, tree) in clones {
         let shown = root.join(relative);
-        let target_error = |source: io::Error| AttachError::Target {
-            path: shown.clone(),
-            source,
-        };
-        match what_is_at(&root_dir, relative).map_err(target_error)? {
-            Target::Missing | Target::Plain if mode == AttachMode::HealOnly => {
-                results.push(Attached::LeftAlone(shown));
-                continue;
-            }
-            Target::Missing => {
+        match put(&root_dir, relative, &shown, &tree, mode, &host_proc) {
+            Ok(done) => results.push(done),
+            // A disk's statistics are a side line: never a reason to fail the rest.
+            Err(e) if files::is_block_stat(source) => {
+                log::debug!("not binding {}: {e}", shown.display());
                 results.push(Attached::Missing(shown));
-                continue;
             }
-            Target::Live => {
-                results.push(Attached::AlreadyAttached(shown));
-                continue;
-            }
-            // A bind mount of a dead daemon's file (ENOTCONN): detach it, then cover what was under it.
-            Target::Dead => detach_dead(&root_dir, relative, &host_proc).map_err(target_error)?,
-            Target::Plain => {}
+            Err(e) => return Err(e),
         }
-        let target = open_in_root(&root_dir, relative).map_err(target_error)?;
-        let flags =
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
-        move_mount(&tree, "", &target, "", flags).map_err(|e| target_error(e.into()))?;
-        results.push(Attached::Mounted(shown));
     }
     Ok(results)
+}
+
+/// Puts the cloned `tree` over `relative` below `root_dir` (shown to users as `shown`), as `mode` says.
+fn put(
+    root_dir: &OwnedFd,
+    relative: &str,
+    shown: &Path,
+    tree: &OwnedFd,
+    mode: AttachMode,
+    host_proc: &OwnedFd,
+) -> Result<Attached, AttachError> {
+    let target_error = |source: io::Error| AttachError::Target {
+        path: shown.to_path_buf(),
+        source,
+    };
+    match what_is_at(root_dir, relative).map_err(target_error)? {
+        Target::Missing | Target::Plain if mode == AttachMode::HealOnly => {
+            return Ok(Attached::LeftAlone(shown.to_path_buf()));
+        }
+        Target::Missing => return Ok(Attached::Missing(shown.to_path_buf())),
+        Target::Live => return Ok(Attached::AlreadyAttached(shown.to_path_buf())),
+        // A bind mount of a dead daemon's file (ENOTCONN): detach it, then cover what was under it.
+        Target::Dead => detach_dead(root_dir, relative, host_proc).map_err(target_error)?,
+        Target::Plain => {}
+    }
+    let target = open_in_root(root_dir, relative).map_err(target_error)?;
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    move_mount(tree, "", &target, "", flags).map_err(|e| target_error(e.into()))?;
+    Ok(Attached::Mounted(shown.to_path_buf()))
 }
 
 /// Fails unless a live FUSE filesystem is mounted at `mountpoint`.

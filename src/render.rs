@@ -447,12 +447,28 @@ impl Renderer {
             .task_counts
             .get_if(&id, CountedTasks::is_fresh)
         {
-            return Ok(Some((id, counted)));
+            return Ok((!counted.failed).then_some((id, counted)));
         }
         self.tasks
             .wait_until_asleep(reader, Duration::from_millis(2));
         let started = std::time::Instant::now();
-        let counts = self.tasks.count(cgroup, id, CountMethod::Fastest, true)?;
+        let counts = match self
+            .tasks
+            .count(cgroup, id, CountMethod::Fastest, true, Some(reader))
+        {
+            Ok(counts) => counts,
+            Err(e) => {
+                let failed = CountedTasks {
+                    counts: TaskCounts::default(),
+                    last_pid: 0,
+                    at: std::time::Instant::now(),
+                    cost: started.elapsed(),
+                    failed: true,
+                };
+                self.registry.task_counts.insert(id, failed);
+                return Err(e);
+            }
+        };
         let last_pid = counts
             .newest
             .iter()
@@ -464,6 +480,7 @@ impl Renderer {
             last_pid,
             at: std::time::Instant::now(),
             cost: started.elapsed(),
+            failed: false,
         };
         self.registry.task_counts.insert(id, counted);
         Ok(Some((id, counted)))
@@ -492,7 +509,7 @@ impl Renderer {
                 Ok(entry.active)
             } else {
                 self.tasks
-                    .count(&entry.cgroup, id, CountMethod::Fastest, false)
+                    .count(&entry.cgroup, id, CountMethod::Fastest, false, None)
                     .map(|counts| counts.active())
             };
             match active {

@@ -131,13 +131,15 @@ impl TaskCounter {
     /// The tasks of `cgroup` and the cgroups below it, if the directory is still the cgroup `id`
     /// (a removed cgroup whose path was reused is another container).
     /// With `listed`, the thread lists are read even where taskstats answers, for an exact total
-    /// (taskstats leaves tasks in some states out of its total).
+    /// (taskstats leaves tasks in some states out of its total). `reader`, a task that waits for this
+    /// count, is never counted as running: it is running only on its way to sleep.
     pub fn count(
         &self,
         cgroup: &CgroupDir,
         id: CgroupId,
         method: Method,
         listed: bool,
+        reader: Option<u32>,
     ) -> Result<TaskCounts> {
         // One stat: the identity, and the link count, which on cgroupfs (kernfs) is 2 plus the number
         // of child cgroups, so a leaf is never listed.
@@ -152,12 +154,14 @@ impl TaskCounter {
             (Some(t), Version::V1, Method::Fastest) => Some(t),
             _ => None,
         };
-        // A frozen container (`docker pause` on v2) adds nothing to the load, as in the kernel's count,
-        // though /proc shows its tasks in D.
+        // A frozen container (`docker pause` on v2) adds nothing to the load, as in the kernel's count:
+        // a task caught runnable while the freeze settles must not count. (The v1 freezer is not
+        // looked at: its frozen tasks show in D and count, as the README says.)
         let frozen = cgroup.version == Version::V2
             && std::fs::read_to_string(cgroup.path.join("cgroup.events"))
                 .is_ok_and(|events| events.lines().any(|l| l.trim() == "frozen 1"));
         let mut counts = TaskCounts::default();
+        let mut by_taskstats = false;
         let mut pending = vec![(cgroup.path.clone(), meta.nlink())];
         let mut visited = 0;
         while let Some((path, links)) = pending.pop() {
@@ -178,6 +182,7 @@ impl TaskCounter {
                     let stats = taskstats.lock().cgroup_stats(&fd);
                     match stats {
                         Ok(mut level) => {
+                            by_taskstats = true;
                             if listed {
                                 let listed = thread_list(&path, cgroup.version)?;
                                 level.total = listed.total.max(level.active());
@@ -187,11 +192,11 @@ impl TaskCounter {
                         }
                         Err(e) => {
                             log::debug!("taskstats refused {}: {e}", path.display());
-                            self.count_tasks_of(&path, cgroup.version, &counts)?
+                            self.count_tasks_of(&path, cgroup.version, &counts, reader)?
                         }
                     }
                 }
-                None => self.count_tasks_of(&path, cgroup.version, &counts)?,
+                None => self.count_tasks_of(&path, cgroup.version, &counts, reader)?,
             };
             let level = if frozen {
                 TaskCounts {
@@ -225,6 +230,13 @@ impl TaskCounter {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
+        // taskstats counts whoever runs during the call; a reader still running after it was then.
+        if by_taskstats
+            && let Some(reader) = reader
+            && task_state(self.proc_dir.as_ref(), reader) == Some(b'R')
+        {
+            counts.running = counts.running.saturating_sub(1);
+        }
         Ok(counts)
     }
 
@@ -246,6 +258,7 @@ impl TaskCounter {
         path: &Path,
         version: Version,
         so_far: &TaskCounts,
+        reader: Option<u32>,
     ) -> Result<TaskCounts> {
         let text = read_thread_list(path, version)?;
         let mut counts = TaskCounts::default();
@@ -255,6 +268,9 @@ impl TaskCounter {
             }
             counts.total += 1;
             counts.note_tid(tid);
+            if Some(tid) == reader {
+                continue;
+            }
             match task_state(self.proc_dir.as_ref(), tid) {
                 Some(b'R') => counts.running += 1,
                 Some(b'D') => counts.uninterruptible += 1,
@@ -633,7 +649,7 @@ mod tests {
         let id = dir.id().unwrap();
         let counter = TaskCounter::new(proc);
         for method in [Method::Fastest, Method::PerTask] {
-            let counts = counter.count(&dir, id, method, true).unwrap();
+            let counts = counter.count(&dir, id, method, true, None).unwrap();
             assert!(counts.total >= 1, "{method:?}: {counts:?}");
             assert!(counts.running >= 1, "{method:?}: {counts:?}");
         }

@@ -264,8 +264,13 @@ impl VprocFs {
     /// The inode of the host's block device `name`, numbered if new (see [`NodeTable::block_ino`]).
     fn block_ino(&self, name: &str) -> Option<u64> {
         let dir = self.host_block_dir();
-        self.nodes
-            .block_ino(name, |n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+        self.nodes.block_ino(name, |n| {
+            // Only a device surely gone gives up its number: another error keeps it.
+            !matches!(
+                std::fs::symlink_metadata(dir.join(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            )
+        })
     }
 
     fn host_block_dir(&self) -> PathBuf {

@@ -118,6 +118,9 @@ pub struct CountedTasks {
     pub last_pid: u32,
     pub at: Instant,
     pub cost: Duration,
+    /// The count failed (a cgroup tree the walk cannot get through): the host's files until it is
+    /// tried again, so a failing count is not paid for on every read.
+    pub failed: bool,
 }
 
 impl CountedTasks {
@@ -281,6 +284,7 @@ mod tests {
             last_pid: 0,
             at: Instant::now() - Duration::from_millis(age_ms),
             cost: Duration::from_millis(cost_ms),
+            failed: false,
         };
         assert!(counted(1, 500).is_fresh());
         assert!(!counted(1, 1500).is_fresh(), "a cheap count lives 1 s");
