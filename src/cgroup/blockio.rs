@@ -1,5 +1,6 @@
 //! A cgroup's block I/O per device, for its proc/diskstats: v2 `io.stat`, v1 blkio's throttle
-//! statistics (`blkio.throttle.io_serviced_recursive`, `blkio.throttle.io_service_bytes_recursive`),
+//! statistics (`blkio.throttle.io_serviced_recursive`, `blkio.throttle.io_service_bytes_recursive`;
+//! BFQ's `blkio.bfq.*` of the same names where the throttle layer knows of no I/O),
 //! plus BFQ's service and wait times where the kernel has them (`blkio.bfq.io_service_time_recursive`
 //! and `blkio.bfq.io_wait_time_recursive`, with CONFIG_BFQ_CGROUP_DEBUG).
 //!
@@ -60,25 +61,16 @@ pub(super) fn device_io(cgroup: &CgroupDir) -> Result<Option<Vec<DeviceIo>>> {
             Ok(Some(parse_io_stat(&text)))
         }
         Version::V1 => {
-            let (Some(serviced), Some(bytes)) = (
-                cgroup.read_optional("blkio.throttle.io_serviced_recursive")?,
-                cgroup.read_optional("blkio.throttle.io_service_bytes_recursive")?,
-            ) else {
+            // The throttle layer counts on disks with a throttle rule; BFQ counts on disks it
+            // schedules, rule or not. Where the first knows of no I/O, the second may.
+            let Some(mut devices) = v1_counts(cgroup, "blkio.throttle")? else {
                 return Ok(None);
             };
-            let mut devices = Vec::new();
-            add_v1(&mut devices, &serviced, |d, op, n| match op {
-                "Read" => d.reads = n,
-                "Write" => d.writes = n,
-                "Discard" => d.discards = n,
-                _ => {}
-            });
-            add_v1(&mut devices, &bytes, |d, op, n| match op {
-                "Read" => d.read_bytes = n,
-                "Write" => d.write_bytes = n,
-                "Discard" => d.discard_bytes = n,
-                _ => {}
-            });
+            if !devices.iter().any(DeviceIo::is_used)
+                && let Some(bfq) = v1_counts(cgroup, "blkio.bfq")?
+            {
+                devices = bfq;
+            }
             // A request's time is its wait in the scheduler plus its service by the device, as the
             // kernel's own per-disk times count from submission to completion.
             for file in [
@@ -96,6 +88,31 @@ pub(super) fn device_io(cgroup: &CgroupDir) -> Result<Option<Vec<DeviceIo>>> {
             Ok(Some(devices))
         }
     }
+}
+
+/// The v1 `<prefix>.io_serviced_recursive` and `<prefix>.io_service_bytes_recursive` counters per
+/// device; `None` where the cgroup lacks them.
+fn v1_counts(cgroup: &CgroupDir, prefix: &str) -> Result<Option<Vec<DeviceIo>>> {
+    let (Some(serviced), Some(bytes)) = (
+        cgroup.read_optional(&format!("{prefix}.io_serviced_recursive"))?,
+        cgroup.read_optional(&format!("{prefix}.io_service_bytes_recursive"))?,
+    ) else {
+        return Ok(None);
+    };
+    let mut devices = Vec::new();
+    add_v1(&mut devices, &serviced, |d, op, n| match op {
+        "Read" => d.reads = n,
+        "Write" => d.writes = n,
+        "Discard" => d.discards = n,
+        _ => {}
+    });
+    add_v1(&mut devices, &bytes, |d, op, n| match op {
+        "Read" => d.read_bytes = n,
+        "Write" => d.write_bytes = n,
+        "Discard" => d.discard_bytes = n,
+        _ => {}
+    });
+    Ok(Some(devices))
 }
 
 /// v2 `io.stat`: `8:0 rbytes=90112 wbytes=0 rios=3 wios=0 dbytes=0 dios=0` per device, other keys
