@@ -1,6 +1,6 @@
 //! A cgroup's block I/O per device, for its proc/diskstats: v2 `io.stat`, v1 blkio's throttle
 //! statistics (`blkio.throttle.io_serviced_recursive`, `blkio.throttle.io_service_bytes_recursive`;
-//! BFQ's `blkio.bfq.*` of the same names where the throttle layer knows of no I/O),
+//! BFQ's `blkio.bfq.*` of the same names for disks the throttle layer knows of no I/O on),
 //! plus BFQ's service and wait times where the kernel has them (`blkio.bfq.io_service_time_recursive`
 //! and `blkio.bfq.io_wait_time_recursive`, with CONFIG_BFQ_CGROUP_DEBUG).
 //!
@@ -62,14 +62,17 @@ pub(super) fn device_io(cgroup: &CgroupDir) -> Result<Option<Vec<DeviceIo>>> {
         }
         Version::V1 => {
             // The throttle layer counts on disks with a throttle rule; BFQ counts on disks it
-            // schedules, rule or not. Where the first knows of no I/O, the second may.
+            // schedules, rule or not. A disk the first knows of no I/O on takes the second's counts.
             let Some(mut devices) = v1_counts(cgroup, "blkio.throttle")? else {
                 return Ok(None);
             };
-            if !devices.iter().any(DeviceIo::is_used)
-                && let Some(bfq) = v1_counts(cgroup, "blkio.bfq")?
-            {
-                devices = bfq;
+            for bfq in v1_counts(cgroup, "blkio.bfq")?.into_iter().flatten() {
+                let same = |d: &&mut DeviceIo| d.major == bfq.major && d.minor == bfq.minor;
+                match devices.iter_mut().find(same) {
+                    Some(throttled) if throttled.is_used() => {}
+                    Some(throttled) => *throttled = bfq,
+                    None => devices.push(bfq),
+                }
             }
             // A request's time is its wait in the scheduler plus its service by the device, as the
             // kernel's own per-disk times count from submission to completion.
