@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cgroup::{
-    CgroupDir, CgroupId, CgroupLayout, CountMethod, CpuUsage, TaskCounter, TaskCounts,
-};
+use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage, TaskCounter, TaskCounts};
 use crate::error::{Error, Result};
 use crate::files::Content;
 use crate::health::Health;
@@ -240,7 +238,6 @@ impl Renderer {
         })
     }
 
-    /// The container's view of `content`; `Ok(None)` where it is the host's.
     /// The container's view of `content` for reader `pid`; `Ok(None)` where it is the host's.
     fn render_for(
         &self,
@@ -428,11 +425,9 @@ impl Renderer {
         Ok(render_block_stat(&host, io).into_bytes())
     }
 
-    /// The container's task counts (at most [`crate::reader::registry`]'s TTL old), with the cgroup
-    /// they are kept under; `None` for a reader in the host's root cgroups.
-    /// The reader is not counted as running (it waits for this answer), but it may not have gone to
-    /// sleep yet when the daemon counts: the count waits for that (2 ms at most), so that it says the
-    /// same however fast the daemon picks the request up. [`running_with_reader`] adds it back.
+    /// The container's task counts (see [`CountedTasks::is_fresh`] for how old), with the cgroup they
+    /// are kept under; `None` for a reader in the host's root cgroups. The reader is not counted as
+    /// running (it waits for this answer): [`running_with_reader`] adds it back.
     fn task_counts(
         &self,
         container: &Container,
@@ -449,13 +444,8 @@ impl Renderer {
         {
             return Ok((!counted.failed).then_some((id, counted)));
         }
-        self.tasks
-            .wait_until_asleep(reader, Duration::from_millis(2));
         let started = std::time::Instant::now();
-        let counts = match self
-            .tasks
-            .count(cgroup, id, CountMethod::Fastest, true, Some(reader))
-        {
+        let counts = match self.tasks.count(cgroup, id, true, Some(reader)) {
             Ok(counts) => counts,
             Err(e) => {
                 let failed = CountedTasks {
@@ -509,7 +499,7 @@ impl Renderer {
                 Ok(entry.active)
             } else {
                 self.tasks
-                    .count(&entry.cgroup, id, CountMethod::Fastest, false, None)
+                    .count(&entry.cgroup, id, false, None)
                     .map(|counts| counts.active())
             };
             match active {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use blockio::DeviceIo;
 pub use layout::{CgroupLayout, Hierarchy};
-pub use tasks::{Method as CountMethod, NEWEST_KEPT, TaskCounter, TaskCounts};
+pub use tasks::{NEWEST_KEPT, TaskCounter, TaskCounts};
 
 use crate::error::{Error, Result};
 

@@ -3,8 +3,8 @@
 //!
 //! Two sources, the cheapest first:
 //! - v1: taskstats' `CGROUPSTATS_CMD_GET` over generic netlink counts one cgroup's tasks by state in
-//!   one call, in the kernel (no per-task file). It needs a v1 cgroup directory fd and the host's network
-//!   namespace (the family is not namespaced).
+//!   one call, in the kernel (no per-task file). It needs a v1 cgroup directory fd; where the daemon's
+//!   network namespace lacks the family, the socket is made in the host's.
 //! - Anywhere else (v2, or taskstats unavailable): the cgroup's `cgroup.threads` (v1: `tasks`) and each
 //!   task's state letter from /proc/TID/stat.
 //!
@@ -82,15 +82,6 @@ pub struct TaskCounter {
     taskstats: Option<Mutex<Taskstats>>,
 }
 
-/// How to count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// taskstats where the cgroup is v1 and taskstats answers, else per task.
-    Fastest,
-    /// Each task's /proc/TID/stat (what v2 always uses).
-    PerTask,
-}
-
 impl TaskCounter {
     /// A counter reading tasks below `proc_root`; opens the taskstats socket if the kernel has one.
     /// `VPROCD_TASK_COUNT=per-task` in the environment counts task by task everywhere, as on cgroup v2
@@ -123,21 +114,17 @@ impl TaskCounter {
         }
     }
 
-    /// True when v1 cgroups are counted by taskstats.
-    pub fn has_taskstats(&self) -> bool {
-        self.taskstats.is_some()
-    }
-
     /// The tasks of `cgroup` and the cgroups below it, if the directory is still the cgroup `id`
     /// (a removed cgroup whose path was reused is another container).
     /// With `listed`, the thread lists are read even where taskstats answers, for an exact total
     /// (taskstats leaves tasks in some states out of its total). `reader`, a task that waits for this
-    /// count, is never counted as running: it is running only on its way to sleep.
+    /// count, is never counted as running: it is running only on its way to sleep. Per task it is
+    /// skipped; taskstats counts whoever runs during the call, so the call waits (2 ms at most) for
+    /// the reader to sleep, and a reader still running after it is taken off again.
     pub fn count(
         &self,
         cgroup: &CgroupDir,
         id: CgroupId,
-        method: Method,
         listed: bool,
         reader: Option<u32>,
     ) -> Result<TaskCounts> {
@@ -150,10 +137,13 @@ impl TaskCounter {
                 io::Error::from(io::ErrorKind::NotFound),
             ));
         }
-        let taskstats = match (&self.taskstats, cgroup.version, method) {
-            (Some(t), Version::V1, Method::Fastest) => Some(t),
+        let taskstats = match (&self.taskstats, cgroup.version) {
+            (Some(t), Version::V1) => Some(t),
             _ => None,
         };
+        if let (Some(_), Some(reader)) = (taskstats, reader) {
+            self.wait_until_asleep(reader, std::time::Duration::from_millis(2));
+        }
         // A frozen container (`docker pause` on v2) adds nothing to the load, as in the kernel's count:
         // a task caught runnable while the freeze settles must not count. (The v1 freezer is not
         // looked at: its frozen tasks show in D and count, as the README says.)
@@ -230,7 +220,6 @@ impl TaskCounter {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
-        // taskstats counts whoever runs during the call; a reader still running after it was then.
         if by_taskstats
             && let Some(reader) = reader
             && task_state(self.proc_dir.as_ref(), reader) == Some(b'R')
@@ -242,7 +231,7 @@ impl TaskCounter {
 
     /// Waits (at most `limit`) until task `tid` is no longer running: a reader that asked the daemon
     /// something is about to sleep until the answer.
-    pub fn wait_until_asleep(&self, tid: u32, limit: std::time::Duration) {
+    fn wait_until_asleep(&self, tid: u32, limit: std::time::Duration) {
         let started = std::time::Instant::now();
         while task_state(self.proc_dir.as_ref(), tid) == Some(b'R') {
             if started.elapsed() >= limit {
@@ -647,9 +636,11 @@ mod tests {
             return;
         };
         let id = dir.id().unwrap();
-        let counter = TaskCounter::new(proc);
-        for method in [Method::Fastest, Method::PerTask] {
-            let counts = counter.count(&dir, id, method, true, None).unwrap();
+        for (method, counter) in [
+            ("fastest", TaskCounter::new(proc)),
+            ("per task", TaskCounter::per_task(proc)),
+        ] {
+            let counts = counter.count(&dir, id, true, None).unwrap();
             assert!(counts.total >= 1, "{method:?}: {counts:?}");
             assert!(counts.running >= 1, "{method:?}: {counts:?}");
         }
