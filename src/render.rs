@@ -491,7 +491,11 @@ impl Renderer {
             // No task changes state without running, so a container whose CPU time has not moved
             // has the tasks running and waiting it had (a wake-up not yet run is seen once it runs);
             // idle containers cost one small read. A full count at least every minute anyway.
-            let cpu_time = entry.cgroup.cpu_time_marker().ok().flatten();
+            let cpu_time = entry
+                .cgroup
+                .cpu_usage()
+                .ok()
+                .map(|u| u.user_ns.saturating_add(u.system_ns));
             let unchanged = cpu_time.is_some()
                 && cpu_time == entry.cpu_time_at_count
                 && entry.counted_at.elapsed() < FULL_COUNT_PERIOD;

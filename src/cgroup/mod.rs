@@ -317,23 +317,6 @@ impl CgroupDir {
         blockio::device_io(self)
     }
 
-    /// The cgroup's CPU time to the nanosecond or microsecond (v1 `cpuacct.usage`, v2 `cpu.stat`
-    /// `usage_usec`), only to tell whether it moved; `None` where the cgroup has no such file.
-    pub fn cpu_time_marker(&self) -> Result<Option<u64>> {
-        let (file, key) = match self.version {
-            Version::V1 => ("cpuacct.usage", None),
-            Version::V2 => ("cpu.stat", Some("usage_usec")),
-        };
-        let Some(text) = self.read_optional(file)? else {
-            return Ok(None);
-        };
-        let path = self.path.join(file);
-        match key {
-            None => parse_number(&path, "usage", &text).map(Some),
-            Some(key) => Ok(parse::keyed_value(&text, key)),
-        }
-    }
-
     /// The cgroup's `<resource>.pressure` (v2 with PSI); `None` where there is none.
     pub fn pressure(&self, resource: &str) -> Result<Option<String>> {
         self.read_optional(&format!("{resource}.pressure"))

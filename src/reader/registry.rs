@@ -139,7 +139,7 @@ pub struct LoadEntry {
     /// When the averages last took a step (or started).
     pub stepped_at: Instant,
     /// The tasks running or waiting at the last count, the cgroup's CPU time then (see
-    /// [`crate::cgroup::CgroupDir::cpu_time_marker`]) and when it was.
+    /// [`crate::cgroup::CgroupDir::cpu_usage`]) and when it was.
     pub active: u32,
     pub cpu_time_at_count: Option<u64>,
     pub counted_at: Instant,
