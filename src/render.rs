@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cgroup::{CgroupDir, CgroupId, CgroupLayout, CpuUsage, TaskCounter, TaskCounts};
+use crate::cgroup::{
+    CgroupDir, CgroupId, CgroupLayout, CpuUsage, DeviceIo, TaskCounter, TaskCounts,
+};
 use crate::error::{Error, Result};
 use crate::files::Content;
 use crate::health::Health;
@@ -18,7 +20,7 @@ use crate::reader::{
 };
 use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
-use crate::view::diskstats::{render_block_stat, render_diskstats};
+use crate::view::diskstats::{DiskLine, render_block_stat, render_diskstats};
 use crate::view::loadavg::{LOAD_PERIOD, LoadAverages, LoadTasks, host_last_pid, render_loadavg};
 use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
 use crate::view::stat::{CpuTimes, Procs, render_stat};
@@ -372,13 +374,9 @@ impl Renderer {
                 text
             }
             Content::Diskstats => {
-                let Some(cgroup) = container.cgroups.io.as_ref().filter(|c| !c.is_root()) else {
+                let Some(devices) = self.container_disks(container)? else {
                     return Ok(None);
                 };
-                let Some(devices) = cgroup.device_io()? else {
-                    return Ok(None);
-                };
-                let devices = self.registry.monotonic_disks(cgroup.id()?, devices);
                 render_diskstats(&self.host.read(HostFile::Diskstats)?, &devices)
             }
         };
@@ -386,43 +384,44 @@ impl Renderer {
     }
 
     /// `sys/block/NAME/stat` as process `pid` sees it: its container's I/O on the device (zeros where
-    /// it did none), or the host's file where the container is the host's or keeps no I/O statistics.
+    /// it did none), laid out as the kernel's diskstats line of the device (kept for one tick, like
+    /// the other host files); the host's own file where the container is the host's or keeps no I/O
+    /// statistics.
     pub fn render_block_stat(&self, name: &str, pid: u32) -> Result<Vec<u8>> {
-        let device_dir = self.host.roots().sys.join("block").join(name);
-        let stat_path = device_dir.join("stat");
-        let host = crate::error::read_to_string(&stat_path)?;
-        if pid == 0 || !self.virtualizing() {
-            return Ok(host.into_bytes());
-        }
-        let devices = self.container(pid).and_then(|container| {
-            let Some(cgroup) = container.cgroups.io.as_ref().filter(|c| !c.is_root()) else {
-                return Ok(None);
-            };
-            let Some(devices) = cgroup.device_io()? else {
-                return Ok(None);
-            };
-            Ok(Some(self.registry.monotonic_disks(cgroup.id()?, devices)))
-        });
-        let devices = match devices {
-            Ok(Some(devices)) => devices,
-            Ok(None) => return Ok(host.into_bytes()),
-            Err(e) => {
-                self.log_once(&e);
-                return Ok(host.into_bytes());
+        if pid != 0 && self.virtualizing() {
+            let devices = self
+                .container(pid)
+                .and_then(|container| self.container_disks(&container));
+            match devices {
+                Ok(Some(devices)) => {
+                    let host = self.host.read(HostFile::Diskstats)?;
+                    if let Some(disk) = DiskLine::find(&host, name) {
+                        let io = devices
+                            .iter()
+                            .find(|d| d.major == disk.major && d.minor == disk.minor);
+                        return Ok(render_block_stat(disk.counters, io).into_bytes());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.log_once(&e);
+                }
             }
+        }
+        let host_stat = self.host.roots().sys.join("block").join(name).join("stat");
+        Ok(crate::error::read_to_string(&host_stat)?.into_bytes())
+    }
+
+    /// The container's I/O per device, never lower than shown before; `None` where its io cgroup is
+    /// the root or keeps no statistics.
+    fn container_disks(&self, container: &Container) -> Result<Option<Vec<DeviceIo>>> {
+        let Some(cgroup) = container.cgroups.io.as_ref().filter(|c| !c.is_root()) else {
+            return Ok(None);
         };
-        let dev_path = device_dir.join("dev");
-        let dev = crate::error::read_to_string(&dev_path)?;
-        let parsed = dev.trim().split_once(':').and_then(|(major, minor)| {
-            Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
-        });
-        let Some((major, minor)) = parsed else {
-            return Err(Error::parse(&dev_path, "device number", &dev));
+        let Some(devices) = cgroup.device_io()? else {
+            return Ok(None);
         };
-        let io = devices
-            .iter()
-            .find(|d| d.major == major && d.minor == minor);
-        Ok(render_block_stat(&host, io).into_bytes())
+        Ok(Some(self.registry.monotonic_disks(cgroup.id()?, devices)))
     }
 
     /// The container's task counts (see [`CountedTasks::is_fresh`] for how old), with the cgroup they

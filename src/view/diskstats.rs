@@ -10,25 +10,52 @@ use std::fmt::Write as _;
 
 use crate::cgroup::DeviceIo;
 
+/// One line of the host's diskstats: a device and how many counters the kernel prints for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLine<'a> {
+    pub major: u32,
+    pub minor: u32,
+    pub name: &'a str,
+    pub counters: usize,
+}
+
+impl<'a> DiskLine<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        let (major, minor, name) = (fields.next()?, fields.next()?, fields.next()?);
+        Some(DiskLine {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+            name,
+            counters: fields.count(),
+        })
+    }
+
+    /// The line of the host's diskstats naming the device `name`.
+    pub fn find(host_diskstats: &'a str, name: &str) -> Option<Self> {
+        host_diskstats
+            .lines()
+            .filter_map(DiskLine::parse)
+            .find(|disk| disk.name == name)
+    }
+}
+
 /// Renders diskstats for a container that did `devices`' I/O.
 pub fn render_diskstats(host_diskstats: &str, devices: &[DeviceIo]) -> String {
     let mut out = String::new();
-    for line in host_diskstats.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(major), Some(minor), Some(name)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let (Ok(major), Ok(minor)) = (major.parse::<u32>(), minor.parse::<u32>()) else {
-            continue;
-        };
+    for disk in host_diskstats.lines().filter_map(DiskLine::parse) {
+        let DiskLine {
+            major,
+            minor,
+            name,
+            counters,
+        } = disk;
         let Some(io) = devices
             .iter()
             .find(|d| d.major == major && d.minor == minor && d.is_used())
         else {
             continue;
         };
-        let counters = fields.count();
         let _ = write!(out, "{major:4} {minor:7} {name}");
         for value in counters_of(io).iter().take(counters) {
             let _ = write!(out, " {value}");
@@ -62,10 +89,9 @@ fn counters_of(io: &DeviceIo) -> [u64; 17] {
     ]
 }
 
-/// A block device's sysfs `stat` (`%8lu` per counter, as many as the host's file has) for a container
-/// that did `io` on it; zeros where it did none.
-pub fn render_block_stat(host_stat: &str, io: Option<&DeviceIo>) -> String {
-    let counters = host_stat.split_whitespace().count();
+/// A block device's sysfs `stat` (`%8lu` per counter, `counters` of them: as many as the kernel's
+/// diskstats line of the device has) for a container that did `io` on it; zeros where it did none.
+pub fn render_block_stat(counters: usize, io: Option<&DeviceIo>) -> String {
     let values = counters_of(&io.copied().unwrap_or_default());
     let mut out = String::with_capacity(9 * counters + 1);
     for (i, value) in values.iter().take(counters).enumerate() {
@@ -128,19 +154,19 @@ mod tests {
 
     #[test]
     fn sysfs_stat_has_the_kernel_s_widths() {
-        let host = "     100        0     6666       16      100        0      800       10        0      264      277        0        0        0        0       12        4\n";
         let io = DeviceIo {
             writes: 64,
             write_bytes: 262144,
             ..DeviceIo::default()
         };
         assert_eq!(
-            render_block_stat(host, Some(&io)),
+            render_block_stat(17, Some(&io)),
             "       0        0        0        0       64        0      512        0        0        0        0        0        0        0        0        0        0\n"
         );
+        assert_eq!(render_block_stat(3, None), "       0        0        0\n");
         assert_eq!(
-            render_block_stat("1 2 3", None),
-            "       0        0        0\n"
+            DiskLine::find(HOST, "vda").map(|d| (d.major, d.minor, d.counters)),
+            Some((254, 0, 17))
         );
     }
 
