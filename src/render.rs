@@ -294,7 +294,7 @@ impl Renderer {
                     self.log_once(&e);
                     None
                 });
-                let procs = counts.map(|(_, counted)| Procs {
+                let procs = counts.map(|(_, _, counted)| Procs {
                     running: running_with_reader(counted.counts),
                     blocked: counted.counts.uninterruptible,
                 });
@@ -325,13 +325,10 @@ impl Renderer {
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg => {
-                let Some((id, counted)) = self.task_counts(container, pid)? else {
+                let Some((cgroup, id, counted)) = self.task_counts(container, pid)? else {
                     return Ok(None);
                 };
                 let counts = counted.counts;
-                let Some(cgroup) = tasks_cgroup(container) else {
-                    return Ok(None);
-                };
                 let entry = self.registry.load.update(id, |previous| match previous {
                     Some(entry) => entry.clone(),
                     None => LoadEntry {
@@ -427,21 +424,20 @@ impl Renderer {
     /// The container's task counts (see [`CountedTasks::is_fresh`] for how old), with the cgroup they
     /// are kept under; `None` for a reader in the host's root cgroups. The reader is not counted as
     /// running (it waits for this answer): [`running_with_reader`] adds it back.
-    fn task_counts(
+    fn task_counts<'c>(
         &self,
-        container: &Container,
+        container: &'c Container,
         reader: u32,
-    ) -> Result<Option<(CgroupId, CountedTasks)>> {
-        let Some(cgroup) = tasks_cgroup(container) else {
+    ) -> Result<Option<(&'c CgroupDir, CgroupId, CountedTasks)>> {
+        let Some((cgroup, id)) = tasks_cgroup(container)? else {
             return Ok(None);
         };
-        let id = cgroup.id()?;
         if let Some(counted) = self
             .registry
             .task_counts
             .get_if(&id, CountedTasks::is_fresh)
         {
-            return Ok((!counted.failed).then_some((id, counted)));
+            return Ok((!counted.failed).then_some((cgroup, id, counted)));
         }
         let started = std::time::Instant::now();
         let counts = match self.tasks.count(cgroup, id, true, Some(reader)) {
@@ -472,7 +468,7 @@ impl Renderer {
             failed: false,
         };
         self.registry.task_counts.insert(id, counted);
-        Ok(Some((id, counted)))
+        Ok(Some((cgroup, id, counted)))
     }
 
     /// One step of every recently read container's load averages that is due (the daemon calls this
@@ -601,14 +597,24 @@ impl Renderer {
 /// How long the sampler may go on from a container's last task count while its CPU time stands still.
 const FULL_COUNT_PERIOD: Duration = Duration::from_secs(60);
 
-/// The cgroup whose tasks are the container's: its cpuacct cgroup (v2: cpu), else its memory cgroup;
-/// `None` when both are roots (a host process).
-fn tasks_cgroup(container: &Container) -> Option<&CgroupDir> {
+/// The cgroup whose tasks are the container's, with its identity: its cpuacct cgroup (v2: cpu), else
+/// its memory cgroup, whose identities were read when the reader was resolved; `None` when they are
+/// roots (a host process).
+fn tasks_cgroup(container: &Container) -> Result<Option<(&CgroupDir, CgroupId)>> {
     let cgroups = &container.cgroups;
-    [&cgroups.cpuacct, &cgroups.cpu, &cgroups.memory]
-        .into_iter()
-        .flatten()
-        .find(|dir| !dir.is_root())
+    if let (Some(dir), Some(id)) = (&cgroups.cpuacct, container.cpuacct)
+        && !dir.is_root()
+    {
+        return Ok(Some((dir, id)));
+    }
+    if let Some(dir) = cgroups.cpu.as_ref().filter(|dir| !dir.is_root()) {
+        return Ok(Some((dir, dir.id()?)));
+    }
+    // The memory cgroup's identity is there only when it is not the root.
+    if let (Some(dir), Some((id, _))) = (&cgroups.memory, container.memory) {
+        return Ok(Some((dir, id)));
+    }
+    Ok(None)
 }
 
 /// The kernel's `procs_running` counts the reader, running while it reads; here the reader waits for
