@@ -103,19 +103,29 @@ fn v1_counts(cgroup: &CgroupDir, prefix: &str) -> Result<Option<Vec<DeviceIo>>> 
         return Ok(None);
     };
     let mut devices = Vec::new();
-    add_v1(&mut devices, &serviced, |d, op, n| match op {
-        "Read" => d.reads = n,
-        "Write" => d.writes = n,
-        "Discard" => d.discards = n,
-        _ => {}
-    });
-    add_v1(&mut devices, &bytes, |d, op, n| match op {
-        "Read" => d.read_bytes = n,
-        "Write" => d.write_bytes = n,
-        "Discard" => d.discard_bytes = n,
-        _ => {}
-    });
+    add_v1(&mut devices, &serviced, set_ios);
+    add_v1(&mut devices, &bytes, set_bytes);
     Ok(Some(devices))
+}
+
+/// Sets an operation's count of I/Os from a `*io_serviced*` line.
+fn set_ios(device: &mut DeviceIo, op: &str, n: u64) {
+    match op {
+        "Read" => device.reads = n,
+        "Write" => device.writes = n,
+        "Discard" => device.discards = n,
+        _ => {}
+    }
+}
+
+/// Sets an operation's bytes from a `*io_service_bytes*` line.
+fn set_bytes(device: &mut DeviceIo, op: &str, n: u64) {
+    match op {
+        "Read" => device.read_bytes = n,
+        "Write" => device.write_bytes = n,
+        "Discard" => device.discard_bytes = n,
+        _ => {}
+    }
 }
 
 /// v2 `io.stat`: `8:0 rbytes=90112 wbytes=0 rios=3 wios=0 dbytes=0 dios=0` per device, other keys
@@ -219,21 +229,12 @@ mod tests {
         add_v1(
             &mut devices,
             "254:0 Read 2\n254:0 Write 100\n254:0 Sync 104\n254:0 Async 0\n254:0 Discard 4\n254:0 Total 106\nTotal 106\n",
-            |d, op, n| match op {
-                "Read" => d.reads = n,
-                "Write" => d.writes = n,
-                "Discard" => d.discards = n,
-                _ => {}
-            },
+            set_ios,
         );
         add_v1(
             &mut devices,
             "254:0 Read 8192\n254:0 Write 409600\nTotal 0\n",
-            |d, op, n| match op {
-                "Read" => d.read_bytes = n,
-                "Write" => d.write_bytes = n,
-                _ => {}
-            },
+            set_bytes,
         );
         assert_eq!(
             devices,
