@@ -391,8 +391,9 @@ impl Renderer {
                 .and_then(|container| self.container_disks(&container));
             match devices {
                 Ok(Some(devices)) => {
-                    let host = self.host.read(HostFile::Diskstats)?;
-                    if let Some(disk) = DiskLine::find(&host, name) {
+                    // sysfs writes a `/` in a disk's name as `!` (cciss!c0d0), diskstats does not.
+                    let host = self.host.read(HostFile::Diskstats).unwrap_or_default();
+                    if let Some(disk) = DiskLine::find(&host, &name.replace('!', "/")) {
                         let io = devices
                             .iter()
                             .find(|d| d.major == disk.major && d.minor == disk.minor);
