@@ -141,6 +141,33 @@ pub enum VprocCommand {
         #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
         mountpoint: PathBuf,
     },
+    /// Answer sysinfo(2) and sched_getaffinity(2) for runc and crun containers whose seccomp profile
+    /// hands them to SOCKET (`listenerPath`, `SCMP_ACT_NOTIFY`; see `vproc seccomp-profile`): memory,
+    /// swap, uptime, load and CPU count as the container's /proc shows them. Each container is served
+    /// by a process of its own that lives as long as it does, so a restart of the agent (or of vprocd)
+    /// never fails a running container's calls.
+    SeccompAgent {
+        /// The unix socket the profiles' listenerPath names.
+        #[arg(long, default_value = crate::notify::agent::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// sched_getaffinity returns the real CPU mask (thread pools size for the host's CPUs).
+        #[arg(long)]
+        host_affinity: bool,
+        /// sysinfo returns the host's memory, swap, uptime and load.
+        #[arg(long)]
+        host_sysinfo: bool,
+    },
+    /// Print the seccomp profile that hands sysinfo and sched_getaffinity to `vproc seccomp-agent`:
+    /// Docker's default profile plus those two calls as SCMP_ACT_NOTIFY with a listenerPath.
+    SeccompProfile {
+        /// docker: for `podman run --security-opt seccomp=FILE`; kubernetes: a Localhost profile
+        /// (OCI format, decided for x86_64 and the default capabilities).
+        #[arg(long, value_enum, default_value_t = crate::notify::profile::Format::Docker)]
+        format: crate::notify::profile::Format,
+        /// The agent's socket.
+        #[arg(long, default_value = crate::notify::agent::DEFAULT_SOCKET)]
+        socket: String,
+    },
     /// Write the man pages of vprocd and vproc into DIR (for packaging).
     #[command(hide = true)]
     Man {
@@ -206,6 +233,14 @@ pub struct RunArgs {
     /// Start without vprocd's files (the container sees the host's /proc/meminfo and friends).
     #[arg(long)]
     pub no_lxcfs: bool,
+    /// sched_getaffinity(2) returns the real CPU mask instead of one cut to the container's CPU count
+    /// (nproc, Python's os.sched_getaffinity, Node, OpenMP and OpenBLAS then size for the host's CPUs).
+    #[arg(long)]
+    pub host_affinity: bool,
+    /// sysinfo(2) returns the host's memory, swap, uptime and load instead of the container's
+    /// (busybox free and uptime, glibc's sysconf(_SC_PHYS_PAGES)).
+    #[arg(long)]
+    pub host_sysinfo: bool,
     /// Where unpacked images are kept.
     #[arg(long, value_name = "DIR", default_value = launcher::options::DEFAULT_IMAGE_CACHE)]
     pub image_cache: PathBuf,
@@ -267,6 +302,11 @@ impl RunArgs {
                 pids_max: self.pids_limit,
             },
             lxcfs: (!self.no_lxcfs).then_some(self.lxcfs),
+            // --no-lxcfs keeps everything the host's, the two calls too.
+            calls: crate::notify::Calls {
+                sysinfo: !self.host_sysinfo && !self.no_lxcfs,
+                affinity: !self.host_affinity && !self.no_lxcfs,
+            },
             image_cache: self.image_cache,
             state_dir: self.state_dir,
             seccomp: self

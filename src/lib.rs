@@ -17,6 +17,7 @@ pub mod in_root;
 pub mod launcher;
 pub mod lru;
 pub mod mountinfo;
+pub mod notify;
 pub mod oci;
 pub mod pidfd;
 pub mod reader;

@@ -139,6 +139,27 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::SeccompAgent {
+            socket,
+            host_affinity,
+            host_sysinfo,
+        } => {
+            let calls = vproc::notify::Calls {
+                sysinfo: !host_sysinfo,
+                affinity: !host_affinity,
+            };
+            match vproc::notify::agent::run(&socket, calls) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vproc seccomp-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::SeccompProfile { format, socket } => {
+            print!("{}", vproc::notify::profile::profile(format, &socket));
+            ExitCode::SUCCESS
+        }
         Command::Man { dir } => match vproc::cli::write_man_pages(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

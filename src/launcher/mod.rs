@@ -316,6 +316,13 @@ fn start_and_wait(
         }
         ForkResult::Parent { child } => {
             drop(child_ends);
+            // New threads (the seccomp listener's) need our children's pid namespace to be our own
+            // again: clone(CLONE_THREAD) refuses a thread whose pid namespace would differ.
+            if let Err(e) = std::fs::File::open("/proc/self/ns/pid").and_then(|ns| {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
+            }) {
+                log::warn!("cannot return to vproc run's own pid namespace: {e}");
+            }
             watch(spec, cgroup, child, parent)
         }
     }
@@ -331,6 +338,9 @@ struct Ends {
     console: Option<OwnedFd>,
     /// stdin, stdout and stderr where `vproc run`'s are a terminal and there is no -t: pipes.
     stdio: [Option<OwnedFd>; 3],
+    /// Where the command sends its seccomp listener (sysinfo, sched_getaffinity), unless both calls
+    /// stay the host's.
+    listener: Option<OwnedFd>,
 }
 
 /// `vproc run`'s ends of the same.
@@ -339,6 +349,7 @@ struct ParentEnds {
     error: OwnedFd,
     console: Option<OwnedFd>,
     relay: supervise::Relay,
+    listener: Option<OwnedFd>,
 }
 
 /// The pipes and the socket between `vproc run` and pid 1. Without -t, `vproc run`'s stdin (-i),
@@ -381,18 +392,32 @@ fn channels(spec: &RunSpec) -> Result<(ParentEnds, Ends), LaunchError> {
         }
     }
     let (console_ours, console_theirs) = console.unzip();
+    let (listener_ours, listener_theirs) = if spec.calls.sysinfo || spec.calls.affinity {
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| LaunchError::os("cannot create a socket for the seccomp listener", e))?;
+        (Some(ours), Some(theirs))
+    } else {
+        (None, None)
+    };
     Ok((
         ParentEnds {
             go: go_write,
             error: error_read,
             console: console_ours,
             relay,
+            listener: listener_ours,
         },
         Ends {
             go: go_read,
             error: error_write,
             console: console_theirs,
             stdio,
+            listener: listener_theirs,
         },
     ))
 }
@@ -410,7 +435,11 @@ fn watch(
         error,
         console,
         mut relay,
+        listener,
     } = ends;
+    if let Some(socket) = listener {
+        serve_calls(socket, spec.calls);
+    }
     if let Err(e) = cgroup.add(child.as_raw()) {
         IN_SETUP.store(0, Ordering::SeqCst);
         SETUP_PIPE.store(-1, Ordering::SeqCst);
@@ -541,14 +570,14 @@ fn pid_one(
         None => None,
     };
     if !spec.init {
-        process::exec_payload(command, terminal);
+        process::exec_payload(command, terminal, ends.listener);
     }
     match fork_holding_signals(false) {
         Err(e) => fail(
             &mut error_pipe,
             LaunchError::os("cannot fork the command", e),
         ),
-        Ok(ForkResult::Child) => process::exec_payload(command, terminal),
+        Ok(ForkResult::Child) => process::exec_payload(command, terminal, ends.listener),
         Ok(ForkResult::Parent { child }) => {
             drop(terminal);
             drop(error_pipe);
@@ -556,6 +585,33 @@ fn pid_one(
             let code = reap_until(child);
             std::process::exit(code.into());
         }
+    }
+}
+
+/// In `vproc run`: a thread that takes the command's seccomp listener from `socket` and answers its
+/// sysinfo and sched_getaffinity calls for as long as the container makes them. The thread ends with
+/// the container (the listener hangs up) or with `vproc run`, whose end ends the container too.
+fn serve_calls(socket: OwnedFd, calls: crate::notify::Calls) {
+    let spawned = std::thread::Builder::new()
+        .name("seccomp".into())
+        .spawn(move || {
+            let answers = crate::notify::Answers::new(calls);
+            match terminal::receive_fd(&socket) {
+                Ok(Some(fd)) => {
+                    drop(socket);
+                    if let Err(e) =
+                        crate::notify::serve(&crate::notify::Listener::new(fd), &answers)
+                    {
+                        log::error!("the container's seccomp listener failed: {e}");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::error!("cannot take the container's seccomp listener: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        // The command's send fails once this end is gone, and it stops before it runs.
+        log::error!("cannot start the thread that serves sysinfo and sched_getaffinity: {e}");
     }
 }
 

@@ -29,6 +29,9 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Where vprocd is mounted; `None` with --no-lxcfs.
     pub lxcfs: Option<PathBuf>,
+    /// Which of sysinfo(2) and sched_getaffinity(2) answer with the container's numbers (served by
+    /// `vproc run` itself through seccomp user notification).
+    pub calls: crate::notify::Calls,
     /// Where unpacked images are kept, one directory per image id.
     pub image_cache: PathBuf,
     /// Where containers' writable layers live while they run.

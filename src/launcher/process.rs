@@ -108,7 +108,11 @@ const EXIT_CANNOT_RUN: i32 = 126;
 
 /// Becomes the payload, on `terminal` (-t: the pty's slave) if given. Never returns: exec, or an exit
 /// code with the reason on stderr.
-pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
+pub fn exec_payload(
+    command: &Command,
+    terminal: Option<OwnedFd>,
+    listener_to: Option<OwnedFd>,
+) -> ! {
     let fail = |code: i32, message: String| -> ! {
         let _ = writeln!(std::io::stderr(), "vproc run: {message}");
         std::process::exit(code)
@@ -135,7 +139,14 @@ pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
     }
     // While still root: a non-root payload cannot list its own /proc/self/fd (it is not dumpable
     // after setuid), which the fallback for kernels without close_range needs.
-    close_inherited_fds();
+    let listener_to = listener_to.map(|socket| match keep_as_fd_3(socket) {
+        Ok(socket) => socket,
+        Err(e) => fail(
+            EXIT_CANNOT_RUN,
+            format!("cannot keep the seccomp listener's socket: {e}"),
+        ),
+    });
+    close_inherited_fds(if listener_to.is_some() { 4 } else { 3 });
     if let Err(e) = drop_privileges(&command.user) {
         fail(EXIT_CANNOT_RUN, format!("cannot drop privileges: {e}"));
     }
@@ -167,6 +178,13 @@ pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
     if let Err(e) = rustix::thread::set_no_new_privs(true) {
         fail(EXIT_CANNOT_RUN, format!("cannot set no_new_privs: {e}"));
     }
+    // Under the container's own filter (which decides about everything else, these two calls
+    // included): sysinfo and sched_getaffinity go to `vproc run`.
+    if let Some(socket) = listener_to
+        && let Err(message) = hand_over_listener(&socket)
+    {
+        fail(EXIT_CANNOT_RUN, message);
+    }
     // Last: the filter refuses some of the calls made above.
     if let Some(filter) = &command.seccomp
         && let Err(e) = super::seccomp::install(&filter.instructions, filter.flags)
@@ -186,6 +204,43 @@ pub fn exec_payload(command: &Command, terminal: Option<OwnedFd>) -> ! {
         code,
         format!("cannot run {program}: {}", std::io::Error::from(error)),
     )
+}
+
+/// `socket` moved to fd 3 (close-on-exec), so that closing every fd from 4 up keeps it.
+fn keep_as_fd_3(socket: OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if socket.as_raw_fd() == 3 {
+        return Ok(socket);
+    }
+    // SAFETY: dup3(2) onto fd 3, which is about to be closed anyway with everything above stdio;
+    // the new fd is owned by what is returned.
+    let fd = unsafe { libc::dup3(socket.as_raw_fd(), 3, libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(socket);
+    // SAFETY: fd 3 is ours alone now.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Installs the filter that hands sysinfo and sched_getaffinity to a listener and sends the
+/// listener to `vproc run` over `socket`. Where a listener cannot be had (one is already installed
+/// above us: vproc run nested in a container whose runtime uses one), the calls stay the host's,
+/// said on stderr; a listener that cannot be sent stops the command, whose calls would otherwise
+/// fail with ENOSYS.
+fn hand_over_listener(socket: &OwnedFd) -> Result<(), String> {
+    match crate::notify::install_listener_filter() {
+        Ok(listener) => super::terminal::send_fd(socket, std::os::fd::AsFd::as_fd(&listener))
+            .map_err(|e| format!("cannot pass the seccomp listener to vproc run: {e}")),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "vproc run: sysinfo and sched_getaffinity keep the host's answers: cannot install \
+                 a seccomp listener: {e}"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Without -i, the command reads nothing: stdin is the container's /dev/null (docker run's default).
@@ -211,7 +266,7 @@ fn stdin_from_null() -> Result<(), String> {
 /// cannot read its memory or /proc/1/exe (the host's vproc binary).
 pub fn become_reaper() {
     // Nothing the caller of vproc run left open stays in the container.
-    close_inherited_fds();
+    close_inherited_fds(3);
     for cap in 0..=last_capability() {
         // SAFETY: plain prctl; EINVAL for unknown numbers is fine.
         unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap) };
@@ -297,18 +352,18 @@ fn find_program(name: &str, path: &str) -> Result<String, String> {
 }
 
 /// Closes every fd above stderr, so nothing of the host (a directory fd, the cgroup) leaks in.
-fn close_inherited_fds() {
+fn close_inherited_fds(from: u32) {
     // SAFETY: close_range(2) on fds this process no longer uses; nothing refers to them afterwards.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
     if rc != 0 {
-        close_listed_fds();
+        close_listed_fds(from as libc::c_int);
     }
 }
 
-/// Kernels before 5.9 (no close_range): closes the fds /proc/self/fd lists, whatever their number,
+/// Kernels before 5.9 (no close_range): closes the fds from `from` up that /proc/self/fd lists, whatever their number,
 /// until none is left; where /proc cannot be read, every number below the hard RLIMIT_NOFILE. Only raw
 /// system calls and a buffer on the stack: this runs in a forked child.
-pub fn close_listed_fds() {
+pub fn close_listed_fds(from: libc::c_int) {
     // SAFETY: open(2) of a constant path; the fd is closed below.
     let dir = unsafe {
         libc::open(
@@ -324,7 +379,7 @@ pub fn close_listed_fds() {
         // SAFETY: getrlimit(2) writes the struct we pass.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
         let top = limit.rlim_max.min(1 << 20) as libc::c_int;
-        for fd in 3..top.max(1024) {
+        for fd in from..top.max(1024) {
             // SAFETY: closing numbers this process does not use is harmless (EBADF).
             unsafe { libc::close(fd) };
         }
@@ -358,7 +413,7 @@ pub fn close_listed_fds() {
                         .saturating_add(libc::c_int::from(byte - b'0'));
                     digits += 1;
                 }
-                if digits > 0 && fd > 2 && fd != dir {
+                if digits > 0 && fd >= from && fd != dir {
                     // SAFETY: an fd this process no longer uses.
                     unsafe { libc::close(fd) };
                     closed_any = true;
@@ -399,11 +454,14 @@ mod tests {
                     for fd in high {
                         ok &= libc::dup2(0, fd) == fd;
                     }
-                    close_listed_fds();
+                    ok &= libc::dup2(0, 3) == 3;
+                    close_listed_fds(4);
                     for fd in high {
                         ok &= libc::fcntl(fd, libc::F_GETFD) == -1;
                     }
                     ok &= libc::fcntl(2, libc::F_GETFD) != -1;
+                    // Below `from` (where the seccomp listener's socket waits): kept.
+                    ok &= libc::fcntl(3, libc::F_GETFD) != -1;
                     libc::_exit(if ok { 0 } else { 1 });
                 }
             }

@@ -66,6 +66,18 @@ pub fn send_fd(socket: &OwnedFd, fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Receives the pty master sent by [`send_fd`]; `None` when the other end closed without sending
 /// one. Anything but one pty master is refused.
 pub fn receive_master(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    let fd = receive_fd(socket)?;
+    if let Some(fd) = &fd {
+        // A master answers TIOCGPTN (its pty's number); a slave or any other file does not.
+        rustix::pty::ptsname(fd, Vec::new()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "not a pty master".to_string())
+        })?;
+    }
+    Ok(fd)
+}
+
+/// Receives the one fd sent by [`send_fd`]; `None` when the other end closed without sending one.
+pub fn receive_fd(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
@@ -83,17 +95,12 @@ pub fn receive_master(socket: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     };
     let refused = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(refused("more than one fd came with the terminal"));
+        return Err(refused("more than one fd came"));
     }
-    let fd = control.drain().find_map(|message| match message {
+    Ok(control.drain().find_map(|message| match message {
         RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
         _ => None,
-    });
-    if let Some(fd) = &fd {
-        // A master answers TIOCGPTN (its pty's number); a slave or any other file does not.
-        rustix::pty::ptsname(fd, Vec::new()).map_err(|_| refused("not a pty master"))?;
-    }
-    Ok(fd)
+    }))
 }
 
 /// `vproc run`'s terminal, if stdin or stdout is one: where the window size is read.

@@ -8,6 +8,7 @@ pub mod loadavg;
 pub mod meminfo;
 pub mod stat;
 pub mod swaps;
+pub mod sysinfo;
 pub mod topology;
 pub mod uptime;
 

@@ -216,6 +216,30 @@ pub fn compile(filter: &Filter) -> Result<Vec<libc::sock_filter>, String> {
     asm.finish()
 }
 
+/// A filter that hands `calls` (x86_64 numbers) to the listener and allows everything else, other
+/// ABIs included: it sits under the container's own filter, which decides about the rest (the
+/// kernel takes the strictest action of all filters, so the container's profile can still refuse
+/// these calls).
+pub fn notify_program(calls: &[u32]) -> Vec<libc::sock_filter> {
+    let mut asm = Assembler::default();
+    let (native, allow) = (asm.label(), asm.label());
+    asm.push(Op::Load(OFFSET_ARCH));
+    asm.branch(JEQ_K, AUDIT_ARCH_X86_64, native, allow);
+    asm.push(Op::Mark(native));
+    asm.push(Op::Load(OFFSET_NR));
+    for &call in calls {
+        let (notify, next) = (asm.label(), asm.label());
+        asm.branch(JEQ_K, call, notify, next);
+        asm.push(Op::Mark(notify));
+        asm.push(Op::Return(crate::notify::RET_USER_NOTIF));
+        asm.push(Op::Mark(next));
+    }
+    asm.push(Op::Mark(allow));
+    asm.push(Op::Return(profile::RET_ALLOW));
+    asm.finish()
+        .expect("a handful of instructions with short branches")
+}
+
 /// A binary search over the sorted `numbers` (the accumulator holds the call's number): jumps to the
 /// body of the one it is, or to `default`.
 fn search(asm: &mut Assembler, numbers: &[u32], bodies: &[Label], default: Label) {
@@ -475,6 +499,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_notify_filter_hands_over_only_its_calls() {
+        let program = notify_program(&[99, 204]);
+        let notify = crate::notify::RET_USER_NOTIF;
+        assert_eq!(run(&program, AUDIT_ARCH_X86_64, 99, [0; 6]), notify);
+        assert_eq!(run(&program, AUDIT_ARCH_X86_64, 204, [0; 6]), notify);
+        assert_eq!(run(&program, AUDIT_ARCH_X86_64, 203, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&program, AUDIT_ARCH_X86_64, 0, [0; 6]), RET_ALLOW);
+        assert_eq!(
+            run(&program, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 99, [0; 6]),
+            RET_ALLOW
+        );
+        assert_eq!(run(&program, 0x4000_0003, 116, [0; 6]), RET_ALLOW);
     }
 
     #[test]

@@ -139,11 +139,9 @@ struct Filters {
 pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
     let file: ProfileFile =
         serde_json::from_slice(json).map_err(|e| format!("not a seccomp profile: {e}"))?;
-    if let Some(path) = &file.listener_path {
-        return Err(format!(
-            "listenerPath {path:?}: vproc run has no seccomp agent for SCMP_ACT_NOTIFY yet"
-        ));
-    }
+    // vproc run answers the calls a profile may notify (sysinfo, sched_getaffinity) itself: the
+    // profile's listener (vproc seccomp-agent, for runc and crun) is not needed.
+    let _ = &file.listener_path;
     let default = action(&file.default_action, file.default_errno_ret)
         .map_err(|e| format!("defaultAction: {e}"))?;
     let mut flags = 0;
@@ -180,6 +178,21 @@ pub fn parse(json: &[u8], target: &Target<'_>) -> Result<Filter, String> {
         let names = group.names.iter().chain(group.name.iter());
         for number in names.filter_map(|name| syscalls::x86_64::Sysno::from_str(name).ok()) {
             let list = rules.entry(number.id() as u32).or_default();
+            if action == crate::notify::RET_USER_NOTIF {
+                // The call goes to vproc run's own listener, under this filter.
+                if !crate::notify::CALLS.contains(&(number.id() as libc::c_long)) {
+                    return Err(at(format!(
+                        "SCMP_ACT_NOTIFY on {}: vproc run answers only sysinfo and \
+                         sched_getaffinity",
+                        number.name()
+                    )));
+                }
+                list.extend(group_rules.iter().map(|rule| Rule {
+                    action: RET_ALLOW,
+                    conditions: rule.conditions.clone(),
+                }));
+                continue;
+            }
             list.extend(group_rules.iter().cloned());
         }
     }
@@ -280,11 +293,7 @@ fn action(name: &str, errno: Option<u32>) -> Result<Action, String> {
         "SCMP_ACT_TRAP" => RET_TRAP,
         "SCMP_ACT_TRACE" => RET_TRACE | (errno.unwrap_or(0) & 0xffff),
         "SCMP_ACT_LOG" => RET_LOG,
-        "SCMP_ACT_NOTIFY" => {
-            return Err(
-                "SCMP_ACT_NOTIFY needs a seccomp agent, which vproc run has not yet".into(),
-            );
-        }
+        "SCMP_ACT_NOTIFY" => crate::notify::RET_USER_NOTIF,
         other => return Err(format!("unknown action {other:?}")),
     })
 }
@@ -477,7 +486,18 @@ mod tests {
         );
         assert!(
             error(r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}"#)
-                .contains("seccomp agent")
+                .contains("answers only sysinfo and sched_getaffinity")
+        );
+        // The shipped profile for runc: its notified calls are vproc run's own listener's.
+        let notified = parse(
+            br#"{"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/run/vproc/seccomp.sock", "syscalls": [{"names": ["sysinfo", "sched_getaffinity"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+            &target,
+        )
+        .unwrap();
+        assert_eq!(notified.rules[&nr("sysinfo")][0].action, RET_ALLOW);
+        assert_eq!(
+            notified.rules[&nr("sched_getaffinity")][0].action,
+            RET_ALLOW
         );
         assert!(
             error(r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]}"#)

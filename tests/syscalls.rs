@@ -1,0 +1,170 @@
+//! sysinfo(2) and sched_getaffinity(2) answered for the container through seccomp user notification,
+//! in `vproc run` (cgroup v1 here; the VM lane repeats these on v2): busybox `free`, `uptime` and
+//! `nproc`, glibc's `getconf _PHYS_PAGES` and `nproc`, Python's `os.sched_getaffinity`. The podman +
+//! runc half, with the shipped profile and `vproc seccomp-agent`, is in tests/podman.rs. Needs root,
+//! /dev/fuse, writable cgroup v1 hierarchies, busybox-static and python3.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::{Daemon, unique};
+
+/// A busybox root with the host's /usr bound in (`-v /usr:/usr:ro`), for glibc's tools and Python.
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("vproc-syscalls-rootfs"));
+        common::busybox_rootfs(&dir);
+        std::fs::create_dir_all(dir.join("usr")).unwrap();
+        for lib in ["lib", "lib64"] {
+            std::os::unix::fs::symlink(format!("usr/{lib}"), dir.join(lib)).unwrap();
+        }
+        dir
+    })
+}
+
+/// The host's CPUs for the container: two where there are, so that a cut to one shows.
+fn cpuset() -> &'static str {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    if online.trim() == "0" { "0" } else { "0-1" }
+}
+
+/// `vproc run` of `script` in a 256 MiB, half-CPU container on [`cpuset`], with `extra` options.
+fn run(daemon: &Daemon, extra: &[&str], script: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .arg("run")
+        .arg("--lxcfs")
+        .arg(&daemon.mountpoint)
+        .arg("--rootfs")
+        .arg(rootfs())
+        .args(["-v", "/usr:/usr:ro", "-m", "256m", "--cpus", "0.5"])
+        .args(["--cpuset-cpus", cpuset()])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The words after `key` on its line of `out`.
+fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .find_map(|line| {
+            line.strip_prefix(key)
+                .map(|rest| rest.split_whitespace().collect())
+        })
+        .unwrap_or_else(|| panic!("no {key} line in {out}"))
+}
+
+const REPORT: &str = r#"
+free | awk '/^Mem:/ { print "free", $2 }'
+echo phys $(/usr/bin/getconf _PHYS_PAGES) $(/usr/bin/getconf PAGESIZE)
+echo nproc $(/usr/bin/nproc) $(busybox nproc)
+/usr/bin/python3 -c '
+import ctypes, os
+print("py", len(os.sched_getaffinity(0)), len(os.sched_getaffinity(os.getpid())),
+      os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+libc = ctypes.CDLL(None, use_errno=True)
+# Errors stay the kernel own: a bad address, a mask too small.
+print("errors", libc.sysinfo(None), ctypes.get_errno(),
+      libc.sched_getaffinity(0, 4, ctypes.create_string_buffer(8)), ctypes.get_errno())
+'
+"#;
+
+fn host_mem_total_kb() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn sysinfo_and_the_cpu_mask_are_the_container_s() {
+    let daemon = Daemon::start(&[]);
+    let script = format!(
+        "sh -c 'while :; do :; done' & sleep 1; \
+         echo loadavg $(cut -d' ' -f1-3 /proc/loadavg); \
+         uptime | sed 's/.*load average:/uptime/; s/,//g'; \
+         kill $!; {REPORT}"
+    );
+    let out = run(&daemon, &[], &script);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(field(&stdout, "free"), ["262144"], "busybox free: {stdout}");
+    let phys = field(&stdout, "phys");
+    let pages: u64 = phys[0].parse().unwrap();
+    let page_size: u64 = phys[1].parse().unwrap();
+    assert_eq!(pages * page_size, 256 << 20, "getconf: {stdout}");
+    assert_eq!(field(&stdout, "nproc"), ["1", "1"], "nproc: {stdout}");
+    assert_eq!(
+        field(&stdout, "py"),
+        ["1", "1", &(256u64 << 20).to_string()],
+        "python: {stdout}"
+    );
+    assert_eq!(
+        field(&stdout, "errors"),
+        ["-1", "14", "-1", "22"],
+        "EFAULT and EINVAL: {stdout}"
+    );
+    // busybox uptime's load is the container's loadavg, not the host's.
+    assert_eq!(
+        field(&stdout, "uptime"),
+        field(&stdout, "loadavg"),
+        "{stdout}"
+    );
+
+    // A process outside the container is untouched.
+    let host = Command::new("/bin/busybox").arg("free").output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout).into_owned();
+    let total: u64 = host
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        total,
+        host_mem_total_kb(),
+        "the host's busybox free: {host}"
+    );
+}
+
+#[test]
+fn under_init_too_and_the_host_s_answers_when_asked() {
+    let daemon = Daemon::start(&[]);
+    let out = run(&daemon, &["--init"], REPORT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(field(&stdout, "free"), ["262144"], "{stdout}");
+    assert_eq!(field(&stdout, "nproc"), ["1", "1"], "{stdout}");
+
+    // sched_setaffinity is the kernel's: the container may pin itself to its second CPU.
+    if cpuset() == "0-1" {
+        let out = run(
+            &daemon,
+            &[],
+            "/usr/bin/python3 -c 'import os; os.sched_setaffinity(0, {1}); print(\"pinned\", *sorted(os.sched_getaffinity(0)))'",
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(field(&stdout, "pinned"), ["1"], "{out:?}");
+    }
+
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    let out = run(&daemon, &["--host-sysinfo", "--host-affinity"], REPORT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    // (busybox free takes its total from the bound /proc/meminfo, getconf from sysinfo.)
+    let phys = field(&stdout, "phys");
+    let bytes = phys[0].parse::<u64>().unwrap() * phys[1].parse::<u64>().unwrap();
+    assert_eq!(bytes / 1024, host_mem_total_kb(), "{stdout}");
+    let visible = if cpuset() == "0-1" { 2 } else { 1 };
+    assert_eq!(
+        field(&stdout, "nproc")[0],
+        visible.min(host_cpus).to_string(),
+        "{stdout}"
+    );
+}
