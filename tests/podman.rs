@@ -267,3 +267,161 @@ fn podman_exec_is_the_first_reader_of_its_namespace_and_sees_the_container() {
         );
     }
 }
+
+/// `vproc seccomp-agent` on a socket of the test's own, and the shipped profile pointed at it.
+struct Agent {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("seccomp.sock");
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/vproc-docker.json"),
+        )
+        .unwrap();
+        let profile = shipped.replace("/run/vproc/seccomp.sock", socket.to_str().unwrap());
+        assert_ne!(
+            profile, shipped,
+            "the shipped profile names /run/vproc/seccomp.sock"
+        );
+        std::fs::write(dir.path().join("profile.json"), profile).unwrap();
+        let child = Agent::spawn(&socket, &dir.path().join("agent.log"));
+        Agent { child, dir }
+    }
+
+    fn spawn(socket: &Path, log: &Path) -> std::process::Child {
+        let child = Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .arg("seccomp-agent")
+            .arg("--socket")
+            .arg(socket)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// `--security-opt seccomp=<the profile>`.
+    fn option(&self) -> Vec<String> {
+        vec![
+            "--security-opt".to_string(),
+            format!("seccomp={}", self.dir.path().join("profile.json").display()),
+        ]
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// busybox free's total, from sysinfo(2). The container's /proc/meminfo is the host's here (no
+/// vprocd files bound), and busybox takes its cache figure from it, so `used` can run into the total's
+/// column: the total is cut out by its place (right-aligned to column 19).
+const FREE_TOTAL: &str = "free | awk '/^Mem:/ { print substr($0, 5, 15) + 0 }'";
+
+#[test]
+fn the_shipped_profile_gives_runc_containers_their_sysinfo_and_cpu_count() {
+    let agent = Agent::start();
+    let mut flags = agent.option();
+    flags.extend(["--cpuset-cpus".to_string(), "0-1".to_string()]);
+    if std::thread::available_parallelism().unwrap().get() < 2 {
+        flags.truncate(2);
+    }
+    let script = format!("{FREE_TOTAL}; uptime; nproc");
+    let out = podman_run(None, &flags, &["sh", "-c", &script]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "262144", "busybox free: {out}\n{}", agent.log());
+    // The container's uptime, not the host's (hours here).
+    assert!(lines[1].contains(" up 0 min"), "busybox uptime: {out}");
+    assert_eq!(lines[2], "1", "nproc: {out}");
+    // A process outside is untouched.
+    let host = Command::new("/bin/busybox").arg("nproc").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout).trim(),
+        std::thread::available_parallelism()
+            .unwrap()
+            .get()
+            .to_string()
+    );
+}
+
+#[test]
+fn a_kill_9_of_the_agent_and_of_vprocd_fails_no_call_of_a_running_container() {
+    let mut daemon = Daemon::start(&[]);
+    let mut agent = Agent::start();
+    let signals = tempfile::tempdir().unwrap();
+    let name = common::unique("vproc-seccomp");
+    // Calls busybox free until told to stop; any answer but the container's ends it with BAD.
+    let script = format!(
+        "n=0; while [ ! -e /signals/stop ]; do t=$({FREE_TOTAL}); \
+         [ \"$t\" = 262144 ] || {{ echo BAD $n $t; exit 1; }}; n=$((n+1)); touch /signals/started; done; \
+         echo calls $n"
+    );
+    let mut flags = agent.option();
+    flags.extend([
+        "--name".to_string(),
+        name.clone(),
+        "-v".to_string(),
+        format!("{}:/signals", signals.path().display()),
+    ]);
+    let container = std::thread::spawn(move || podman_run(None, &flags, &["sh", "-c", &script]));
+    let started = signals.path().join("started");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline && !container.is_finished(),
+            "the container did not start calling: {}",
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    agent.kill();
+    daemon.stop_with(libc::SIGKILL);
+    // Calls go on for a while with neither running.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The last call answered is recent: they did not stop at the kill.
+    let last_call = std::fs::metadata(&started).unwrap().modified().unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(last_call)
+        .unwrap_or_default();
+    std::fs::write(signals.path().join("stop"), "").unwrap();
+    let out = container.join();
+    let _ = Command::new("podman")
+        .args(["rm", "-f", "-t", "0", &name])
+        .output();
+    let out = out.expect("the container failed (BAD or an error)");
+    let calls: u32 = out.trim().strip_prefix("calls ").unwrap().parse().unwrap();
+    assert!(calls > 10, "{out}");
+    assert!(
+        age < std::time::Duration::from_millis(1500),
+        "no call for {age:?} after the kill: {out}"
+    );
+
+    // A new agent takes the stale socket over and serves the next container.
+    let socket = agent.dir.path().join("seccomp.sock");
+    agent.child = Agent::spawn(&socket, &agent.dir.path().join("agent.log"));
+    let out = podman_run(None, &agent.option(), &["sh", "-c", FREE_TOTAL]);
+    assert_eq!(out.trim(), "262144", "{}", agent.log());
+}
