@@ -1,6 +1,6 @@
 //! sysinfo(2) and sched_getaffinity(2) answered for the container through seccomp user notification,
 //! in `vproc run` (cgroup v1 here; the VM lane repeats these on v2): busybox `free`, `uptime` and
-//! `nproc`, glibc's `getconf _PHYS_PAGES` and `nproc`, Python's `os.sched_getaffinity`. The podman +
+//! `nproc` (named as `busybox free`: the host's /usr/bin comes first in PATH, and procps reads files), glibc's `getconf _PHYS_PAGES` and `nproc`, Python's `os.sched_getaffinity`. The podman +
 //! runc half, with the shipped profile and `vproc seccomp-agent`, is in tests/podman.rs. Needs root,
 //! /dev/fuse, writable cgroup v1 hierarchies, busybox-static and python3.
 
@@ -60,7 +60,9 @@ fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 const REPORT: &str = r#"
-free | awk '/^Mem:/ { print "free", $2 }'
+sleep 0.3; busybox uptime > /tmp/uptime
+echo idle $(sed 's/.*load average://; s/,//g' /tmp/uptime)
+busybox free | awk '/^Mem:/ { print "free", $2 }'
 echo phys $(/usr/bin/getconf _PHYS_PAGES) $(/usr/bin/getconf PAGESIZE)
 echo nproc $(/usr/bin/nproc) $(busybox nproc)
 /usr/bin/python3 -c '
@@ -82,12 +84,13 @@ fn host_mem_total_kb() -> u64 {
 #[test]
 fn sysinfo_and_the_cpu_mask_are_the_container_s() {
     let daemon = Daemon::start(&[]);
+    // The first call starts the averages at what runs (as the loadavg file does): a busy loop.
     let script = format!(
-        "sh -c 'while :; do :; done' & sleep 1; \
-         echo loadavg $(cut -d' ' -f1-3 /proc/loadavg); \
-         uptime | sed 's/.*load average:/uptime/; s/,//g'; \
+        "sh -c 'while :; do :; done' & sleep 0.5; \
+         echo busy $(busybox uptime | sed 's/.*load average://; s/,//g'); \
          kill $!; {REPORT}"
     );
+    let host_load = std::fs::read_to_string("/proc/loadavg").unwrap();
     let out = run(&daemon, &[], &script);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
@@ -107,11 +110,12 @@ fn sysinfo_and_the_cpu_mask_are_the_container_s() {
         ["-1", "14", "-1", "22"],
         "EFAULT and EINVAL: {stdout}"
     );
-    // busybox uptime's load is the container's loadavg, not the host's.
-    assert_eq!(
-        field(&stdout, "uptime"),
-        field(&stdout, "loadavg"),
-        "{stdout}"
+    // busybox uptime's load is the container's, not the host's.
+    let busy: f64 = field(&stdout, "busy")[0].parse().unwrap();
+    assert!(busy >= 1.0, "a busy loop runs: {stdout}");
+    assert!(
+        !host_load.starts_with("0.00 0.00 0.00"),
+        "the host is busy running these tests: {host_load}"
     );
 
     // A process outside the container is untouched.
@@ -141,6 +145,9 @@ fn under_init_too_and_the_host_s_answers_when_asked() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(field(&stdout, "free"), ["262144"], "{stdout}");
     assert_eq!(field(&stdout, "nproc"), ["1", "1"], "{stdout}");
+    // Nothing runs but busybox uptime, which is not counted (it waits for the answer); the init has
+    // gone to sleep in waitpid by then.
+    assert_eq!(field(&stdout, "idle"), ["0.00", "0.00", "0.00"], "{stdout}");
 
     // sched_setaffinity is the kernel's: the container may pin itself to its second CPU.
     if cpuset() == "0-1" {
@@ -157,7 +164,11 @@ fn under_init_too_and_the_host_s_answers_when_asked() {
     let out = run(&daemon, &["--host-sysinfo", "--host-affinity"], REPORT);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
-    // (busybox free takes its total from the bound /proc/meminfo, getconf from sysinfo.)
+    assert_eq!(
+        field(&stdout, "free"),
+        [host_mem_total_kb().to_string()],
+        "{stdout}"
+    );
     let phys = field(&stdout, "phys");
     let bytes = phys[0].parse::<u64>().unwrap() * phys[1].parse::<u64>().unwrap();
     assert_eq!(bytes / 1024, host_mem_total_kb(), "{stdout}");
