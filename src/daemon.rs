@@ -257,7 +257,7 @@ fn sample_loads_periodically(renderer: Arc<Renderer>) {
 }
 
 /// CPU time the calling thread has used.
-fn thread_cpu_time() -> std::time::Duration {
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -58,7 +58,8 @@ pub fn send_fd(socket: &OwnedFd, fd: BorrowedFd<'_>) -> io::Result<()> {
         socket,
         &[io::IoSlice::new(b"m")],
         &mut control,
-        SendFlags::empty(),
+        // A peer gone is an error to report, not a SIGPIPE that kills the sender without a word.
+        SendFlags::NOSIGNAL,
     )?;
     Ok(())
 }

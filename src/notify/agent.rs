@@ -101,16 +101,26 @@ fn bind(path: &Path) -> Result<OwnedFd, String> {
 /// The listener fd a runtime sent and who it is for (container id and pid, for the log): runc's and
 /// crun's `ContainerProcessState`, JSON with the fds' names in `fds`.
 fn receive(connection: &OwnedFd) -> Result<(OwnedFd, String), String> {
-    rustix::net::sockopt::set_socket_timeout(
-        connection,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(SEND_TIMEOUT),
-    )
-    .map_err(|e| format!("cannot set a timeout: {e}"))?;
+    // One deadline for the whole message: a runtime trickling bytes cannot hold the accept loop
+    // (and every other container's start) longer than this.
+    let deadline = std::time::Instant::now() + SEND_TIMEOUT;
     let mut message = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the message did not come within {} s",
+                SEND_TIMEOUT.as_secs()
+            ));
+        }
+        rustix::net::sockopt::set_socket_timeout(
+            connection,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(left),
+        )
+        .map_err(|e| format!("cannot set a timeout: {e}"))?;
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = match rustix::net::recvmsg(

@@ -21,9 +21,10 @@ pub mod profile;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cgroup::CgroupLayout;
+use crate::daemon::thread_cpu_time;
 use crate::files::Content;
 use crate::host::HostRoots;
 use crate::render::{Options, Renderer};
@@ -34,12 +35,25 @@ use crate::view::sysinfo::Sysinfo;
 pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 /// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
 pub const FLAG_NEW_LISTENER: u32 = 1 << 3;
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`.
+const FLAG_WAIT_KILLABLE_RECV: u32 = 1 << 5;
 
 /// The calls answered here.
 pub const CALLS: [libc::c_long; 2] = [libc::SYS_sysinfo, libc::SYS_sched_getaffinity];
 
-/// The largest affinity mask handled (8192 CPUs); a caller's bigger buffer gets the kernel's size.
+/// The most of a caller's affinity buffer filled (8192 CPUs; the kernel copies only its mask's size).
 const MAX_MASK_BYTES: usize = 1024;
+/// `AUDIT_ARCH_X86_64`: the ABI whose numbers the answers are for.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// The most of one core the answers to one container may take, measured on the answering thread's
+/// own CPU clock. Answers cost tens of microseconds of a process outside the container's cgroup, so a
+/// container calling sysinfo in a loop from many threads would otherwise have a core of the host's
+/// for free; past this share its calls wait (it slows itself, not the host). About 1,800 answers a
+/// second; programs call these once at start or once per `free`.
+pub const CPU_SHARE: f64 = 0.1;
+/// CPU time answers may take at once before [`CPU_SHARE`] applies.
+const CPU_BURST: Duration = Duration::from_millis(50);
 
 /// Which of the calls get the container's answer (the other gets the kernel's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +77,8 @@ pub struct Answers {
     renderer: Option<Renderer>,
     calls: Calls,
     proc_root: std::path::PathBuf,
+    /// The most of one core answering may take (see [`CPU_SHARE`]).
+    cpu_share: f64,
 }
 
 impl Answers {
@@ -80,7 +96,14 @@ impl Answers {
             renderer,
             calls,
             proc_root,
+            cpu_share: CPU_SHARE,
         }
+    }
+
+    /// The same answers with no CPU budget (benchmarks measure what one answer costs).
+    pub fn unlimited(mut self) -> Answers {
+        self.cpu_share = f64::INFINITY;
+        self
     }
 
     /// The answer to one notified call (the caller's memory written where it says so).
@@ -88,6 +111,10 @@ impl Answers {
         let Some(renderer) = &self.renderer else {
             return Reply::Continue;
         };
+        // A listener runc hands us may carry calls of another ABI under the same numbers.
+        if call.data.arch != AUDIT_ARCH_X86_64 {
+            return Reply::Continue;
+        }
         let answered = match i64::from(call.data.nr) {
             libc::SYS_sysinfo if self.calls.sysinfo => self.sysinfo(renderer, listener, call),
             libc::SYS_sched_getaffinity if self.calls.affinity => {
@@ -107,7 +134,7 @@ impl Answers {
         let pid = call.pid;
         // A process of the host's own (or one not resolvable) keeps the kernel's answer.
         renderer.container_key(pid)?;
-        let memory = self.open_memory(pid)?;
+        let memory = CallerMemory::open(&self.proc_root, pid)?;
         let text = |content| {
             renderer
                 .render(content, pid)
@@ -119,12 +146,12 @@ impl Answers {
             &text(Content::Uptime)?,
             &text(Content::Loadavg)?,
         )?;
-        // The memory opened and the cgroup read are the caller's only if it is still waiting in
+        // The memory opened and the files read are the caller's only if it is still waiting in
         // this call (its pid was not reused meanwhile).
         if !listener.id_valid(call.id) {
             return None;
         }
-        write_at(&memory, &info.to_bytes(), call.data.args[0])?;
+        memory.write(&info.to_bytes(), call.data.args[0])?;
         Some(Reply::Value(0))
     }
 
@@ -136,26 +163,42 @@ impl Answers {
     ) -> Option<Reply> {
         let pid = call.pid;
         let [target, len, address, ..] = call.data.args;
-        let target = target as i32;
-        // The kernel's errors (a negative pid, a length not in whole longs) stay the kernel's.
-        if target < 0 || len as usize % std::mem::size_of::<libc::c_ulong>() != 0 || len == 0 {
-            return None;
-        }
-        // Only the caller's own mask (pid 0, or its own thread id in its namespace): another task's
-        // mask is the kernel's.
-        if target != 0
-            && renderer.registry().pid_namespaces.innermost_pid(pid).ok()? != target as u32
+        // The kernel's types: `pid_t pid, unsigned int len`.
+        let (target, len) = (target as i32, len as u32 as usize);
+        // The kernel's errors stay the kernel's: a negative pid, a length not in whole longs, and one
+        // whose bit count overflows 32 bits (the kernel's `len * 8` wraps). A length too short for
+        // the kernel's CPUs fails the real call below, made with the caller's length or, past 8192
+        // CPUs' worth (busybox passes 8192 bytes), with that: the kernel copies only its mask's size.
+        if target < 0
+            || len == 0
+            || len % std::mem::size_of::<libc::c_ulong>() != 0
+            || len >= 1 << 29
         {
             return None;
         }
+        // Only the caller's own mask: pid 0, its thread id, or its process id (the main thread's
+        // mask, as the kernel reads it), in its pid namespace's numbers. Another task's is the
+        // kernel's.
+        let whose = if target == 0 {
+            pid
+        } else {
+            let ids = TaskIds::read(&self.proc_root, pid)?;
+            if target as u32 == ids.ns_tid {
+                pid
+            } else if target as u32 == ids.ns_tgid {
+                ids.tgid
+            } else {
+                return None;
+            }
+        };
         renderer.container_key(pid)?;
-        let memory = self.open_memory(pid)?;
-        let mut mask = vec![0u8; (len as usize).min(MAX_MASK_BYTES)];
+        let memory = CallerMemory::open(&self.proc_root, pid)?;
+        let mut mask = vec![0u8; len.min(MAX_MASK_BYTES)];
         // SAFETY: the kernel writes at most `mask.len()` bytes into our buffer.
         let got = unsafe {
             libc::syscall(
                 libc::SYS_sched_getaffinity,
-                pid as libc::pid_t,
+                whose as libc::pid_t,
                 mask.len(),
                 mask.as_mut_ptr(),
             )
@@ -168,21 +211,8 @@ impl Answers {
         if !listener.id_valid(call.id) {
             return None;
         }
-        write_at(&memory, mask, address)?;
+        memory.write(mask, address)?;
         Some(Reply::Value(got))
-    }
-
-    /// The caller's memory, opened before the notification is checked still valid (so it is the
-    /// caller's, not a process that took its pid).
-    fn open_memory(&self, pid: u32) -> Option<OwnedFd> {
-        let path = self.proc_root.join(format!("{pid}/mem"));
-        rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .inspect_err(|e| log::debug!("cannot open {}: {e}", path.display()))
-        .ok()
     }
 
     /// One step of the load averages (every [`LOAD_PERIOD`]).
@@ -208,12 +238,101 @@ fn keep_first(mask: &mut [u8], keep: usize) {
     }
 }
 
-/// Writes all of `bytes` at `address` of the process whose memory `memory` is; `None` when it cannot
-/// (a bad address: the real call then gives the caller its EFAULT).
-fn write_at(memory: &OwnedFd, bytes: &[u8], address: u64) -> Option<()> {
-    match rustix::io::pwrite(memory, bytes, address) {
-        Ok(written) if written == bytes.len() => Some(()),
-        _ => None,
+/// The caller's memory, opened before the notification is checked still valid (so it is the
+/// caller's, not a process that took its pid), with the ranges it may write as its maps said then.
+struct CallerMemory {
+    memory: OwnedFd,
+    /// Start and end of each writable mapping, in address order.
+    writable: Vec<(u64, u64)>,
+}
+
+impl CallerMemory {
+    fn open(proc_root: &std::path::Path, pid: u32) -> Option<CallerMemory> {
+        let path = proc_root.join(format!("{pid}/mem"));
+        let memory = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .inspect_err(|e| log::debug!("cannot open {}: {e}", path.display()))
+        .ok()?;
+        let maps = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))).ok()?;
+        Some(CallerMemory {
+            memory,
+            writable: writable_ranges(&maps),
+        })
+    }
+
+    /// Writes all of `bytes` at `address`; `None` when it cannot, or when the range is not wholly
+    /// in writable mappings: a write through /proc/PID/mem passes page protections (FOLL_FORCE), the
+    /// kernel's copy to the caller does not, so read-only and inaccessible memory get the real call
+    /// (and its EFAULT).
+    fn write(&self, bytes: &[u8], address: u64) -> Option<()> {
+        let end = address.checked_add(bytes.len() as u64)?;
+        if !covers(&self.writable, address, end) {
+            return None;
+        }
+        match rustix::io::pwrite(&self.memory, bytes, address) {
+            Ok(written) if written == bytes.len() => Some(()),
+            _ => None,
+        }
+    }
+}
+
+/// The writable mappings of /proc/PID/maps (`start-end rw-p ...`), in order.
+fn writable_ranges(maps: &str) -> Vec<(u64, u64)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            (perms.as_bytes().get(1) == Some(&b'w')).then_some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether `[start, end)` lies wholly within `ranges` (adjacent mappings join).
+fn covers(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let mut at = start;
+    for &(from, to) in ranges {
+        if from <= at && at < to {
+            at = to;
+            if at >= end {
+                return true;
+            }
+        }
+    }
+    start == end
+}
+
+/// A task's ids: its process id on the host, and its thread and process ids in its own pid
+/// namespace (`Tgid`, and the last of `NSpid` and `NStgid` in /proc/TID/status).
+struct TaskIds {
+    tgid: u32,
+    ns_tid: u32,
+    ns_tgid: u32,
+}
+
+impl TaskIds {
+    fn read(proc_root: &std::path::Path, tid: u32) -> Option<TaskIds> {
+        let status = std::fs::read_to_string(proc_root.join(format!("{tid}/status"))).ok()?;
+        let last = |key: &str| -> Option<u32> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
+                .split_ascii_whitespace()
+                .next_back()?
+                .parse()
+                .ok()
+        };
+        Some(TaskIds {
+            tgid: last("Tgid")?,
+            ns_tid: last("NSpid")?,
+            ns_tgid: last("NStgid")?,
+        })
     }
 }
 
@@ -311,6 +430,7 @@ impl Listener {
 /// kernel's answer.
 pub fn serve(listener: &Listener, answers: &Answers) -> io::Result<()> {
     let mut next_sample = Instant::now() + LOAD_PERIOD;
+    let mut budget = CpuBudget::new(answers.cpu_share, CPU_BURST);
     loop {
         let wait = next_sample.saturating_duration_since(Instant::now());
         let mut poll = libc::pollfd {
@@ -332,15 +452,64 @@ pub fn serve(listener: &Listener, answers: &Answers) -> io::Result<()> {
             next_sample = Instant::now() + LOAD_PERIOD;
         }
         if poll.revents & libc::POLLIN != 0 {
+            let wait = budget.wait(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
             if let Some(call) = listener.receive()? {
+                let cpu = thread_cpu_time();
                 let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     answers.answer(listener, &call)
                 }))
                 .unwrap_or(Reply::Continue);
                 listener.send(call.id, reply)?;
+                budget.spend(thread_cpu_time().saturating_sub(cpu), Instant::now());
             }
         } else if poll.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
             return Ok(());
+        }
+    }
+}
+
+/// A leaky bucket of CPU time: what answers spent drains at `share` of wall time; past `burst`,
+/// the next answer waits until it is back under.
+struct CpuBudget {
+    share: f64,
+    burst: f64,
+    /// Seconds of CPU not yet drained.
+    level: f64,
+    at: Instant,
+}
+
+impl CpuBudget {
+    fn new(share: f64, burst: Duration) -> CpuBudget {
+        CpuBudget {
+            share,
+            burst: burst.as_secs_f64(),
+            level: 0.0,
+            at: Instant::now(),
+        }
+    }
+
+    fn drain(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level - elapsed * self.share).max(0.0);
+        self.at = now;
+    }
+
+    fn spend(&mut self, cpu: Duration, now: Instant) {
+        self.drain(now);
+        self.level += cpu.as_secs_f64();
+    }
+
+    /// How long the next answer waits.
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.drain(now);
+        let over = self.level - self.burst;
+        if over > 0.0 && self.share.is_finite() {
+            Duration::from_secs_f64(over / self.share)
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -355,25 +524,74 @@ pub fn install_listener_filter() -> io::Result<OwnedFd> {
         len: program.len() as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the filter.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
+    let install = |flags: u32| {
+        // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the
+        // filter.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(fd)
+        }
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Once the listener has taken a call, only a fatal signal ends the caller's wait (Linux 5.19+):
+    // a signal handler without SA_RESTART would otherwise see EINTR, which the real call never
+    // gives, and a timer signal could restart the call without end. Older kernels: without.
+    let fd = match install(FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => install(FLAG_NEW_LISTENER)?,
+        other => other?,
+    };
     // SAFETY: seccomp(2) returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::keep_first;
+    use super::*;
+
+    #[test]
+    fn only_writable_mappings_are_written() {
+        let maps = "00400000-00401000 r-xp 00000000 08:01 1 /bin/x\n\
+                    00601000-00602000 rw-p 00001000 08:01 1 /bin/x\n\
+                    00602000-00604000 rw-p 00000000 00:00 0 [heap]\n\
+                    7ffd0000-7ffd1000 ---p 00000000 00:00 0\n\
+                    7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]\n";
+        let ranges = writable_ranges(maps);
+        assert_eq!(ranges.len(), 3);
+        // Within one mapping, across two adjacent ones; not code, not a guard page, not past the end.
+        assert!(covers(&ranges, 0x601010, 0x601080));
+        assert!(covers(&ranges, 0x601fc0, 0x602030));
+        assert!(!covers(&ranges, 0x400100, 0x400170));
+        assert!(!covers(&ranges, 0x7ffd0ff0, 0x7ffd1010));
+        assert!(!covers(&ranges, 0x603fc0, 0x604030));
+        assert!(!covers(&ranges, 0, 0x70));
+    }
+
+    #[test]
+    fn the_cpu_budget_holds_answers_to_their_share() {
+        let start = Instant::now();
+        let mut budget = CpuBudget::new(0.1, Duration::from_millis(50));
+        // Within the burst: no wait.
+        budget.spend(Duration::from_millis(40), start);
+        assert_eq!(budget.wait(start), Duration::ZERO);
+        // 30 ms over the burst at 10%: 300 ms of wall time to drain it.
+        budget.spend(Duration::from_millis(40), start);
+        let wait = budget.wait(start);
+        assert!((wait.as_secs_f64() - 0.3).abs() < 1e-6, "{wait:?}");
+        // A second later it has drained.
+        assert_eq!(budget.wait(start + Duration::from_secs(1)), Duration::ZERO);
+        // Unlimited: never.
+        let mut free = CpuBudget::new(f64::INFINITY, Duration::ZERO);
+        free.spend(Duration::from_secs(5), start);
+        assert_eq!(free.wait(start), Duration::ZERO);
+    }
 
     #[test]
     fn a_mask_keeps_its_first_cpus() {
