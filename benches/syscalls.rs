@@ -72,11 +72,19 @@ fn filtered_thread(calls: Calls) -> mpsc::Sender<(Call, u32, mpsc::Sender<f64>)>
         }
     });
     let listener = listener_rx.recv().unwrap();
-    std::thread::spawn(move || {
-        // No CPU budget: the figure is what one answer costs.
-        let answers = Answers::new(calls).unlimited();
-        let _ = serve(&Listener::new(listener), &answers);
-    });
+    let name = if calls.sysinfo {
+        "agent"
+    } else {
+        "passthrough"
+    };
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // No CPU budget: the figure is what one answer costs.
+            let answers = Answers::new(calls).unlimited();
+            let _ = serve(&Listener::new(listener), &answers);
+        })
+        .unwrap();
     requests
 }
 
