@@ -444,14 +444,7 @@ impl Listener {
     fn wake_synchronously(&self) {
         const SYNC_WAKE_UP: u64 = 1;
         let mut flags = SYNC_WAKE_UP;
-        // SAFETY: SECCOMP_IOCTL_NOTIF_SET_FLAGS reads one u64.
-        unsafe {
-            libc::ioctl(
-                self.0.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
-                &mut flags,
-            )
-        };
+        let _ = self.ioctl(libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, &mut flags);
     }
 
     /// Waits at most `timeout` for a call to take.
@@ -482,42 +475,38 @@ impl Listener {
         })
     }
 
-    /// The next notification; `None` when the caller went away before it could be received.
-    fn receive(&self) -> io::Result<Option<libc::seccomp_notif>> {
+    /// One of the listener's ioctls with its argument, again when a signal interrupted it; `Ok(false)`
+    /// when the call it is about is gone (ENOENT: its caller went away).
+    fn ioctl<T>(&self, request: libc::Ioctl, argument: &mut T) -> io::Result<bool> {
         loop {
-            // SAFETY: the kernel requires a zeroed struct and fills it.
-            let mut call: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-            // SAFETY: SECCOMP_IOCTL_NOTIF_RECV writes one seccomp_notif into `call`.
-            let rc = unsafe {
-                libc::ioctl(
-                    self.0.as_raw_fd(),
-                    libc::SECCOMP_IOCTL_NOTIF_RECV,
-                    &mut call,
-                )
-            };
-            if rc == 0 {
-                return Ok(Some(call));
+            // SAFETY: each request of ours reads or writes one `T`, the type it is defined with.
+            let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request, argument as *mut T) };
+            if rc >= 0 {
+                return Ok(true);
             }
             let error = io::Error::last_os_error();
             match error.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::ENOENT) => return Ok(None),
+                Some(libc::ENOENT) => return Ok(false),
                 _ => return Err(error),
             }
         }
     }
 
+    /// The next notification; `None` when the caller went away before it could be received.
+    fn receive(&self) -> io::Result<Option<libc::seccomp_notif>> {
+        // SAFETY: the kernel requires a zeroed struct and fills it.
+        let mut call: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        Ok(self
+            .ioctl(libc::SECCOMP_IOCTL_NOTIF_RECV, &mut call)?
+            .then_some(call))
+    }
+
     /// Whether notification `id` is still pending (its caller still waits in the call).
     fn id_valid(&self, id: u64) -> bool {
         let mut id = id;
-        // SAFETY: SECCOMP_IOCTL_NOTIF_ID_VALID reads one u64.
-        unsafe {
-            libc::ioctl(
-                self.0.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
-                &mut id,
-            ) == 0
-        }
+        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id)
+            .unwrap_or(false)
     }
 
     /// Tells the kernel what call `id` returns. A caller gone meanwhile (ENOENT) is no error.
@@ -532,25 +521,8 @@ impl Listener {
             Reply::Value(value) => response.val = value,
             Reply::Continue => response.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
         }
-        loop {
-            // SAFETY: SECCOMP_IOCTL_NOTIF_SEND reads one seccomp_notif_resp.
-            let rc = unsafe {
-                libc::ioctl(
-                    self.0.as_raw_fd(),
-                    libc::SECCOMP_IOCTL_NOTIF_SEND,
-                    &mut response,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOENT) => return Ok(()),
-                _ => return Err(error),
-            }
-        }
+        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_SEND, &mut response)
+            .map(drop)
     }
 }
 
@@ -656,27 +628,7 @@ impl CpuBudget {
 /// (close-on-exec).
 pub fn install_listener_filter() -> io::Result<OwnedFd> {
     let program = crate::launcher::seccomp::notify_program(&CALLS.map(|c| c as u32));
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_ptr() as *mut libc::sock_filter,
-    };
-    let install = |flags: u32| {
-        // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies the
-        // filter.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                flags,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(fd)
-        }
-    };
+    let install = |flags| crate::launcher::seccomp::set_mode_filter(&program, flags);
     // Once the listener has taken a call, only a fatal signal ends the caller's wait (Linux 5.19+):
     // a signal handler without SA_RESTART would otherwise see EINTR, which the real call never
     // gives, and a timer signal could restart the call without end. Older kernels: without.

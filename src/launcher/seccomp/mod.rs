@@ -323,6 +323,12 @@ fn check(asm: &mut Assembler, condition: &Condition, fail: Label) {
 
 /// Installs `program` on the calling thread (no_new_privs must be set); inherited across exec.
 pub fn install(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
+    set_mode_filter(program, flags).map(drop)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, `flags`, `program`): what it returns (a listener fd with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`, else 0).
+pub fn set_mode_filter(program: &[libc::sock_filter], flags: u32) -> io::Result<libc::c_long> {
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,
@@ -336,10 +342,10 @@ pub fn install(program: &[libc::sock_filter], flags: u32) -> io::Result<()> {
             &fprog as *const libc::sock_fprog,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
+    if rc < 0 {
         Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
