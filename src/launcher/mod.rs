@@ -595,6 +595,13 @@ fn serve_calls(socket: OwnedFd, calls: crate::notify::Calls) {
     let spawned = std::thread::Builder::new()
         .name("seccomp".into())
         .spawn(move || {
+            // vproc run's signals are for its main thread: one arriving here could only interrupt
+            // the listener's poll (POLLERR) and ioctls.
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&SigSet::all()),
+                None,
+            );
             let answers = crate::notify::Answers::new(calls);
             match terminal::receive_fd(&socket) {
                 Ok(Some(fd)) => {

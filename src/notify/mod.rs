@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod profile;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -442,16 +443,28 @@ impl Listener {
     /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6+): the call is taken sooner (a shorter window
     /// for a signal to interrupt it) and answered faster. Older kernels: as before.
     fn wake_synchronously(&self) {
-        const SYNC_WAKE_UP: u64 = 1;
-        let mut flags = SYNC_WAKE_UP;
-        let _ = self.ioctl(libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, &mut flags);
+        const SYNC_WAKE_UP: libc::c_ulong = 1;
+        // SAFETY: SECCOMP_IOCTL_NOTIF_SET_FLAGS takes the flags as its argument's value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                SYNC_WAKE_UP,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "no synchronous wake-ups for this listener: {}",
+                io::Error::last_os_error()
+            );
+        }
     }
 
-    /// Waits at most `timeout` for a call to take.
-    fn poll(&self, timeout: Duration) -> io::Result<Readiness> {
+    /// Waits at most `timeout` for a call to take (`take`), or only for the hang-up.
+    fn poll(&self, timeout: Duration, take: bool) -> io::Result<Readiness> {
         let mut poll = libc::pollfd {
             fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
+            events: if take { libc::POLLIN } else { 0 },
             revents: 0,
         };
         // Rounded up: a budget wait of 0.3 ms must not spin.
@@ -466,9 +479,14 @@ impl Listener {
                 Err(error)
             };
         }
+        // POLLERR is the kernel's "interrupted while looking" (a signal pending on this thread), not
+        // the end of the listener.
+        if poll.revents & libc::POLLNVAL != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
         Ok(if poll.revents & libc::POLLIN != 0 {
             Readiness::Call
-        } else if poll.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        } else if poll.revents & libc::POLLHUP != 0 {
             Readiness::HungUp
         } else {
             Readiness::Nothing
@@ -530,13 +548,29 @@ impl Listener {
 /// Only an error of the listener itself ends it early; a call that cannot be answered gets the
 /// kernel's answer.
 pub fn serve(listener: &Listener, answers: &Answers) -> io::Result<()> {
-    let mut next_sample = Instant::now() + LOAD_PERIOD;
-    let mut budget = CpuBudget::new(answers.cpu_share, CPU_BURST);
     // Calls taken from the kernel and not answered yet. A call is taken as soon as it comes, even
     // while answers wait for the CPU budget: until it is taken, any signal interrupts the caller's
     // wait (EINTR, which the real call never gives, to a handler without SA_RESTART); once taken,
     // only a fatal one does (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV).
-    let mut taken: std::collections::VecDeque<libc::seccomp_notif> = Default::default();
+    let mut taken: VecDeque<libc::seccomp_notif> = VecDeque::new();
+    let served = serve_taking(listener, answers, &mut taken);
+    if served.is_err() {
+        // The listener is about to close, which would fail these callers with ENOSYS: the real
+        // call instead, where the kernel still takes an answer.
+        for call in taken {
+            let _ = listener.send(call.id, Reply::Continue);
+        }
+    }
+    served
+}
+
+fn serve_taking(
+    listener: &Listener,
+    answers: &Answers,
+    taken: &mut VecDeque<libc::seccomp_notif>,
+) -> io::Result<()> {
+    let mut next_sample = Instant::now() + LOAD_PERIOD;
+    let mut budget = CpuBudget::new(answers.cpu_share, CPU_BURST);
     listener.wake_synchronously();
     loop {
         let now = Instant::now();
@@ -544,20 +578,22 @@ pub fn serve(listener: &Listener, answers: &Answers) -> io::Result<()> {
         if !taken.is_empty() {
             timeout = timeout.min(budget.wait(now));
         }
-        let mut hung_up = false;
-        match listener.poll(timeout)? {
+        // With the queue full, wait for the budget (or the hang-up) only: calls still coming
+        // would wake the poll at once and spin.
+        match listener.poll(timeout, taken.len() < MAX_TAKEN)? {
             Readiness::Call => {
-                // Every call waiting, one per caller thread (bounded, for very many threads).
+                // Every call waiting, one per caller thread.
                 while taken.len() < MAX_TAKEN {
                     if let Some(call) = listener.receive()? {
                         taken.push_back(call);
                     }
-                    if listener.poll(Duration::ZERO)? != Readiness::Call {
+                    if listener.poll(Duration::ZERO, true)? != Readiness::Call {
                         break;
                     }
                 }
             }
-            Readiness::HungUp => hung_up = true,
+            // No process uses the filter any more, so none waits for an answer either.
+            Readiness::HungUp => return Ok(()),
             Readiness::Nothing => {}
         }
         if Instant::now() >= next_sample {
@@ -573,8 +609,6 @@ pub fn serve(listener: &Listener, answers: &Answers) -> io::Result<()> {
             .unwrap_or(Reply::Continue);
             listener.send(call.id, reply)?;
             budget.spend(thread_cpu_time().saturating_sub(cpu), Instant::now());
-        } else if hung_up && taken.is_empty() {
-            return Ok(());
         }
     }
 }
