@@ -349,13 +349,31 @@ fn the_shipped_profile_gives_runc_containers_their_sysinfo_and_cpu_count() {
     if std::thread::available_parallelism().unwrap().get() < 2 {
         flags.truncate(2);
     }
-    let script = format!("{FREE_TOTAL}; uptime; nproc");
+    // glibc's getconf and Python from the host's /usr, through its loader (the image has no /lib64).
+    // PATH=/bin: busybox's applets, not the host's /usr/bin ones, which cannot start here.
+    flags.extend(["-v", "/usr:/usr:ro", "--env", "PATH=/bin"].map(String::from));
+    let glibc =
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path /usr/lib/x86_64-linux-gnu";
+    let script = format!(
+        "{FREE_TOTAL}; sleep 0.3; uptime; nproc; \
+         {glibc} /usr/bin/getconf _PHYS_PAGES; {glibc} /usr/bin/getconf PAGESIZE; \
+         {glibc} /usr/bin/python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
+    );
     let out = podman_run(None, &flags, &["sh", "-c", &script]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "262144", "busybox free: {out}\n{}", agent.log());
-    // The container's uptime, not the host's (hours here).
+    // The container's uptime and load (only uptime runs, and it waits for the answer), not the
+    // host's (hours, and these tests' load).
     assert!(lines[1].contains(" up 0 min"), "busybox uptime: {out}");
+    assert!(
+        lines[1].ends_with("load average: 0.00, 0.00, 0.00"),
+        "busybox uptime: {out}"
+    );
     assert_eq!(lines[2], "1", "nproc: {out}");
+    let pages: u64 = lines[3].parse().unwrap();
+    let page_size: u64 = lines[4].parse().unwrap();
+    assert_eq!(pages * page_size, 256 << 20, "getconf: {out}");
+    assert_eq!(lines[5], "1", "Python's sched_getaffinity: {out}");
     // A process outside is untouched.
     let host = Command::new("/bin/busybox").arg("nproc").output().unwrap();
     assert_eq!(
