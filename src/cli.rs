@@ -168,6 +168,13 @@ pub enum VprocCommand {
         #[arg(long, default_value = crate::notify::agent::DEFAULT_SOCKET)]
         socket: String,
     },
+    /// Copy the vproc-runc installed next to this vproc to DEST, atomically (the DaemonSet's init
+    /// container installs the runtime wrapper on each node this way; the image has no shell).
+    #[command(hide = true)]
+    InstallRuncWrapper {
+        /// Where the wrapper goes, e.g. /opt/vproc/bin/vproc-runc.
+        dest: PathBuf,
+    },
     /// Write the man pages of vprocd and vproc into DIR (for packaging).
     #[command(hide = true)]
     Man {

@@ -23,4 +23,5 @@ pub mod pidfd;
 pub mod reader;
 pub mod reattach;
 pub mod render;
+pub mod runc_wrapper;
 pub mod view;

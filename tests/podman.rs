@@ -443,3 +443,278 @@ fn a_kill_9_of_the_agent_and_of_vprocd_fails_no_call_of_a_running_container() {
     let out = podman_run(None, &agent.option(), &["sh", "-c", FREE_TOTAL]);
     assert_eq!(out.trim(), "262144", "{}", agent.log());
 }
+
+/// `podman --runtime <vproc-runc>` with the daemon and agent of a test (as runtime flags, removed by
+/// the wrapper before runc sees them).
+fn vproc_runc_flags(daemon: &Path, agent: Option<&Path>) -> Vec<String> {
+    let mut flags = vec![
+        "--runtime".to_string(),
+        env!("CARGO_BIN_EXE_vproc-runc").to_string(),
+        "--runtime-flag".to_string(),
+        format!("vproc-lxcfs={}", daemon.display()),
+    ];
+    if let Some(socket) = agent {
+        flags.push("--runtime-flag".to_string());
+        flags.push(format!("vproc-seccomp-socket={}", socket.display()));
+    }
+    flags
+}
+
+/// `podman GLOBAL run --rm --memory 256m --cpus 0.5 EXTRA IMAGE COMMAND`, its output.
+fn podman_with(global: &[String], extra: &[&str], command: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .args(global)
+        .args(["run", "--rm", "--memory", "256m", "--cpus", "0.5"])
+        .args(extra)
+        .arg(image())
+        .args(command)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn vproc_runc_gives_podman_containers_their_views_with_no_flag() {
+    let mut daemon = Daemon::start(&[]);
+    let agent = Agent::start();
+    let socket = agent.dir.path().join("seccomp.sock");
+    let global = vproc_runc_flags(&daemon.mountpoint, Some(&socket));
+    let script = format!(
+        "head -1 /proc/meminfo; nproc; grep -c ^processor /proc/cpuinfo; \
+         cat /sys/devices/system/cpu/online; {FREE_TOTAL}; uptime"
+    );
+    let out = podman_with(&global, &[], &["sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[..5],
+        ["MemTotal:         262144 kB", "1", "1", "0", "262144"],
+        "{stdout}\n{}",
+        agent.log()
+    );
+    assert!(lines[5].contains(" up 0 min"), "{stdout}");
+
+    // Exit codes, ps, kill and rm as with runc.
+    let out = podman_with(&global, &[], &["sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let name = common::unique("vproc-runc");
+    let started = Command::new("podman")
+        .args(&global)
+        .args(["run", "-d", "--name", &name, image(), "sleep", "60"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let listed = Command::new("podman")
+        .args(&global)
+        .args([
+            "ps",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    let killed = Command::new("podman")
+        .args(&global)
+        .args(["kill", &name])
+        .output()
+        .unwrap();
+    let removed = Command::new("podman")
+        .args(&global)
+        .args(["rm", "-f", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), name);
+    assert!(killed.status.success(), "{killed:?}");
+    assert!(removed.status.success(), "{removed:?}");
+
+    // With vprocd stopped, the container still starts, with the host's files.
+    daemon.stop_with(libc::SIGTERM);
+    let out = podman_with(&global, &[], &["head", "-1", "/proc/meminfo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        host_mem_total()
+    );
+}
+
+/// Debian's containerd, started by the test with state of its own (root, state, socket in a temporary
+/// directory), with `env` (the shim and runc inherit it). Stopped, its leftovers unmounted and the
+/// directory removed on drop.
+struct Containerd {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start(env: &[(&str, &Path)]) -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let mut command = Command::new("containerd");
+        command
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("containerd.log")).unwrap());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .expect("containerd is not installed: apt-get install containerd (or run .ci/run)");
+        let containerd = Containerd { child, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while containerd.ctr(&["version"]).status.code() != Some(0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd did not start: {}",
+                containerd.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        containerd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers of a failed test first (their shims, runc's cgroups), then the daemon.
+        let listed = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+        }
+        let listed = self.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+        // SAFETY: kill(2) of the containerd this test spawned and has not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.dir.path().to_string_lossy().into_owned();
+        for point in mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|p| p.starts_with(&prefix))
+        {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The parent cgroup of ctr's containers (namespace `default`), once empty.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(hierarchy.path().join("default"));
+        }
+    }
+}
+
+#[test]
+fn vproc_runc_under_containerd_gives_ctr_containers_their_views() {
+    let mut daemon = Daemon::start(&[]);
+    let agent = Agent::start();
+    let socket = agent.dir.path().join("seccomp.sock");
+    let containerd = Containerd::start(&[
+        ("VPROC_LXCFS", daemon.mountpoint.as_path()),
+        ("VPROC_SECCOMP_SOCKET", socket.as_path()),
+    ]);
+    let archive = containerd.dir.path().join("image.tar");
+    let saved = Command::new("podman")
+        .args(["save", "--format", "docker-archive", "-o"])
+        .arg(&archive)
+        .arg(image())
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    let imported = containerd.ctr(&["images", "import", archive.to_str().unwrap()]);
+    assert!(imported.status.success(), "{imported:?}");
+    let wrapper = env!("CARGO_BIN_EXE_vproc-runc");
+    let run = |id: &str, extra: &[&str], command: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--runc-binary",
+            wrapper,
+            "--memory-limit",
+            "268435456",
+        ];
+        args.extend_from_slice(&["--cpus", "0.5"]);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image(), id]);
+        args.extend_from_slice(command);
+        containerd.ctr(&args)
+    };
+    let script = format!("head -1 /proc/meminfo; nproc; {FREE_TOTAL}; exit 3");
+    let out = run("vproc-t1", &["--rm"], &["sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The command's exit code is ctr's, as with runc.
+    assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", containerd.log());
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["MemTotal:         262144 kB", "1", "262144"],
+        "{stdout}\n{}",
+        agent.log()
+    );
+
+    // ps, kill and delete as with runc.
+    let started = run("vproc-t2", &["-d"], &["sleep", "60"]);
+    assert!(started.status.success(), "{started:?}");
+    let ps = containerd.ctr(&["task", "ps", "vproc-t2"]);
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).lines().count(),
+        2,
+        "{ps:?}"
+    );
+    let killed = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "vproc-t2"]);
+    assert!(killed.status.success(), "{killed:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !String::from_utf8_lossy(&containerd.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        containerd
+            .ctr(&["task", "delete", "vproc-t2"])
+            .status
+            .success()
+    );
+    assert!(
+        containerd
+            .ctr(&["container", "delete", "vproc-t2"])
+            .status
+            .success()
+    );
+
+    // With vprocd stopped, the container still starts, with the host's files.
+    daemon.stop_with(libc::SIGTERM);
+    let out = run("vproc-t3", &["--rm"], &["head", "-1", "/proc/meminfo"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        host_mem_total()
+    );
+}

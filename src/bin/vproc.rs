@@ -160,6 +160,18 @@ fn main() -> ExitCode {
             print!("{}", vproc::notify::profile::profile(format, &socket));
             ExitCode::SUCCESS
         }
+        Command::InstallRuncWrapper { dest } => {
+            match vproc::runc_wrapper::install_next_to_self(&dest) {
+                Ok(()) => {
+                    println!("installed {}", dest.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vproc install-runc-wrapper: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Man { dir } => match vproc::cli::write_man_pages(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

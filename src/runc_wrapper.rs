@@ -1,0 +1,586 @@
+//! `vproc-runc`: a runc wrapper that gives every container it creates vprocd's views with no hostPath
+//! and no flag (the nvidia-container-runtime shape: edit the bundle's config.json, exec runc). Chosen per
+//! container by the engine (`podman --runtime`, `ctr run --runc-binary`, a Kubernetes RuntimeClass).
+//!
+//! For `create` and `run` it adds to the bundle's spec, then execs the real runc with the same arguments:
+//! - read-only binds of vprocd's files over /proc/{meminfo,cpuinfo,stat,uptime,swaps,loadavg,diskstats}
+//!   and /sys/devices/system/cpu, for each the daemon serves and the spec does not already mount;
+//! - where `vproc seccomp-agent` listens, sysinfo and sched_getaffinity as `SCMP_ACT_NOTIFY` merged into
+//!   the spec's own seccomp profile, with its `listenerPath`.
+//!
+//! Every other subcommand goes to runc untouched. Whatever goes wrong here (no daemon, an unreadable
+//! spec), the bundle is left as it was and runc runs anyway, with a line on stderr saying why: a
+//! container runc would have started always starts. The spec is rewritten atomically (a new file renamed
+//! over it); the original is kept only in memory.
+//!
+//! Settings, for runtimes that pass no flags: `VPROC_LXCFS` (where vprocd is mounted, default
+//! /var/lib/lxcfs), `VPROC_SECCOMP_SOCKET` (default /run/vproc/seccomp.sock) and `VPROC_RUNC_BINARY`
+//! (default `runc` on PATH). The same as global options before the subcommand, removed before runc
+//! sees them (`podman --runtime-flag vproc-lxcfs=DIR`): `--vproc-lxcfs`, `--vproc-seccomp-socket`,
+//! `--runtime-binary`.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// The files runc lets a container bind over /proc (its `checkProcMount` allowlist, LXCFS's files):
+/// vprocd's other /proc files (pressure) stay out, or runc would refuse the container.
+const RUNC_PROC_FILES: [&str; 7] = [
+    "proc/meminfo",
+    "proc/cpuinfo",
+    "proc/stat",
+    "proc/uptime",
+    "proc/swaps",
+    "proc/loadavg",
+    "proc/diskstats",
+];
+
+/// Where the wrapper looks and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub lxcfs: PathBuf,
+    pub seccomp_socket: PathBuf,
+    /// The real runc; `None`: `runc` on PATH.
+    pub runtime: Option<PathBuf>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        Settings {
+            lxcfs: var("VPROC_LXCFS").map_or_else(
+                || PathBuf::from(crate::cli::DEFAULT_MOUNTPOINT),
+                PathBuf::from,
+            ),
+            seccomp_socket: var("VPROC_SECCOMP_SOCKET").map_or_else(
+                || PathBuf::from(crate::notify::agent::DEFAULT_SOCKET),
+                PathBuf::from,
+            ),
+            runtime: var("VPROC_RUNC_BINARY").map(PathBuf::from),
+        }
+    }
+}
+
+/// The wrapper's own global options, taken out of runc's command line (`--name=VALUE` or
+/// `--name VALUE`, before the subcommand).
+fn take_own_options(args: Vec<OsString>, settings: &mut Settings) -> Vec<OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    let mut before_subcommand = true;
+    while let Some(arg) = args.next() {
+        let bytes = arg.as_bytes();
+        if before_subcommand && bytes.starts_with(b"--") {
+            let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+                Some(at) => (&bytes[2..at], Some(OsStr::from_bytes(&bytes[at + 1..]))),
+                None => (&bytes[2..], None),
+            };
+            let slot = match name {
+                b"vproc-lxcfs" => Some(&mut settings.lxcfs),
+                b"vproc-seccomp-socket" => Some(&mut settings.seccomp_socket),
+                b"runtime-binary" => None,
+                _ => {
+                    let takes_value = RUNC_GLOBAL_VALUES.contains(&name) && inline.is_none();
+                    kept.push(arg);
+                    if takes_value && let Some(value) = args.next() {
+                        kept.push(value);
+                    }
+                    continue;
+                }
+            };
+            let value = match inline {
+                Some(value) => Some(value.to_os_string()),
+                None => args.next(),
+            };
+            if let Some(value) = value {
+                match slot {
+                    Some(slot) => *slot = PathBuf::from(value),
+                    None => settings.runtime = Some(PathBuf::from(value)),
+                }
+            }
+            continue;
+        }
+        if before_subcommand && !bytes.starts_with(b"-") {
+            before_subcommand = false;
+        }
+        kept.push(arg);
+    }
+    kept
+}
+
+/// runc's global options that take a value as the next argument.
+const RUNC_GLOBAL_VALUES: [&[u8]; 5] = [b"root", b"log", b"log-format", b"criu", b"rootless"];
+
+/// The subcommand and the arguments after it.
+fn subcommand(args: &[OsString]) -> Option<(&OsStr, &[OsString])> {
+    let mut i = 0;
+    while i < args.len() {
+        let bytes = args[i].as_bytes();
+        if !bytes.starts_with(b"-") {
+            return Some((args[i].as_os_str(), &args[i + 1..]));
+        }
+        let name = bytes.trim_ascii_start().strip_prefix(b"--").unwrap_or(b"");
+        if RUNC_GLOBAL_VALUES.contains(&name) {
+            i += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `--bundle DIR`, `--bundle=DIR`, `-b DIR` of `create`/`run`; the current directory by default.
+fn bundle(args: &[OsString]) -> PathBuf {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let bytes = arg.as_bytes();
+        if bytes == b"--" {
+            break;
+        }
+        if bytes == b"--bundle" || bytes == b"-b" {
+            if let Some(dir) = args.next() {
+                return PathBuf::from(dir);
+            }
+        } else if let Some(dir) = bytes
+            .strip_prefix(b"--bundle=")
+            .or_else(|| bytes.strip_prefix(b"-b="))
+        {
+            return PathBuf::from(OsStr::from_bytes(dir));
+        }
+    }
+    PathBuf::from(".")
+}
+
+/// What was added to a spec, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Added {
+    pub mounts: Vec<String>,
+    pub seccomp: bool,
+}
+
+/// Adds vprocd's binds and the seccomp agent's rules to `spec` (an OCI runtime spec), for the
+/// files `serves` says the daemon has and where `agent` is listening.
+pub fn edit_spec(
+    spec: &mut Value,
+    lxcfs: &Path,
+    serves: impl Fn(&str) -> bool,
+    agent: Option<&Path>,
+) -> Result<Added, String> {
+    let object = spec
+        .as_object_mut()
+        .ok_or("config.json is not a JSON object")?;
+    let mounts = object
+        .entry("mounts")
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or("config.json's mounts is not a list")?;
+    let mounted: Vec<String> = mounts
+        .iter()
+        .filter_map(|m| m["destination"].as_str())
+        .map(|d| d.trim_end_matches('/').to_string())
+        .collect();
+    let mut added = Added::default();
+    for target in RUNC_PROC_FILES.iter().chain(crate::files::BIND_DIRS) {
+        let destination = format!("/{target}");
+        if mounted.contains(&destination) || !serves(target) {
+            continue;
+        }
+        mounts.push(json!({
+            "destination": destination,
+            "type": "bind",
+            "source": lxcfs.join(target),
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+        added.mounts.push(destination);
+    }
+    if let Some(socket) = agent {
+        let linux = object
+            .entry("linux")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or("config.json's linux is not an object")?;
+        let seccomp = linux.entry("seccomp").or_insert(Value::Null);
+        added.seccomp = merge_seccomp(seccomp, socket);
+    }
+    Ok(added)
+}
+
+/// The calls the agent answers, by their profile names.
+const NOTIFIED: [&str; 2] = ["sched_getaffinity", "sysinfo"];
+
+/// Hands sysinfo and sched_getaffinity to the agent at `socket` in `seccomp` (the spec's
+/// `linux.seccomp`; null for none): each call the profile allows unconditionally becomes
+/// `SCMP_ACT_NOTIFY`; a call it refuses or allows only with conditions stays as it is. A profile that
+/// already has a listener is left alone. Whether anything changed.
+fn merge_seccomp(seccomp: &mut Value, socket: &Path) -> bool {
+    if seccomp.is_null() {
+        // Unconfined: a filter of these two calls only.
+        *seccomp = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [],
+        });
+    }
+    let Some(profile) = seccomp.as_object_mut() else {
+        return false;
+    };
+    if profile
+        .get("listenerPath")
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.is_empty())
+    {
+        return false;
+    }
+    let default_allows =
+        profile.get("defaultAction").and_then(Value::as_str) == Some("SCMP_ACT_ALLOW");
+    let rules = match profile
+        .entry("syscalls")
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+    {
+        Some(rules) => rules,
+        None => return false,
+    };
+    let mut notified = Vec::new();
+    for call in NOTIFIED {
+        let naming: Vec<usize> = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| {
+                rule["names"]
+                    .as_array()
+                    .is_some_and(|names| names.iter().any(|n| n == call))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let allowed = if naming.is_empty() {
+            default_allows
+        } else {
+            naming.iter().all(|&i| {
+                let rule = &rules[i];
+                rule["action"] == "SCMP_ACT_ALLOW"
+                    && rule["args"].as_array().is_none_or(|a| a.is_empty())
+            })
+        };
+        if !allowed {
+            continue;
+        }
+        for &i in &naming {
+            if let Some(names) = rules[i]["names"].as_array_mut() {
+                names.retain(|n| n != call);
+            }
+        }
+        notified.push(call);
+    }
+    rules.retain(|rule| rule["names"].as_array().is_none_or(|n| !n.is_empty()));
+    if notified.is_empty() {
+        return false;
+    }
+    rules.push(json!({"names": notified, "action": "SCMP_ACT_NOTIFY"}));
+    profile.insert("listenerPath".into(), json!(socket));
+    true
+}
+
+/// Edits the bundle's config.json for `settings`; what was added, or why nothing was.
+fn edit_bundle(bundle: &Path, settings: &Settings) -> Result<Added, String> {
+    crate::attach::check_daemon(&settings.lxcfs).map_err(|e| e.to_string())?;
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut spec: Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let agent =
+        agent_listening(&settings.seccomp_socket).then_some(settings.seccomp_socket.as_path());
+    let added = edit_spec(
+        &mut spec,
+        &settings.lxcfs,
+        |target| settings.lxcfs.join(target).exists(),
+        agent,
+    )?;
+    if added == Added::default() {
+        return Ok(added);
+    }
+    let mut bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+    bytes.push(b'\n');
+    let permissions = std::fs::metadata(&path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .permissions();
+    write_atomically(&path, &bytes, permissions)?;
+    Ok(added)
+}
+
+/// Whether `vproc seccomp-agent` answers at `socket` (runc refuses a container whose listener
+/// nobody serves).
+fn agent_listening(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// `path` replaced by `bytes`, with `permissions`, in one rename.
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    permissions: std::fs::Permissions,
+) -> Result<(), String> {
+    use std::io::Write;
+    let shown = path.display();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = path.with_file_name(format!(".{name}.vproc-{}", std::process::id()));
+    let written = std::fs::File::create(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.set_permissions(permissions)?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(format!("cannot rewrite {shown}: {e}"));
+    }
+    Ok(())
+}
+
+/// Copies the `vproc-runc` next to the running executable to `dest` (mode 0755), atomically: a
+/// runtime starting a container meanwhile runs the old wrapper or the new one, never half of one.
+pub fn install_next_to_self(dest: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let source = exe.with_file_name("vproc-runc");
+    let bytes =
+        std::fs::read(&source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    write_atomically(dest, &bytes, std::fs::Permissions::from_mode(0o755))
+}
+
+/// The real runc: as set, else the first `runc` on PATH that is not this wrapper.
+fn real_runc(settings: &Settings) -> Result<PathBuf, String> {
+    if let Some(runtime) = &settings.runtime {
+        return Ok(runtime.clone());
+    }
+    let ours = std::fs::canonicalize("/proc/self/exe").ok();
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("runc"))
+        .find(|candidate| candidate.is_file() && std::fs::canonicalize(candidate).ok() != ours)
+        .ok_or_else(|| {
+            "no runc on PATH: install runc or name it with VPROC_RUNC_BINARY".to_string()
+        })
+}
+
+/// The wrapper: edits the bundle for `create` and `run`, then becomes runc. Never returns.
+pub fn main(args: Vec<OsString>) -> ! {
+    let mut settings = Settings::from_env();
+    let args = take_own_options(args.into_iter().skip(1).collect(), &mut settings);
+    if let Some((command, rest)) = subcommand(&args)
+        && (command == "create" || command == "run")
+    {
+        let bundle = bundle(rest);
+        match edit_bundle(&bundle, &settings) {
+            Ok(added) => log::debug!("{}: added {added:?}", bundle.display()),
+            Err(why) => eprintln!("vproc-runc: the container keeps the host's /proc files: {why}"),
+        }
+    }
+    let runc = match real_runc(&settings) {
+        Ok(runc) => runc,
+        Err(why) => {
+            eprintln!("vproc-runc: {why}");
+            std::process::exit(127);
+        }
+    };
+    let to_c = |s: &OsStr| CString::new(s.as_bytes()).unwrap_or_default();
+    let argv: Vec<CString> = std::iter::once(to_c(runc.as_os_str()))
+        .chain(args.iter().map(|a| to_c(a)))
+        .collect();
+    let error = nix::unistd::execv(&to_c(runc.as_os_str()), &argv).unwrap_err();
+    eprintln!(
+        "vproc-runc: cannot run {}: {}",
+        runc.display(),
+        std::io::Error::from(error)
+    );
+    std::process::exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn own_options_are_taken_out_and_runc_s_kept() {
+        let mut settings = Settings {
+            lxcfs: "/var/lib/lxcfs".into(),
+            seccomp_socket: "/run/vproc/seccomp.sock".into(),
+            runtime: None,
+        };
+        let args = os(&[
+            "--root",
+            "/run/runc",
+            "--vproc-lxcfs=/tmp/m",
+            "--log",
+            "/x.log",
+            "--vproc-seccomp-socket",
+            "/tmp/s.sock",
+            "--runtime-binary=/usr/sbin/runc",
+            "--systemd-cgroup",
+            "create",
+            "--bundle",
+            "/b",
+            "--vproc-lxcfs=/not/ours",
+            "id",
+        ]);
+        let kept = take_own_options(args, &mut settings);
+        assert_eq!(
+            kept,
+            os(&[
+                "--root",
+                "/run/runc",
+                "--log",
+                "/x.log",
+                "--systemd-cgroup",
+                "create",
+                "--bundle",
+                "/b",
+                "--vproc-lxcfs=/not/ours",
+                "id"
+            ])
+        );
+        assert_eq!(settings.lxcfs, Path::new("/tmp/m"));
+        assert_eq!(settings.seccomp_socket, Path::new("/tmp/s.sock"));
+        assert_eq!(
+            settings.runtime.as_deref(),
+            Some(Path::new("/usr/sbin/runc"))
+        );
+        let (command, rest) = subcommand(&kept).unwrap();
+        assert_eq!(command, "create");
+        assert_eq!(bundle(rest), Path::new("/b"));
+        // A global option's value is not the subcommand.
+        let args = os(&["--log-format", "json", "run", "-b=/c", "x"]);
+        let (command, rest) = subcommand(&args).unwrap();
+        assert_eq!(
+            (command, bundle(rest)),
+            (OsStr::new("run"), PathBuf::from("/c"))
+        );
+        assert_eq!(bundle(&os(&["x"])), Path::new("."));
+        assert!(subcommand(&os(&["--version"])).is_none());
+    }
+
+    /// A spec as podman writes it: /proc, /sys, a volume over /proc/uptime, Docker's profile (cut).
+    fn podman_spec() -> Value {
+        json!({
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+                {"destination": "/proc/uptime", "type": "bind", "source": "/elsewhere"}
+            ],
+            "linux": {"seccomp": {
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [
+                    {"names": ["read", "sysinfo", "sched_getaffinity"], "action": "SCMP_ACT_ALLOW"},
+                    {"names": ["sched_getaffinity"], "action": "SCMP_ACT_ALLOW"}
+                ]
+            }}
+        })
+    }
+
+    #[test]
+    fn binds_are_added_after_proc_and_sys_unless_the_spec_has_them() {
+        let mut spec = podman_spec();
+        let added = edit_spec(
+            &mut spec,
+            Path::new("/m"),
+            |target| target != "proc/diskstats",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            added.mounts,
+            [
+                "/proc/meminfo",
+                "/proc/cpuinfo",
+                "/proc/stat",
+                "/proc/swaps",
+                "/proc/loadavg",
+                "/sys/devices/system/cpu"
+            ]
+        );
+        assert!(!added.seccomp);
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 9);
+        assert_eq!(
+            mounts[3],
+            json!({"destination": "/proc/meminfo", "type": "bind", "source": "/m/proc/meminfo",
+                   "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+        );
+        // Pressure files are vprocd's but not runc's to bind (it refuses /proc paths beyond these).
+        assert!(
+            mounts
+                .iter()
+                .all(|m| !m["destination"].as_str().unwrap().contains("pressure"))
+        );
+    }
+
+    #[test]
+    fn the_two_calls_go_to_the_agent_where_the_profile_allows_them() {
+        let mut spec = podman_spec();
+        let socket = Path::new("/run/vproc/seccomp.sock");
+        let added = edit_spec(&mut spec, Path::new("/m"), |_| true, Some(socket)).unwrap();
+        assert!(added.seccomp);
+        let seccomp = &spec["linux"]["seccomp"];
+        assert_eq!(seccomp["listenerPath"], "/run/vproc/seccomp.sock");
+        assert_eq!(
+            seccomp["syscalls"],
+            json!([
+                {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["sched_getaffinity", "sysinfo"], "action": "SCMP_ACT_NOTIFY"}
+            ])
+        );
+
+        // Unconfined: a filter of the two calls only.
+        let mut spec = json!({"mounts": []});
+        edit_spec(&mut spec, Path::new("/m"), |_| true, Some(socket)).unwrap();
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(
+            spec["linux"]["seccomp"]["syscalls"][0]["action"],
+            "SCMP_ACT_NOTIFY"
+        );
+
+        // A call the profile refuses stays refused; a profile with a listener of its own is left alone.
+        let mut refused = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["sched_getaffinity"], "action": "SCMP_ACT_ALLOW"}]}}});
+        edit_spec(&mut refused, Path::new("/m"), |_| true, Some(socket)).unwrap();
+        assert_eq!(
+            refused["linux"]["seccomp"]["syscalls"],
+            json!([{"names": ["sched_getaffinity"], "action": "SCMP_ACT_NOTIFY"}])
+        );
+        let mut theirs = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": "/run/other.sock", "syscalls": []}}});
+        let before = theirs.clone();
+        let added = edit_spec(&mut theirs, Path::new("/m"), |_| false, Some(socket)).unwrap();
+        assert_eq!(added, Added::default());
+        assert_eq!(theirs["linux"], before["linux"]);
+    }
+
+    #[test]
+    fn the_spec_is_replaced_whole_with_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, b"{}").unwrap();
+        write_atomically(
+            &path,
+            b"{\"a\": 1}\n",
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\": 1}\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
