@@ -158,14 +158,22 @@ pub struct Added {
     pub seccomp: bool,
 }
 
-/// Adds vprocd's binds and the seccomp agent's rules to `spec` (an OCI runtime spec), for the
-/// files `serves` says the daemon has and where `agent` is listening.
+/// Annotations recording what the wrapper added, so that a bundle created again (a restart, a restore)
+/// is first put back as the engine wrote it and then edited for what serves now.
+const MOUNTS_ANNOTATION: &str = "io.vproc.runc/mounts";
+const SECCOMP_ANNOTATION: &str = "io.vproc.runc/seccomp";
+
+/// Adds vprocd's binds and the seccomp agent's rules to `spec` (an OCI runtime spec): binds of the
+/// files `served` names (below `lxcfs`), over /proc where the spec mounts a /proc and over /sys where it
+/// mounts a /sys; the two calls to `agent` where the spec has a seccomp profile (a container the
+/// engine runs unconfined stays so). What an earlier run added is taken out first.
 pub fn edit_spec(
     spec: &mut Value,
     lxcfs: &Path,
-    serves: impl Fn(&str) -> bool,
+    served: &[&str],
     agent: Option<&Path>,
 ) -> Result<Added, String> {
+    undo(spec)?;
     let object = spec
         .as_object_mut()
         .ok_or("config.json is not a JSON object")?;
@@ -182,7 +190,17 @@ pub fn edit_spec(
     let mut added = Added::default();
     for target in RUNC_PROC_FILES.iter().chain(crate::files::BIND_DIRS) {
         let destination = format!("/{target}");
-        if mounted.contains(&destination) || !serves(target) {
+        // Into the spec's own /proc and /sys only: without them runc would make the file in the
+        // image's root (and fail on a read-only one).
+        let under = if target.starts_with("proc/") {
+            "/proc"
+        } else {
+            "/sys"
+        };
+        if mounted.contains(&destination)
+            || !mounted.iter().any(|m| m == under)
+            || !served.contains(target)
+        {
             continue;
         }
         mounts.push(json!({
@@ -193,34 +211,75 @@ pub fn edit_spec(
         }));
         added.mounts.push(destination);
     }
-    if let Some(socket) = agent {
-        let linux = object
-            .entry("linux")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .ok_or("config.json's linux is not an object")?;
-        let seccomp = linux.entry("seccomp").or_insert(Value::Null);
+    if let Some(socket) = agent
+        && let Some(seccomp) = object
+            .get_mut("linux")
+            .and_then(|linux| linux.get_mut("seccomp"))
+            .filter(|seccomp| seccomp.is_object())
+    {
+        let original = seccomp.clone();
         added.seccomp = merge_seccomp(seccomp, socket);
+        if added.seccomp {
+            annotate(object, SECCOMP_ANNOTATION, original.to_string());
+        }
+    }
+    if !added.mounts.is_empty() {
+        annotate(object, MOUNTS_ANNOTATION, json!(added.mounts).to_string());
     }
     Ok(added)
+}
+
+fn annotate(spec: &mut serde_json::Map<String, Value>, key: &str, value: String) {
+    if let Some(annotations) = spec
+        .entry("annotations")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    {
+        annotations.insert(key.into(), Value::String(value));
+    }
+}
+
+/// Takes out what an earlier run of the wrapper added to `spec` (its annotations say what).
+fn undo(spec: &mut Value) -> Result<(), String> {
+    let Some(annotations) = spec.get_mut("annotations").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let mounts = annotations.remove(MOUNTS_ANNOTATION);
+    let seccomp = annotations.remove(SECCOMP_ANNOTATION);
+    if let Some(mounts) = mounts {
+        let added: Vec<String> = mounts
+            .as_str()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .ok_or(format!("{MOUNTS_ANNOTATION} is not a list"))?;
+        if let Some(list) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
+            list.retain(|m| {
+                !(m["type"] == "bind"
+                    && m["destination"]
+                        .as_str()
+                        .is_some_and(|d| added.iter().any(|a| a == d)))
+            });
+        }
+    }
+    if let Some(seccomp) = seccomp {
+        let original: Value = seccomp
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or(format!("{SECCOMP_ANNOTATION} is not a profile"))?;
+        if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+            linux.insert("seccomp".into(), original);
+        }
+    }
+    Ok(())
 }
 
 /// The calls the agent answers, by their profile names.
 const NOTIFIED: [&str; 2] = ["sched_getaffinity", "sysinfo"];
 
 /// Hands sysinfo and sched_getaffinity to the agent at `socket` in `seccomp` (the spec's
-/// `linux.seccomp`; null for none): each call the profile allows unconditionally becomes
+/// `linux.seccomp` profile): each call the profile allows unconditionally becomes
 /// `SCMP_ACT_NOTIFY`; a call it refuses or allows only with conditions stays as it is. A profile that
 /// already has a listener is left alone. Whether anything changed.
 fn merge_seccomp(seccomp: &mut Value, socket: &Path) -> bool {
-    if seccomp.is_null() {
-        // Unconfined: a filter of these two calls only.
-        *seccomp = json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "syscalls": [],
-        });
-    }
     let Some(profile) = seccomp.as_object_mut() else {
         return false;
     };
@@ -281,22 +340,65 @@ fn merge_seccomp(seccomp: &mut Value, socket: &Path) -> bool {
     true
 }
 
+/// How long the daemon may take to say what it serves: a hung FUSE daemon must not hang every
+/// container's start (runc then runs with the bundle as it was).
+const DAEMON_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The files below `lxcfs` the daemon serves (of those the wrapper binds), asked with a deadline.
+fn served_files(lxcfs: &Path) -> Result<Vec<&'static str>, String> {
+    let lxcfs = lxcfs.to_path_buf();
+    let (answer, answered) = std::sync::mpsc::channel();
+    // The thread may stay stuck in a hung mount; exec ends it with the process.
+    std::thread::spawn(move || {
+        let served = crate::attach::check_daemon(&lxcfs)
+            .map_err(|e| e.to_string())
+            .map(|()| {
+                RUNC_PROC_FILES
+                    .iter()
+                    .chain(crate::files::BIND_DIRS)
+                    .copied()
+                    .filter(|target| lxcfs.join(target).exists())
+                    .collect()
+            });
+        let _ = answer.send(served);
+    });
+    answered.recv_timeout(DAEMON_DEADLINE).unwrap_or_else(|_| {
+        Err(format!(
+            "the daemon did not answer within {} s",
+            DAEMON_DEADLINE.as_secs()
+        ))
+    })
+}
+
+/// Whether `runc` can hand a call to a listener (`runc features`: runc >= 1.1 with libseccomp >= 2.5).
+fn runc_notifies(runc: &Path) -> bool {
+    std::process::Command::new(runc)
+        .arg("features")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| serde_json::from_slice::<Value>(&out.stdout).ok())
+        .and_then(|features| {
+            features["linux"]["seccomp"]["actions"]
+                .as_array()
+                .map(|actions| actions.iter().any(|a| a == "SCMP_ACT_NOTIFY"))
+        })
+        .unwrap_or(false)
+}
+
 /// Edits the bundle's config.json for `settings`; what was added, or why nothing was.
-fn edit_bundle(bundle: &Path, settings: &Settings) -> Result<Added, String> {
-    crate::attach::check_daemon(&settings.lxcfs).map_err(|e| e.to_string())?;
+fn edit_bundle(bundle: &Path, settings: &Settings, runc: &Path) -> Result<Added, String> {
+    let served = served_files(&settings.lxcfs)?;
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut spec: Value = serde_json::from_slice(&text)
         .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-    let agent =
-        agent_listening(&settings.seccomp_socket).then_some(settings.seccomp_socket.as_path());
-    let added = edit_spec(
-        &mut spec,
-        &settings.lxcfs,
-        |target| settings.lxcfs.join(target).exists(),
-        agent,
-    )?;
-    if added == Added::default() {
+    let before = spec.clone();
+    let agent = (agent_listening(&settings.seccomp_socket) && runc_notifies(runc))
+        .then_some(settings.seccomp_socket.as_path());
+    let added = edit_spec(&mut spec, &settings.lxcfs, &served, agent)?;
+    if spec == before {
         return Ok(added);
     }
     let mut bytes = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
@@ -308,8 +410,8 @@ fn edit_bundle(bundle: &Path, settings: &Settings) -> Result<Added, String> {
     Ok(added)
 }
 
-/// Whether `vproc seccomp-agent` answers at `socket` (runc refuses a container whose listener
-/// nobody serves).
+/// Whether `vproc seccomp-agent` answers at `socket`: runc connects there for the container's start
+/// and for each `runc exec` into it, and fails them when nobody listens.
 fn agent_listening(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
@@ -324,7 +426,18 @@ fn write_atomically(
     let shown = path.display();
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temporary = path.with_file_name(format!(".{name}.vproc-{}", std::process::id()));
-    let written = std::fs::File::create(&temporary).and_then(|mut file| {
+    let written = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not through a link planted at the name, and private until it has its permissions (the
+        // spec holds the container's environment).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)
+    }
+    .and_then(|mut file| {
         file.write_all(bytes)?;
         file.set_permissions(permissions)?;
         file.sync_all()
@@ -352,7 +465,12 @@ pub fn install_next_to_self(dest: &Path) -> Result<(), String> {
     write_atomically(dest, &bytes, std::fs::Permissions::from_mode(0o755))
 }
 
-/// The real runc: as set, else the first `runc` on PATH that is not this wrapper.
+/// Set in runc's environment: a wrapper started under it has found itself (or a copy of itself) as
+/// runc, and would otherwise exec itself forever.
+const WRAPPED: &str = "VPROC_RUNC_WRAPPED";
+
+/// The real runc: as set, else the first executable `runc` on PATH (absolute directories only) that is
+/// not this wrapper.
 fn real_runc(settings: &Settings) -> Result<PathBuf, String> {
     if let Some(runtime) = &settings.runtime {
         return Ok(runtime.clone());
@@ -361,43 +479,155 @@ fn real_runc(settings: &Settings) -> Result<PathBuf, String> {
     let path = std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join("runc"))
-        .find(|candidate| candidate.is_file() && std::fs::canonicalize(candidate).ok() != ours)
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                && std::fs::canonicalize(candidate).ok() != ours
+        })
         .ok_or_else(|| {
             "no runc on PATH: install runc or name it with VPROC_RUNC_BINARY".to_string()
         })
 }
 
-/// The wrapper: edits the bundle for `create` and `run`, then becomes runc. Never returns.
+/// Where runc itself logs (`--log FILE`, `--log-format text|json`; stderr without `--log`): the
+/// wrapper's lines go there too. Never to stderr when runc has a log: engines hand `runc create` the
+/// container's own stdio, so a line there would open the container's log.
+struct Log {
+    file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Log {
+    fn of(args: &[OsString]) -> Log {
+        let mut log = Log {
+            file: None,
+            json: false,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let bytes = arg.as_bytes();
+            if !bytes.starts_with(b"-") {
+                break;
+            }
+            let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+                Some(at) => (&bytes[..at], Some(OsStr::from_bytes(&bytes[at + 1..]))),
+                None => (bytes, None),
+            };
+            let mut value = || {
+                inline
+                    .map(OsStr::to_os_string)
+                    .or_else(|| args.next().cloned())
+            };
+            match name {
+                b"--log" => log.file = value().map(PathBuf::from),
+                b"--log-format" => log.json = value().is_some_and(|v| v == "json"),
+                _ if RUNC_GLOBAL_VALUES
+                    .contains(&name.trim_ascii_start().strip_prefix(b"--").unwrap_or(b"")) =>
+                {
+                    value();
+                }
+                _ => {}
+            }
+        }
+        log
+    }
+
+    /// One warning, in runc's format.
+    fn warn(&self, message: &str) {
+        let line = if self.json {
+            format!(
+                "{}\n",
+                json!({"level": "warning", "msg": message, "time": now_rfc3339()})
+            )
+        } else {
+            format!(
+                "time=\"{}\" level=warning msg={:?}\n",
+                now_rfc3339(),
+                message
+            )
+        };
+        let Some(file) = &self.file else {
+            eprint!("{line}");
+            return;
+        };
+        use std::io::Write;
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+}
+
+/// The time now as RFC 3339 in UTC, as runc's logs write it.
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The wrapper: edits the bundle for `create`, `run` and `restore`, then becomes runc. Never returns.
 pub fn main(args: Vec<OsString>) -> ! {
     let mut settings = Settings::from_env();
     let args = take_own_options(args.into_iter().skip(1).collect(), &mut settings);
-    if let Some((command, rest)) = subcommand(&args)
-        && (command == "create" || command == "run")
-    {
-        let bundle = bundle(rest);
-        match edit_bundle(&bundle, &settings) {
-            Ok(added) => log::debug!("{}: added {added:?}", bundle.display()),
-            Err(why) => eprintln!("vproc-runc: the container keeps the host's /proc files: {why}"),
-        }
+    let log = Log::of(&args);
+    if std::env::var_os(WRAPPED).is_some() {
+        log.warn(
+            "vproc-runc: started by itself as runc (a copy of the wrapper is first on PATH as runc): \
+             name the real runc with VPROC_RUNC_BINARY",
+        );
+        std::process::exit(127);
     }
     let runc = match real_runc(&settings) {
         Ok(runc) => runc,
         Err(why) => {
-            eprintln!("vproc-runc: {why}");
+            log.warn(&format!("vproc-runc: {why}"));
             std::process::exit(127);
         }
     };
+    if let Some((command, rest)) = subcommand(&args)
+        && (command == "create" || command == "run" || command == "restore")
+    {
+        let bundle = bundle(rest);
+        if let Err(why) = edit_bundle(&bundle, &settings, &runc) {
+            log.warn(&format!(
+                "vproc-runc: the container keeps the host's /proc files: {why}"
+            ));
+        }
+    }
+    // SAFETY: single-threaded but for a daemon probe that may be stuck, which touches no environment.
+    unsafe { std::env::set_var(WRAPPED, "1") };
     let to_c = |s: &OsStr| CString::new(s.as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = std::iter::once(to_c(runc.as_os_str()))
         .chain(args.iter().map(|a| to_c(a)))
         .collect();
     let error = nix::unistd::execv(&to_c(runc.as_os_str()), &argv).unwrap_err();
-    eprintln!(
+    log.warn(&format!(
         "vproc-runc: cannot run {}: {}",
         runc.display(),
         std::io::Error::from(error)
-    );
+    ));
     std::process::exit(127)
 }
 
@@ -489,13 +719,13 @@ mod tests {
     #[test]
     fn binds_are_added_after_proc_and_sys_unless_the_spec_has_them() {
         let mut spec = podman_spec();
-        let added = edit_spec(
-            &mut spec,
-            Path::new("/m"),
-            |target| target != "proc/diskstats",
-            None,
-        )
-        .unwrap();
+        let served: Vec<&str> = RUNC_PROC_FILES
+            .iter()
+            .chain(crate::files::BIND_DIRS)
+            .copied()
+            .filter(|target| *target != "proc/diskstats")
+            .collect();
+        let added = edit_spec(&mut spec, Path::new("/m"), &served, None).unwrap();
         assert_eq!(
             added.mounts,
             [
@@ -521,13 +751,32 @@ mod tests {
                 .iter()
                 .all(|m| !m["destination"].as_str().unwrap().contains("pressure"))
         );
+        // Edited again (a bundle created anew, a restore), with the daemon gone: as the engine wrote it.
+        let edited = spec.clone();
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], None).unwrap();
+        assert_eq!(added, Added::default());
+        assert_eq!(spec["mounts"], podman_spec()["mounts"]);
+        // And with it back: the same as the first time.
+        edit_spec(&mut spec, Path::new("/m"), &served, None).unwrap();
+        assert_eq!(spec, edited);
+
+        // A spec without its own /proc or /sys gets no binds there (runc would write into the image).
+        let mut bare =
+            json!({"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]});
+        let added = edit_spec(&mut bare, Path::new("/m"), &served, None).unwrap();
+        assert!(
+            added.mounts.iter().all(|m| m.starts_with("/proc/")),
+            "{added:?}"
+        );
+        assert_eq!(added.mounts.len(), 6);
     }
 
     #[test]
     fn the_two_calls_go_to_the_agent_where_the_profile_allows_them() {
         let mut spec = podman_spec();
         let socket = Path::new("/run/vproc/seccomp.sock");
-        let added = edit_spec(&mut spec, Path::new("/m"), |_| true, Some(socket)).unwrap();
+        let original = spec.clone();
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket)).unwrap();
         assert!(added.seccomp);
         let seccomp = &spec["linux"]["seccomp"];
         assert_eq!(seccomp["listenerPath"], "/run/vproc/seccomp.sock");
@@ -539,19 +788,20 @@ mod tests {
             ])
         );
 
-        // Unconfined: a filter of the two calls only.
-        let mut spec = json!({"mounts": []});
-        edit_spec(&mut spec, Path::new("/m"), |_| true, Some(socket)).unwrap();
-        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
-        assert_eq!(
-            spec["linux"]["seccomp"]["syscalls"][0]["action"],
-            "SCMP_ACT_NOTIFY"
-        );
+        // Without the agent (it stopped) on the next edit: the engine's profile again.
+        edit_spec(&mut spec, Path::new("/m"), &[], None).unwrap();
+        assert_eq!(spec["linux"], original["linux"]);
+
+        // Unconfined stays unconfined (no filter where the engine wanted none).
+        let mut spec = json!({"mounts": [], "linux": {}});
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket)).unwrap();
+        assert!(!added.seccomp);
+        assert!(spec["linux"].get("seccomp").is_none());
 
         // A call the profile refuses stays refused; a profile with a listener of its own is left alone.
         let mut refused = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [{"names": ["sched_getaffinity"], "action": "SCMP_ACT_ALLOW"}]}}});
-        edit_spec(&mut refused, Path::new("/m"), |_| true, Some(socket)).unwrap();
+        edit_spec(&mut refused, Path::new("/m"), &[], Some(socket)).unwrap();
         assert_eq!(
             refused["linux"]["seccomp"]["syscalls"],
             json!([{"names": ["sched_getaffinity"], "action": "SCMP_ACT_NOTIFY"}])
@@ -559,9 +809,39 @@ mod tests {
         let mut theirs = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
             "listenerPath": "/run/other.sock", "syscalls": []}}});
         let before = theirs.clone();
-        let added = edit_spec(&mut theirs, Path::new("/m"), |_| false, Some(socket)).unwrap();
+        let added = edit_spec(&mut theirs, Path::new("/m"), &[], Some(socket)).unwrap();
         assert_eq!(added, Added::default());
         assert_eq!(theirs["linux"], before["linux"]);
+    }
+
+    #[test]
+    fn warnings_go_where_runc_logs_in_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log.json");
+        let args = os(&[
+            "--root",
+            "/run/r",
+            "--log",
+            file.to_str().unwrap(),
+            "--log-format=json",
+            "create",
+            "--log",
+            "/not/this",
+        ]);
+        let log = Log::of(&args);
+        assert_eq!(log.file.as_deref(), Some(file.as_path()));
+        assert!(log.json);
+        log.warn("vproc-runc: a \"quoted\" reason");
+        let line: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(line["level"], "warning");
+        assert_eq!(line["msg"], "vproc-runc: a \"quoted\" reason");
+        let time = line["time"].as_str().unwrap();
+        assert_eq!(
+            (time.len(), &time[10..11], &time[19..]),
+            (20, "T", "Z"),
+            "{time}"
+        );
+        assert!(!Log::of(&os(&["--log", "/x", "create"])).json);
     }
 
     #[test]

@@ -652,13 +652,10 @@ fn vproc_runc_under_containerd_gives_ctr_containers_their_views() {
     assert!(imported.status.success(), "{imported:?}");
     let wrapper = env!("CARGO_BIN_EXE_vproc-runc");
     let run = |id: &str, extra: &[&str], command: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--runc-binary",
-            wrapper,
-            "--memory-limit",
-            "268435456",
-        ];
+        // --seccomp: the default profile, which the wrapper hands the two calls from (an unconfined
+        // container stays unconfined).
+        let mut args = vec!["run", "--seccomp", "--runc-binary", wrapper];
+        args.extend_from_slice(&["--memory-limit", "268435456"]);
         args.extend_from_slice(&["--cpus", "0.5"]);
         args.extend_from_slice(extra);
         args.extend_from_slice(&[image(), id]);
@@ -717,4 +714,77 @@ fn vproc_runc_under_containerd_gives_ctr_containers_their_views() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         host_mem_total()
     );
+}
+
+#[test]
+fn with_the_socket_held_as_systemd_holds_it_an_exec_waits_out_an_agent_restart() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // The test holds the listening socket, as vproc-seccomp-agent.socket does; agents come and go on it.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("seccomp.sock");
+    let listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/vproc-docker.json"),
+    )
+    .unwrap();
+    let profile = dir.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        shipped.replace("/run/vproc/seccomp.sock", socket.to_str().unwrap()),
+    )
+    .unwrap();
+    let fd = listening.as_raw_fd();
+    let activated = || {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" seccomp-agent --socket /nonexistent/unused",
+                env!("CARGO_BIN_EXE_vproc"),
+            ])
+            .stderr(std::process::Stdio::null());
+        // SAFETY: dup2 and fcntl only, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, 3) != 3 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        command.spawn().unwrap()
+    };
+    let name = common::unique("vproc-activated");
+    let mut first = activated();
+    let started = Command::new("podman")
+        .args(["run", "-d", "--rm", "--runtime", "runc", "--memory", "256m"])
+        .args(["--name", &name, "--security-opt"])
+        .arg(format!("seccomp={}", profile.display()))
+        .args([image(), "sleep", "60"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    // The agent dies; an exec comes before its successor (runc connects for each exec).
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let exec_name = name.clone();
+    let exec = std::thread::spawn(move || {
+        Command::new("podman")
+            .args(["exec", &exec_name, "sh", "-c", FREE_TOTAL])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut second = activated();
+    let out = exec.join().unwrap();
+    let _ = Command::new("podman")
+        .args(["rm", "-f", "-t", "0", &name])
+        .output();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "262144");
 }

@@ -5,8 +5,9 @@
 //! Each container's listener is served by a process of its own, forked for it, which lives as long as
 //! the container: when every copy of a listener fd is closed, the kernel fails the notified calls with
 //! ENOSYS, so a container must never depend on the agent that accepted it. A kill -9 or restart of the
-//! agent (or of vprocd) leaves running containers served; only containers started meanwhile would fail
-//! to start (runc refuses a listenerPath nobody listens on).
+//! agent (or of vprocd) leaves running containers served. runc connects to the socket for each start
+//! and each `runc exec` and fails them when nobody listens: under systemd the socket is the
+//! `vproc-seccomp-agent.socket` unit's, held while the agent restarts.
 
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -34,7 +35,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listens on `socket` and serves every container that connects, until killed. Errors are about
 /// the socket itself.
 pub fn run(socket: &Path, calls: Calls) -> Result<(), String> {
-    let listening = bind(socket)?;
+    let listening = match inherited_socket() {
+        Some(listening) => listening,
+        None => bind(socket)?,
+    };
     // Servers are not waited for: the kernel reaps them.
     // SAFETY: setting a signal disposition.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
@@ -53,13 +57,37 @@ pub fn run(socket: &Path, calls: Calls) -> Result<(), String> {
         let received = receive(&connection);
         drop(connection);
         match received {
-            Ok((listener, who)) => start_server(&listening, listener, &who, calls),
+            Ok(Some((listener, who))) => start_server(&listening, listener, &who, calls),
+            // A connection closed without a word: a check that the agent listens (vproc-runc).
+            Ok(None) => log::debug!("a probe on {}", socket.display()),
             Err(e) => log::warn!(
                 "a runtime's message on {} was refused: {e}",
                 socket.display()
             ),
         }
     }
+}
+
+/// The listening socket systemd passed (socket activation, `vproc-seccomp-agent.socket`:
+/// `LISTEN_PID` is ours, `LISTEN_FDS` >= 1, the socket is fd 3). systemd keeps it open while the agent
+/// restarts, so a runtime connecting meanwhile (a container's start, each `runc exec` into one) waits
+/// in its backlog instead of failing.
+fn inherited_socket() -> Option<OwnedFd> {
+    let ours = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if !ours || count < 1 {
+        return None;
+    }
+    // SAFETY: single-threaded at start; the variables are for this process alone.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    // SAFETY: fd 3 is the socket systemd passed to this process and nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+    Some(fd)
 }
 
 /// The listening socket at `path` (0600, its directory made if missing); a stale socket left by a
@@ -99,8 +127,9 @@ fn bind(path: &Path) -> Result<OwnedFd, String> {
 }
 
 /// The listener fd a runtime sent and who it is for (container id and pid, for the log): runc's and
-/// crun's `ContainerProcessState`, JSON with the fds' names in `fds`.
-fn receive(connection: &OwnedFd) -> Result<(OwnedFd, String), String> {
+/// crun's `ContainerProcessState`, JSON with the fds' names in `fds`. `None` for a connection closed
+/// with nothing sent (a probe).
+fn receive(connection: &OwnedFd) -> Result<Option<(OwnedFd, String)>, String> {
     // One deadline for the whole message: a runtime trickling bytes cannot hold the accept loop
     // (and every other container's start) longer than this.
     let deadline = std::time::Instant::now() + SEND_TIMEOUT;
@@ -146,6 +175,9 @@ fn receive(connection: &OwnedFd) -> Result<(OwnedFd, String), String> {
             return Err(format!("the message is longer than {MAX_MESSAGE} bytes"));
         }
     }
+    if message.is_empty() && fds.is_empty() {
+        return Ok(None);
+    }
     let state: serde_json::Value = serde_json::from_slice(&message)
         .map_err(|e| format!("the message is not the runtime's state JSON: {e}"))?;
     let names = state["fds"]
@@ -167,7 +199,7 @@ fn receive(connection: &OwnedFd) -> Result<(OwnedFd, String), String> {
         state["state"]["id"].as_str().unwrap_or("?"),
         state["pid"]
     );
-    Ok((fds.swap_remove(index), who))
+    Ok(Some((fds.swap_remove(index), who)))
 }
 
 /// Forks the process that serves `listener` as long as the container uses it.
