@@ -128,10 +128,21 @@ impl Renderer {
     /// The file `content` as process `pid` sees it. Fails only when the host's own file is unreadable,
     /// which counts against the daemon's health.
     pub fn render(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
+        self.render_as(content, pid, Use::Read)
+    }
+
+    /// The same bytes as [`Renderer::render`], for a size (a stat): a stat starts no load history.
+    /// The first read does: a runtime's stat of a bind's source while it sets the container up
+    /// (before the container runs anything) must not start the averages at that moment's count.
+    pub fn render_for_size(&self, content: Content, pid: u32) -> Result<Vec<u8>> {
+        self.render_as(content, pid, Use::Size)
+    }
+
+    fn render_as(&self, content: Content, pid: u32, usage: Use) -> Result<Vec<u8>> {
         if pid != 0 && self.virtualizing() {
             let rendered = self
                 .container(pid)
-                .and_then(|c| self.render_for(content, &c, pid));
+                .and_then(|c| self.render_for(content, &c, pid, usage));
             match rendered {
                 Ok(Some(bytes)) => return Ok(bytes),
                 Ok(None) => {}
@@ -246,6 +257,7 @@ impl Renderer {
         content: Content,
         container: &Container,
         pid: u32,
+        usage: Use,
     ) -> Result<Option<Vec<u8>>> {
         let text = match content {
             Content::Meminfo | Content::Swaps => {
@@ -290,7 +302,7 @@ impl Renderer {
                 let times = CpuTimes::spread(self.cpu_usage_of(cpuacct, id)?, cpus.len(), uptime);
                 let times = self.registry.monotonic_stat(id, times);
                 // The task counts are a side line: a failure to count keeps the host's and the rest.
-                let counts = self.task_counts(container, pid).unwrap_or_else(|e| {
+                let counts = self.task_counts(container, pid, usage).unwrap_or_else(|e| {
                     self.log_once(&e);
                     None
                 });
@@ -325,11 +337,11 @@ impl Renderer {
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg => {
-                let Some((cgroup, id, counted)) = self.task_counts(container, pid)? else {
+                let Some((cgroup, id, counted)) = self.task_counts(container, pid, usage)? else {
                     return Ok(None);
                 };
                 let counts = counted.counts;
-                let entry = self.registry.load.update(id, |previous| match previous {
+                let start = |previous: Option<&LoadEntry>| match previous {
                     Some(entry) => entry.clone(),
                     None => LoadEntry {
                         cgroup: cgroup.clone(),
@@ -339,7 +351,11 @@ impl Renderer {
                         cpu_time_at_count: None,
                         counted_at: std::time::Instant::now(),
                     },
-                });
+                };
+                let entry = match usage {
+                    Use::Read => self.registry.load.update(id, start),
+                    Use::Size => start(self.registry.load.get(&id).as_ref()),
+                };
                 let last_pid = match container.pidns {
                     // The newest task of the container still there when counted (the reader itself,
                     // most often), as its namespace numbers it; the kernel's is the last pid handed out.
@@ -425,10 +441,12 @@ impl Renderer {
     /// The container's task counts (see [`CountedTasks::is_fresh`] for how old), with the cgroup they
     /// are kept under; `None` for a reader in the host's root cgroups. The reader is not counted as
     /// running (it waits for this answer): [`running_with_reader`] adds it back.
+    /// A stat's count (`Use::Size`) is not kept: the read after it counts afresh.
     fn task_counts<'c>(
         &self,
         container: &'c Container,
         reader: u32,
+        usage: Use,
     ) -> Result<Option<(&'c CgroupDir, CgroupId, CountedTasks)>> {
         let Some((cgroup, id)) = tasks_cgroup(container)? else {
             return Ok(None);
@@ -451,7 +469,9 @@ impl Renderer {
                     cost: started.elapsed(),
                     failed: true,
                 };
-                self.registry.task_counts.insert(id, failed);
+                if usage == Use::Read {
+                    self.registry.task_counts.insert(id, failed);
+                }
                 return Err(e);
             }
         };
@@ -468,7 +488,9 @@ impl Renderer {
             cost: started.elapsed(),
             failed: false,
         };
-        self.registry.task_counts.insert(id, counted);
+        if usage == Use::Read {
+            self.registry.task_counts.insert(id, counted);
+        }
         Ok(Some((cgroup, id, counted)))
     }
 
@@ -616,6 +638,15 @@ fn tasks_cgroup(container: &Container) -> Result<Option<(&CgroupDir, CgroupId)>>
         return Ok(Some((dir, id)));
     }
     Ok(None)
+}
+
+/// What a rendering is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// A read: its content is what the reader gets.
+    Read,
+    /// A stat: only its length matters, and it leaves no state behind.
+    Size,
 }
 
 /// The kernel's `procs_running` counts the reader, running while it reads; here the reader waits for

@@ -113,8 +113,8 @@ fn load_is_the_container_s_from_the_first_read_for_every_consumer() {
     // Running: the two loops and the reader; total: those three.
     assert_eq!(first.split_whitespace().nth(3), Some("3/3"), "{first}");
     // Every consumer inside the container sees those averages.
-    // (Python's os.getloadavg() is not here: glibc's getloadavg() asks sysinfo(2), as strace shows, which
-    // no file can change; the seccomp agent's issue.)
+    // (Python's os.getloadavg() is not here: glibc's getloadavg() asks sysinfo(2), as strace shows,
+    // which no file can change: tests/syscalls.rs has it, answered by vproc run's seccomp listener.)
     let out = stdout(group.run(&format!(
         "{} uptime; top -bn1 | head -1; \
          node -e 'console.log(require(\"os\").loadavg().map(l => l.toFixed(2)).join(\", \"))' \
@@ -140,6 +140,22 @@ fn load_is_the_container_s_from_the_first_read_for_every_consumer() {
     let out = stdout(idle.run_in_host_pidns(&format!("exec cat {m}/proc/loadavg")));
     assert_eq!(averages(&out), [0.0, 0.0, 0.0], "{out}");
     assert_eq!(out.split_whitespace().nth(3), Some("1/1"), "{out}");
+}
+
+#[test]
+fn a_stat_before_the_first_read_does_not_start_the_averages() {
+    // A runtime looks the bind's source up (a stat, whose size is rendered for the asker) from the
+    // container's cgroup while it sets the container up, before anything runs there; the first read,
+    // later, is what starts the averages. Before, a fresh daemon's first container read 0.00 beside a
+    // busy loop.
+    let daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.display();
+    let group = TestCgroup::new(small_box());
+    stdout(group.run_in_host_pidns(&format!("exec stat -c %s {m}/proc/loadavg")));
+    let loops = busy_loops(&group, 1);
+    let first = stdout(group.run_in_host_pidns(&format!("exec cat {m}/proc/loadavg")));
+    end(loops);
+    assert_eq!(averages(&first), [1.0, 1.0, 1.0], "{first}");
 }
 
 #[test]

@@ -74,6 +74,8 @@ worker = threading.Thread(target=lambda: seen.extend(
 worker.start(); worker.join()
 print("py", len(os.sched_getaffinity(0)), len(os.sched_getaffinity(os.getpid())), *seen,
       os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+# glibc getloadavg() asks sysinfo(2).
+print("getloadavg", "%.2f" % os.getloadavg()[0])
 libc = ctypes.CDLL(None, use_errno=True)
 # Errors stay the kernel own: a bad address, a mask too small.
 print("errors", libc.sysinfo(None), ctypes.get_errno(),
@@ -128,6 +130,12 @@ fn sysinfo_and_the_cpu_mask_are_the_container_s() {
     // busybox uptime's load is the container's, not the host's.
     let busy: f64 = field(&stdout, "busy")[0].parse().unwrap();
     assert!(busy >= 1.0, "a busy loop runs: {stdout}");
+    // Python's os.getloadavg() (glibc asks sysinfo) says the same, a moment later.
+    assert_eq!(
+        field(&stdout, "getloadavg"),
+        [field(&stdout, "busy")[0]],
+        "{stdout}"
+    );
     assert!(
         !host_load.starts_with("0.00 0.00 0.00"),
         "the host is busy running these tests: {host_load}"
@@ -163,6 +171,7 @@ fn under_init_too_and_the_host_s_answers_when_asked() {
     // Nothing runs but busybox uptime, which is not counted (it waits for the answer); the init has
     // gone to sleep in waitpid by then.
     assert_eq!(field(&stdout, "idle"), ["0.00", "0.00", "0.00"], "{stdout}");
+    assert_eq!(field(&stdout, "getloadavg"), ["0.00"], "{stdout}");
 
     // sched_setaffinity is the kernel's: the container may pin itself to its second CPU.
     if cpuset() == "0-1" {

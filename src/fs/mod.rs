@@ -117,7 +117,12 @@ impl VprocFs {
             Node::File(file) => {
                 let mut attr = self.fixed_attr(ino, FileType::RegularFile);
                 attr.size = self
-                    .produce(&HandleSource::Virtual(file.content), pid)?
+                    .renderer
+                    .render_for_size(file.content, pid)
+                    .map_err(|e| {
+                        log::error!("cannot read the host's file: {e}");
+                        Errno::EIO
+                    })?
                     .len() as u64;
                 Ok((attr, VIRTUAL_FILE_ATTR_TTL))
             }
