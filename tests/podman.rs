@@ -355,15 +355,16 @@ fn the_shipped_profile_gives_runc_containers_their_sysinfo_and_cpu_count() {
     let glibc =
         "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path /usr/lib/x86_64-linux-gnu";
     let script = format!(
-        "{FREE_TOTAL}; sleep 0.3; uptime; nproc; \
+        "sleep 0.3; uptime > /tmp/uptime; {FREE_TOTAL}; cat /tmp/uptime; nproc; \
          {glibc} /usr/bin/getconf _PHYS_PAGES; {glibc} /usr/bin/getconf PAGESIZE; \
          {glibc} /usr/bin/python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
     );
     let out = podman_run(None, &flags, &["sh", "-c", &script]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "262144", "busybox free: {out}\n{}", agent.log());
-    // The container's uptime and load (only uptime runs, and it waits for the answer), not the
-    // host's (hours, and these tests' load).
+    // The container's uptime and load, not the host's (hours, and these tests' load). The first call
+    // starts the averages at what runs then: uptime alone (it waits for the answer, uncounted), not
+    // free with awk beside it in a pipeline.
     assert!(lines[1].contains(" up 0 min"), "busybox uptime: {out}");
     assert!(
         lines[1].ends_with("load average: 0.00, 0.00, 0.00"),
