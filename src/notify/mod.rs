@@ -183,10 +183,10 @@ impl Answers {
         let whose = if target == 0 {
             pid
         } else {
-            let ids = TaskIds::read(&self.proc_root, pid)?;
-            if target as u32 == ids.ns_tid {
+            let ids = renderer.registry().pid_namespaces.task_ids(pid).ok()?;
+            if target as u32 == ids.innermost_tid {
                 pid
-            } else if target as u32 == ids.ns_tgid {
+            } else if target as u32 == ids.innermost_tgid {
                 ids.tgid
             } else {
                 return None;
@@ -378,34 +378,6 @@ fn covers(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
         }
     }
     start == end
-}
-
-/// A task's ids: its process id on the host, and its thread and process ids in its own pid
-/// namespace (`Tgid`, and the last of `NSpid` and `NStgid` in /proc/TID/status).
-struct TaskIds {
-    tgid: u32,
-    ns_tid: u32,
-    ns_tgid: u32,
-}
-
-impl TaskIds {
-    fn read(proc_root: &std::path::Path, tid: u32) -> Option<TaskIds> {
-        let status = std::fs::read_to_string(proc_root.join(format!("{tid}/status"))).ok()?;
-        let last = |key: &str| -> Option<u32> {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
-                .split_ascii_whitespace()
-                .next_back()?
-                .parse()
-                .ok()
-        };
-        Some(TaskIds {
-            tgid: last("Tgid")?,
-            ns_tid: last("NSpid")?,
-            ns_tgid: last("NStgid")?,
-        })
-    }
 }
 
 /// What a listener has for us.

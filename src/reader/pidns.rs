@@ -52,6 +52,19 @@ struct Status {
     /// Its pid in its own (innermost) namespace.
     innermost_pid: u32,
     parent: u32,
+    /// Its thread group (process) id, in this namespace and in its own (only [`TaskIds`] needs them,
+    /// so the walk does not fail without them).
+    tgid: Option<u32>,
+    innermost_tgid: Option<u32>,
+}
+
+/// A task's ids: its process id (`Tgid`), and its thread and process ids in its own pid namespace
+/// (the last of `NSpid` and `NStgid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskIds {
+    pub tgid: u32,
+    pub innermost_tid: u32,
+    pub innermost_tgid: u32,
 }
 
 /// How long a namespace whose init was not found is not searched again (its readers get the host's
@@ -225,7 +238,22 @@ impl PidNamespaces {
         Ok(self.status(pid)?.innermost_pid)
     }
 
-    /// The fields of /proc/PID/status the walk needs: `NSpid:\t4242\t7` and `PPid:\t4100`.
+    /// Task `tid`'s ids (a thread's too: /proc/TID is there for every thread).
+    pub fn task_ids(&self, tid: u32) -> Result<TaskIds> {
+        let status = self.status(tid)?;
+        let missing = |field| Error::MissingField {
+            path: proc_path(&self.roots, tid, "status"),
+            field,
+        };
+        Ok(TaskIds {
+            tgid: status.tgid.ok_or_else(|| missing("Tgid"))?,
+            innermost_tid: status.innermost_pid,
+            innermost_tgid: status.innermost_tgid.ok_or_else(|| missing("NStgid"))?,
+        })
+    }
+
+    /// The fields of /proc/PID/status the walk and [`Self::task_ids`] need: `NSpid:\t4242\t7`,
+    /// `PPid:\t4100`, `Tgid:\t4242`, `NStgid:\t4242\t7`.
     fn status(&self, pid: u32) -> Result<Status> {
         let path = proc_path(&self.roots, pid, "status");
         let text = read_to_string(&path)?;
@@ -248,10 +276,20 @@ impl PidNamespaces {
             .trim()
             .parse()
             .map_err(|_| Error::parse(&path, "PPid", ppid))?;
+        let last = |name: &'static str| -> Option<u32> {
+            field(name)
+                .ok()?
+                .split_whitespace()
+                .next_back()?
+                .parse()
+                .ok()
+        };
         Ok(Status {
             depth: pids.len(),
             innermost_pid,
             parent,
+            tgid: last("Tgid"),
+            innermost_tgid: last("NStgid"),
         })
     }
 
