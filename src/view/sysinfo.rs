@@ -2,6 +2,8 @@
 //! proc/loadavg as rendered for the caller: one source of truth, so busybox `free` and `uptime` (which
 //! call sysinfo) print what procps `free` and `uptime` (which read the files) print.
 
+use crate::host::{meminfo_kb, uptime_seconds};
+
 /// `sizeof(struct sysinfo)` on x86_64, what the kernel copies out.
 pub const SIZE: usize = 112;
 
@@ -29,17 +31,7 @@ const SI_LOAD_ONE: u64 = 1 << 16;
 impl Sysinfo {
     /// The struct from the three files' text; `None` when one of them is not in the kernel's format.
     pub fn from_views(meminfo: &str, uptime: &str, loadavg: &str) -> Option<Sysinfo> {
-        let kb = |key: &str| -> Option<u64> {
-            meminfo.lines().find_map(|line| {
-                let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-        };
-        let bytes = |key: &str| kb(key).map(|v| v.saturating_mul(1024));
+        let bytes = |key: &str| meminfo_kb(meminfo, key).map(|v| v.saturating_mul(1024));
         let mut fields = loadavg.split_ascii_whitespace();
         let mut loads = [0u64; 3];
         for load in &mut loads {
@@ -47,7 +39,8 @@ impl Sysinfo {
         }
         let procs = fields.next()?.split_once('/')?.1.parse::<u64>().ok()?;
         Some(Sysinfo {
-            uptime: uptime_rounded_up(uptime.split_ascii_whitespace().next()?)?,
+            // Rounded up, as the kernel does (`tv_sec + (tv_nsec ? 1 : 0)`).
+            uptime: uptime_seconds(uptime)?.ceil() as i64,
             loads,
             totalram: bytes("MemTotal")?,
             freeram: bytes("MemFree")?,
@@ -97,14 +90,6 @@ fn si_load(text: &str) -> Option<u64> {
     }
     let fixed = whole.saturating_mul(SI_LOAD_ONE);
     Some(fixed.saturating_add((hundredths * SI_LOAD_ONE).div_ceil(100)))
-}
-
-/// "123.45" as whole seconds, rounded up (`tv_sec + (tv_nsec ? 1 : 0)`).
-fn uptime_rounded_up(text: &str) -> Option<i64> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-    let whole: i64 = whole.parse().ok()?;
-    let fraction_nonzero = fraction.bytes().any(|b| b != b'0');
-    Some(whole.saturating_add(i64::from(fraction_nonzero)))
 }
 
 #[cfg(test)]
