@@ -25,17 +25,28 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-/// The files runc lets a container bind over /proc (its `checkProcMount` allowlist, LXCFS's files):
-/// vprocd's other /proc files (pressure) stay out, or runc would refuse the container.
-const RUNC_PROC_FILES: [&str; 7] = [
-    "proc/meminfo",
+/// The /proc files runc lets a container bind over (its `checkProcMount` allowlist, made for LXCFS):
+/// of vprocd's bind targets only these, or runc would refuse the container (pressure, for one).
+const RUNC_ALLOWED_PROC: [&str; 10] = [
     "proc/cpuinfo",
-    "proc/stat",
-    "proc/uptime",
-    "proc/swaps",
-    "proc/loadavg",
     "proc/diskstats",
+    "proc/meminfo",
+    "proc/stat",
+    "proc/swaps",
+    "proc/uptime",
+    "proc/loadavg",
+    "proc/slabinfo",
+    "proc/net/dev",
+    "proc/sys/kernel/ns_last_pid",
 ];
+
+/// What the wrapper binds: the daemon's bind targets (files.rs) that runc allows.
+fn targets() -> Vec<&'static str> {
+    crate::files::bind_targets()
+        .into_iter()
+        .filter(|t| !t.starts_with("proc/") || RUNC_ALLOWED_PROC.contains(t))
+        .collect()
+}
 
 /// Where the wrapper looks and what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +199,7 @@ pub fn edit_spec(
         .map(|d| d.trim_end_matches('/').to_string())
         .collect();
     let mut added = Added::default();
-    for target in RUNC_PROC_FILES.iter().chain(crate::files::BIND_DIRS) {
+    for target in targets() {
         let destination = format!("/{target}");
         // Into the spec's own /proc and /sys only: without them runc would make the file in the
         // image's root (and fail on a read-only one).
@@ -199,7 +210,7 @@ pub fn edit_spec(
         };
         if mounted.contains(&destination)
             || !mounted.iter().any(|m| m == under)
-            || !served.contains(target)
+            || !served.contains(&target)
         {
             continue;
         }
@@ -353,10 +364,8 @@ fn served_files(lxcfs: &Path) -> Result<Vec<&'static str>, String> {
         let served = crate::attach::check_daemon(&lxcfs)
             .map_err(|e| e.to_string())
             .map(|()| {
-                RUNC_PROC_FILES
-                    .iter()
-                    .chain(crate::files::BIND_DIRS)
-                    .copied()
+                targets()
+                    .into_iter()
                     .filter(|target| lxcfs.join(target).exists())
                     .collect()
             });
@@ -719,10 +728,8 @@ mod tests {
     #[test]
     fn binds_are_added_after_proc_and_sys_unless_the_spec_has_them() {
         let mut spec = podman_spec();
-        let served: Vec<&str> = RUNC_PROC_FILES
-            .iter()
-            .chain(crate::files::BIND_DIRS)
-            .copied()
+        let served: Vec<&str> = targets()
+            .into_iter()
             .filter(|target| *target != "proc/diskstats")
             .collect();
         let added = edit_spec(&mut spec, Path::new("/m"), &served, None).unwrap();
