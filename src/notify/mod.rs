@@ -77,7 +77,6 @@ pub struct Answers {
     /// `None` when the host's cgroups could not be read: every call gets the kernel's answer.
     renderer: Option<Renderer>,
     calls: Calls,
-    proc_root: std::path::PathBuf,
     /// The most of one core answering may take (see [`CPU_SHARE`]).
     cpu_share: f64,
 }
@@ -86,7 +85,6 @@ impl Answers {
     /// Answers rendered from this host's /proc, /sys and cgroups.
     pub fn new(calls: Calls) -> Answers {
         let roots = HostRoots::default();
-        let proc_root = roots.proc.clone();
         let renderer = CgroupLayout::detect(&roots.proc)
             .and_then(|layout| Renderer::new(roots, layout, Options::default()))
             .inspect_err(|e| {
@@ -96,7 +94,6 @@ impl Answers {
         Answers {
             renderer,
             calls,
-            proc_root,
             cpu_share: CPU_SHARE,
         }
     }
@@ -135,7 +132,7 @@ impl Answers {
         let pid = call.pid;
         // A process of the host's own (or one not resolvable) keeps the kernel's answer.
         renderer.container_key(pid)?;
-        let memory = CallerMemory::open(&self.proc_root, pid)?;
+        let memory = CallerMemory::open(&renderer.host().roots().proc, pid)?;
         let text = |content| {
             renderer
                 .render(content, pid)
@@ -193,7 +190,7 @@ impl Answers {
             }
         };
         renderer.container_key(pid)?;
-        let memory = CallerMemory::open(&self.proc_root, pid)?;
+        let memory = CallerMemory::open(&renderer.host().roots().proc, pid)?;
         let mut mask = vec![0u8; len.min(MAX_MASK_BYTES)];
         // SAFETY: the kernel writes at most `mask.len()` bytes into our buffer.
         let got = unsafe {
