@@ -184,7 +184,7 @@ pub fn edit_spec(
     served: &[&str],
     agent: Option<&Path>,
 ) -> Result<Added, String> {
-    undo(spec)?;
+    undo(spec, lxcfs)?;
     let object = spec
         .as_object_mut()
         .ok_or("config.json is not a JSON object")?;
@@ -250,8 +250,12 @@ fn annotate(spec: &mut serde_json::Map<String, Value>, key: &str, value: String)
     }
 }
 
-/// Takes out what an earlier run of the wrapper added to `spec` (its annotations say what).
-fn undo(spec: &mut Value) -> Result<(), String> {
+/// Takes out what an earlier run of the wrapper added to `spec`, as its annotations say. Annotations
+/// come from images and users too, so they are believed only as far as the spec bears them out: a bind
+/// is taken out only if its source is the daemon's (`lxcfs`), and the recorded profile is put back only
+/// if merging it again gives exactly the spec's profile, so that putting it back can only take out the
+/// two notified calls (a forged "original" cannot switch the container's seccomp off).
+fn undo(spec: &mut Value, lxcfs: &Path) -> Result<(), String> {
     let Some(annotations) = spec.get_mut("annotations").and_then(Value::as_object_mut) else {
         return Ok(());
     };
@@ -264,10 +268,14 @@ fn undo(spec: &mut Value) -> Result<(), String> {
             .ok_or(format!("{MOUNTS_ANNOTATION} is not a list"))?;
         if let Some(list) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             list.retain(|m| {
-                !(m["type"] == "bind"
+                let ours = m["type"] == "bind"
+                    && m["source"]
+                        .as_str()
+                        .is_some_and(|s| Path::new(s).starts_with(lxcfs))
                     && m["destination"]
                         .as_str()
-                        .is_some_and(|d| added.iter().any(|a| a == d)))
+                        .is_some_and(|d| added.iter().any(|a| a == d));
+                !ours
             });
         }
     }
@@ -276,8 +284,14 @@ fn undo(spec: &mut Value) -> Result<(), String> {
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or(format!("{SECCOMP_ANNOTATION} is not a profile"))?;
-        if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
-            linux.insert("seccomp".into(), original);
+        if let Some(current) = spec.pointer_mut("/linux/seccomp") {
+            let socket = current["listenerPath"].as_str().map(PathBuf::from);
+            let mut merged = original.clone();
+            let ours = socket.is_some_and(|socket| merge_seccomp(&mut merged, &socket))
+                && merged == *current;
+            if ours {
+                *current = original;
+            }
         }
     }
     Ok(())
@@ -422,7 +436,24 @@ fn edit_bundle(bundle: &Path, settings: &Settings, runc: &Path) -> Result<Added,
 /// Whether `vproc seccomp-agent` answers at `socket`: runc connects there for the container's start
 /// and for each `runc exec` into it, and fails them when nobody listens.
 fn agent_listening(socket: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(socket).is_ok()
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    // Without blocking: a wedged agent with a full backlog must not hang the container's start (it
+    // does listen: runc will wait on it as it would without the wrapper).
+    let Ok(address) = SocketAddrUnix::new(socket) else {
+        return false;
+    };
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .is_ok_and(|probe| {
+        matches!(
+            rustix::net::connect(&probe, &address),
+            Ok(()) | Err(rustix::io::Errno::AGAIN)
+        )
+    })
 }
 
 /// `path` replaced by `bytes`, with `permissions`, in one rename.
@@ -813,6 +844,21 @@ mod tests {
             refused["linux"]["seccomp"]["syscalls"],
             json!([{"names": ["sched_getaffinity"], "action": "SCMP_ACT_NOTIFY"}])
         );
+        // A forged record of "the original profile" (an image's or a user's annotation) is not
+        // believed: the spec's profile does not come from merging it, so it stays.
+        let mut forged = json!({
+            "annotations": {"io.vproc.runc/seccomp": "{\"defaultAction\": \"SCMP_ACT_ALLOW\"}",
+                            "io.vproc.runc/mounts": "[\"/etc/hosts\"]"},
+            "mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/host/hosts"}],
+            "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}}
+        });
+        edit_spec(&mut forged, Path::new("/m"), &[], None).unwrap();
+        assert_eq!(
+            forged["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ERRNO"
+        );
+        assert_eq!(forged["mounts"][0]["source"], "/host/hosts");
+
         let mut theirs = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
             "listenerPath": "/run/other.sock", "syscalls": []}}});
         let before = theirs.clone();
