@@ -441,7 +441,11 @@ impl Renderer {
     /// The container's task counts (see [`CountedTasks::is_fresh`] for how old), with the cgroup they
     /// are kept under; `None` for a reader in the host's root cgroups. The reader is not counted as
     /// running (it waits for this answer): [`running_with_reader`] adds it back.
-    /// A stat's count (`Use::Size`) is not kept: the read after it counts afresh.
+    ///
+    /// A stat (`Use::Size`) never counts: its size needs no exact count (reads are direct I/O), and a
+    /// container stat'ing in a loop must not make the daemon walk its tasks each time. It takes the
+    /// last count kept, however old, or none (zeros); and keeps nothing, so the read after it counts
+    /// afresh.
     fn task_counts<'c>(
         &self,
         container: &'c Container,
@@ -451,6 +455,16 @@ impl Renderer {
         let Some((cgroup, id)) = tasks_cgroup(container)? else {
             return Ok(None);
         };
+        if usage == Use::Size {
+            let counted = self.registry.task_counts.get(&id).unwrap_or(CountedTasks {
+                counts: TaskCounts::default(),
+                last_pid: 0,
+                at: std::time::Instant::now(),
+                cost: std::time::Duration::ZERO,
+                failed: false,
+            });
+            return Ok((!counted.failed).then_some((cgroup, id, counted)));
+        }
         if let Some(counted) = self
             .registry
             .task_counts
@@ -469,9 +483,7 @@ impl Renderer {
                     cost: started.elapsed(),
                     failed: true,
                 };
-                if usage == Use::Read {
-                    self.registry.task_counts.insert(id, failed);
-                }
+                self.registry.task_counts.insert(id, failed);
                 return Err(e);
             }
         };
@@ -488,9 +500,7 @@ impl Renderer {
             cost: started.elapsed(),
             failed: false,
         };
-        if usage == Use::Read {
-            self.registry.task_counts.insert(id, counted);
-        }
+        self.registry.task_counts.insert(id, counted);
         Ok(Some((cgroup, id, counted)))
     }
 
