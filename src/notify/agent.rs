@@ -119,7 +119,11 @@ fn bind(path: &Path) -> Result<OwnedFd, String> {
         std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {shown}: {e}"))?;
     }
     let listening = socket()?;
-    rustix::net::bind(&listening, &address).map_err(|e| format!("cannot bind {shown}: {e}"))?;
+    // Made private from the start (then chmod'ed to the same), not after a window at the umask's mode.
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = rustix::net::bind(&listening, &address);
+    rustix::process::umask(umask);
+    bound.map_err(|e| format!("cannot bind {shown}: {e}"))?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| format!("cannot make {shown} private: {e}"))?;
     rustix::net::listen(&listening, 128).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
@@ -222,6 +226,10 @@ fn start_server(listening: &OwnedFd, listener: OwnedFd, who: &str, calls: Calls)
             // SAFETY: restoring the default disposition.
             unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
             let _ = rustix::thread::set_name(c"vproc-seccomp");
+            // Not the agent's OOM protection (-1000 in its unit): one of these per container and per
+            // `runc exec` into it, so a container could otherwise make root processes the OOM killer
+            // never picks.
+            let _ = std::fs::write("/proc/self/oom_score_adj", "0");
             let answers = Answers::new(calls);
             let code = match serve(&Listener::new(listener), &answers) {
                 Ok(()) => 0,
