@@ -48,6 +48,10 @@ pub struct VprocdArgs {
     /// LXCFS's pidfd switch; accepted and ignored (vprocd always validates readers with pidfds).
     #[arg(long = "enable-pidfd", hide = true)]
     pub enable_pidfd: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; e.g. 127.0.0.1:9844, or
+    /// 0.0.0.0:9844 for a scraper on the network: the metrics name no container).
+    #[arg(long = "metrics-address", value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -132,6 +136,18 @@ pub enum VprocCommand {
         /// Print the daemon's health report (fds, readers, open handles, errors) when healthy too.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// List the containers the daemon serves: cgroup, pid-namespace init, latest readers, the MemTotal,
+    /// CPU count and load they see, reads per second and in all, and the reads that got the host's
+    /// files with why (no_pid: the daemon cannot see the reader's pid namespace; host_process; not_limited;
+    /// views_off; reader_gone; reader_error; daemon_error). Most reads first. Needs CAP_SYS_ADMIN.
+    Status {
+        /// Where vprocd is mounted.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// Print JSON (one object: the daemon's health report and the containers) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Heal containers whose files went dead with a previous vprocd (ENOTCONN): replace each such bind
     /// mount, in every mount namespace, with the same file from the running daemon. vprocd runs this

@@ -17,8 +17,10 @@ use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::cgroup::CgroupLayout;
-use crate::fs::VprocFs;
+use crate::fs::{OpenFiles, VprocFs};
 use crate::host::HostRoots;
+use crate::metrics::ReattachReport;
+use crate::metrics::exporter::{Exporter, NodeState};
 use crate::reader::{Budget, SWEEP_PERIOD};
 use crate::render::{Options, Renderer};
 use crate::view::loadavg::LOAD_PERIOD;
@@ -31,6 +33,8 @@ pub struct DaemonConfig {
     /// FUSE worker threads (at least 2: one slow host read must not stall every container).
     pub threads: usize,
     pub options: Options,
+    /// Where to serve the Prometheus metrics (`None`: not served).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start or run, with what to do about it.
@@ -127,15 +131,18 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         source,
     };
     let renderer_for_signals = Arc::clone(&renderer);
-    let session = Session::new(VprocFs::new(renderer), &config.mountpoint, &fuse_config)
-        .map_err(mount_error)?;
+    let fs = VprocFs::new(Arc::clone(&renderer));
+    if let Some(address) = config.metrics_address {
+        serve_metrics(address, Arc::clone(&renderer), fs.open_files());
+    }
+    let session = Session::new(fs, &config.mountpoint, &fuse_config).map_err(mount_error)?;
     let mut background = session.spawn().map_err(mount_error)?;
     log::info!(
         "serving {} with {} threads",
         config.mountpoint.display(),
         config.threads.max(2)
     );
-    reattach_containers(&mountpoint);
+    reattach_containers(&mountpoint, Arc::clone(&renderer_for_signals));
     notify_service_manager("READY=1");
 
     let (events, stop) = mpsc::channel();
@@ -216,6 +223,29 @@ pub fn raise_open_file_limit() -> u64 {
     current
 }
 
+/// Serves the metrics at `address` (see [`crate::metrics::http`]): counters from the renderer, and at
+/// each scrape what the daemon holds.
+fn serve_metrics(address: std::net::SocketAddr, renderer: Arc<Renderer>, open_files: OpenFiles) {
+    let metrics_renderer = Arc::clone(&renderer);
+    let state = move || NodeState {
+        report: renderer.health().report(
+            renderer.registry().occupancy(),
+            open_files.handles(),
+            open_files.buffered_bytes(),
+        ),
+        caches: renderer.registry().caches(),
+        containers: renderer.registry().containers.len(),
+        views_enabled: renderer.virtualizing(),
+    };
+    let exporter = Arc::new(Exporter::new(
+        Arc::clone(metrics_renderer.metrics()),
+        Box::new(state),
+    ));
+    if let Err(e) = crate::metrics::http::spawn(address, exporter) {
+        log::error!("cannot start the metrics server: {e}");
+    }
+}
+
 /// Drops what readers and cgroups gone have left in the registry (closing their pidfds), also while
 /// no read comes to do it.
 fn sweep_periodically(renderer: Arc<Renderer>) {
@@ -243,6 +273,7 @@ fn sample_loads_periodically(renderer: Arc<Renderer>) {
                 let cpu_before = thread_cpu_time();
                 let started = std::time::Instant::now();
                 let sampled = renderer.sample_loads();
+                renderer.metrics().sampler_ran(started.elapsed(), sampled);
                 let cpu = thread_cpu_time().saturating_sub(cpu_before);
                 let period = LOAD_PERIOD.max(cpu.div_f64(SAMPLER_CPU_SHARE));
                 wait = period.saturating_sub(started.elapsed());
@@ -296,7 +327,7 @@ fn notify_service_manager(state: &str) {
 /// Heals containers whose bind mounts still point at a dead predecessor: runs `vproc reattach` (found next
 /// to vprocd), a single-threaded process, since entering mount namespaces is not possible from a
 /// multi-threaded one. Runs in the background; its outcome is logged.
-fn reattach_containers(mountpoint: &Path) {
+fn reattach_containers(mountpoint: &Path, renderer: Arc<Renderer>) {
     let vproc = std::env::current_exe().map(|exe| exe.with_file_name("vproc"));
     let Ok(vproc) = vproc.map_err(|e| log::warn!("cannot re-attach containers: {e}")) else {
         return;
@@ -305,6 +336,11 @@ fn reattach_containers(mountpoint: &Path) {
     command.arg("reattach").arg("--mountpoint").arg(mountpoint);
     std::thread::spawn(move || match command.output() {
         Ok(out) => {
+            renderer.metrics().reattach_ran(&ReattachReport::parse(
+                out.status.success(),
+                &String::from_utf8_lossy(&out.stdout),
+                &String::from_utf8_lossy(&out.stderr),
+            ));
             let report = String::from_utf8_lossy(&out.stdout);
             if !report.trim().is_empty() {
                 log::info!("re-attached: {}", report.trim().replace('\n', "; "));

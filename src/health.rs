@@ -202,6 +202,22 @@ impl Display for Report {
 /// Returns its health report, or why it is not healthy.
 pub fn check(mountpoint: &Path) -> Result<String, String> {
     crate::attach::check_daemon(mountpoint).map_err(|e| e.to_string())?;
+    let report = read_report(mountpoint)?;
+    let problems = problems_in(&report)?;
+    if !problems.is_empty() {
+        return Err(format!(
+            "vprocd at {} is degraded: {}",
+            mountpoint.display(),
+            problems.join("; ")
+        ));
+    }
+    std::fs::read_to_string(mountpoint.join("proc/uptime"))
+        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
+    Ok(report)
+}
+
+/// The health report of the daemon mounted at `mountpoint`, as it says it.
+pub fn read_report(mountpoint: &Path) -> Result<String, String> {
     let read_error = |e: rustix::io::Errno| {
         format!(
             "cannot read the daemon's health ({HEALTH_XATTR} of {}): {e}; is it a vprocd?",
@@ -220,18 +236,7 @@ pub fn check(mountpoint: &Path) -> Result<String, String> {
             Err(e) => return Err(read_error(e)),
         }
     };
-    let report = String::from_utf8_lossy(&buffer[..len]).into_owned();
-    let problems = problems_in(&report)?;
-    if !problems.is_empty() {
-        return Err(format!(
-            "vprocd at {} is degraded: {}",
-            mountpoint.display(),
-            problems.join("; ")
-        ));
-    }
-    std::fs::read_to_string(mountpoint.join("proc/uptime"))
-        .map_err(|e| format!("{}/proc/uptime: {e}", mountpoint.display()))?;
-    Ok(report)
+    Ok(String::from_utf8_lossy(&buffer[..len]).into_owned())
 }
 
 /// The problems a report's text names; empty when its status is `ok`. Fails on text that is not a

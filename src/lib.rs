@@ -16,6 +16,7 @@ pub mod host;
 pub mod in_root;
 pub mod launcher;
 pub mod lru;
+pub mod metrics;
 pub mod mountinfo;
 pub mod notify;
 pub mod oci;

@@ -9,6 +9,7 @@
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -20,6 +21,8 @@ use parking_lot::Mutex;
 pub struct Lru<K: Hash + Eq, V> {
     ttl: Duration,
     entries: Mutex<LruCache<K, Slot<V>>>,
+    /// Fresh entries pushed out to make room: a map at its budget (see [`Lru::evictions`]).
+    evictions: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         Lru {
             ttl,
             entries: Mutex::new(LruCache::new(capacity)),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -96,7 +100,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         let expired = Self::drop_expired(&mut entries, self.ttl, now);
-        let evicted = entries.push(key, Slot { value, at: now });
+        let evicted = self.push(&mut entries, key, Slot { value, at: now });
         drop(entries);
         drop((expired, evicted));
     }
@@ -113,7 +117,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         let value = update(previous);
         if !self.ttl.is_zero() {
             let expired = Self::drop_expired(&mut entries, self.ttl, now);
-            let evicted = entries.push(
+            let evicted = self.push(
+                &mut entries,
                 key,
                 Slot {
                     value: value.clone(),
@@ -171,6 +176,21 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
     /// The most entries this map holds.
     pub fn capacity(&self) -> usize {
         self.entries.lock().cap().get()
+    }
+
+    /// Fresh entries pushed out since the map was made, because it was full: a count that grows
+    /// means the budget is too small for the node (entries are computed again, correctly but slower).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Pushes `slot` for `key`, counting an entry of another key pushed out; returns what went.
+    fn push(&self, entries: &mut LruCache<K, Slot<V>>, key: K, slot: Slot<V>) -> Option<V> {
+        let replaced = entries.push(key.clone(), slot)?;
+        if replaced.0 != key {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(replaced.1.value)
     }
 
     /// Pops expired entries from the least recently used end and returns them (to be dropped once the
@@ -231,6 +251,14 @@ mod tests {
         assert_eq!(cache.get(&0), Some(0));
         assert_eq!(cache.get(&2), Some(20));
         assert_eq!(cache.get(&3), Some(30));
+        assert_eq!(cache.evictions(), 1, "only 1 was pushed out");
+        cache.insert(3, 31);
+        cache.update(2, |_| 21);
+        assert_eq!(
+            cache.evictions(),
+            1,
+            "a new value for a key held evicts nothing"
+        );
     }
 
     #[test]

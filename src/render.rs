@@ -13,8 +13,10 @@ use crate::cgroup::{
 use crate::error::{Error, Result};
 use crate::files::Content;
 use crate::health::Health;
-use crate::host::{Host, HostFile, HostRoots, boottime_now, uptime_seconds};
+use crate::host::{Host, HostFile, HostRoots, boottime_now, meminfo_kb, uptime_seconds};
 use crate::lru::Lru;
+use crate::metrics::containers::Seen;
+use crate::metrics::{self, ContainerStats, ContainersPage, Fallback, Metrics, Target};
 use crate::reader::{
     Budget, Container, CountedTasks, Freshness, LoadEntry, PidNamespace, Registry, process_cgroups,
 };
@@ -22,7 +24,7 @@ use crate::view::cpuinfo::render_cpuinfo;
 use crate::view::cpus::{CpuCountRule, render_cpu_range, visible_cpus};
 use crate::view::diskstats::{DiskLine, render_block_stat, render_diskstats};
 use crate::view::loadavg::{LOAD_PERIOD, LoadAverages, LoadTasks, host_last_pid, render_loadavg};
-use crate::view::meminfo::{MemoryFacts, render_meminfo, swap_view};
+use crate::view::meminfo::{MemoryFacts, mem_total_kb, render_meminfo, swap_view};
 use crate::view::stat::{CpuTimes, Procs, render_stat};
 use crate::view::swaps::render_swaps;
 use crate::view::uptime::render_uptime;
@@ -76,6 +78,7 @@ pub struct Renderer {
     tasks: TaskCounter,
     /// Off after a SIGUSR2 (LXCFS's switch): every reader gets the host's files until the next one.
     virtualizing: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl Renderer {
@@ -95,6 +98,7 @@ impl Renderer {
             health: Health::default(),
             tasks: TaskCounter::new(&roots_proc),
             virtualizing: std::sync::atomic::AtomicBool::new(true),
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
@@ -139,20 +143,101 @@ impl Renderer {
     }
 
     fn render_as(&self, content: Content, pid: u32, usage: Use) -> Result<Vec<u8>> {
-        if pid != 0 && self.virtualizing() {
-            let rendered = self
-                .container(pid)
-                .and_then(|c| self.render_for(content, &c, pid, usage));
-            match rendered {
-                Ok(Some(bytes)) => return Ok(bytes),
-                Ok(None) => {}
-                Err(e) => {
-                    self.log_once(&e);
+        let mut resolved = None;
+        let cause = if pid == 0 {
+            Fallback::NoPid
+        } else if !self.virtualizing() {
+            Fallback::ViewsOff
+        } else {
+            match self.container(pid) {
+                Ok(container) => {
+                    let cause = match self.render_for(content, &container, pid, usage) {
+                        Ok(Some(bytes)) => {
+                            if usage == Use::Read {
+                                self.count_read(content, pid, Some(&container), None);
+                            }
+                            return Ok(bytes);
+                        }
+                        Ok(None) if key_of(&container).is_none() => Fallback::HostProcess,
+                        Ok(None) => Fallback::NotLimited,
+                        Err(e) => self.log_once(&e),
+                    };
+                    resolved = Some(container);
+                    cause
                 }
+                Err(e) => self.log_once(&e),
             }
+        };
+        if usage == Use::Read {
+            self.count_read(content, pid, resolved.as_ref(), Some(cause));
         }
         self.render_host(content)
             .inspect_err(|e| self.health.record(e))
+    }
+
+    /// Counts a read of `content` by `pid` (resolved to `container`), for the metrics and under its
+    /// container for `vproc status`; `fallback` says why it got the host's file.
+    fn count_read(
+        &self,
+        content: Content,
+        pid: u32,
+        container: Option<&Arc<Container>>,
+        fallback: Option<Fallback>,
+    ) {
+        if let Some(cause) = fallback {
+            self.metrics.fallback(Target::of_content(content), cause);
+        }
+        let keyed = container.and_then(|c| key_of(c).map(|key| (key, c)));
+        let stats = match keyed {
+            Some((key, c)) => self
+                .registry
+                .containers
+                .update(key, |previous| match previous {
+                    Some(stats) => Arc::clone(stats),
+                    None => Arc::new(ContainerStats::new(key, cgroup_name(c))),
+                }),
+            None => Arc::clone(self.metrics.outside()),
+        };
+        stats.read(pid, container, fallback);
+    }
+
+    /// What the daemon counts.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The page of `vproc status`'s table after the container `after` (`None`: the first page).
+    pub fn containers_page(&self, after: Option<CgroupId>) -> ContainersPage {
+        let mut stats: Vec<_> = self
+            .registry
+            .containers
+            .snapshot()
+            .into_iter()
+            .map(|(_, stats)| stats)
+            .collect();
+        if self.metrics.outside().reads() > 0 {
+            stats.push(Arc::clone(self.metrics.outside()));
+        }
+        let host_total_kb = self
+            .host
+            .read(HostFile::Meminfo)
+            .ok()
+            .and_then(|m| meminfo_kb(&m, "MemTotal"));
+        let online = self.host.online_cpus().ok().map(|cpus| cpus.len());
+        metrics::containers::page(stats, after, |stats| {
+            stats.row(|container| Seen {
+                mem_total_kb: match container.memory {
+                    Some((_, limits)) => host_total_kb.map(|host| mem_total_kb(host, &limits)),
+                    None => host_total_kb,
+                },
+                cpus: container.cpus.as_ref().map(Vec::len).or(online),
+                load: tasks_cgroup(container)
+                    .ok()
+                    .flatten()
+                    .and_then(|(_, id)| self.registry.load.get(&id))
+                    .map(|entry| entry.averages.shown()),
+            })
+        })
     }
 
     /// The host CPUs process `pid` sees (the host's online CPUs when it is not limited or not resolvable).
@@ -178,12 +263,7 @@ impl Renderer {
     pub fn container_key(&self, pid: u32) -> Option<CgroupId> {
         const UNRESOLVED: CgroupId = CgroupId { dev: 0, ino: 0 };
         match self.container(pid) {
-            Ok(container) => container.memory.map(|(id, _)| id).or_else(|| {
-                match (&container.cgroups.cpuacct, container.cpuacct) {
-                    (Some(dir), Some(id)) if !dir.is_root() => Some(id),
-                    _ => None,
-                }
-            }),
+            Ok(container) => key_of(&container),
             Err(e) if e.is_not_found() => None,
             Err(_) => Some(UNRESOLVED),
         }
@@ -606,25 +686,48 @@ impl Renderer {
     /// Logs an error the first time its cause is seen (and again after [`LOG_AGAIN_AFTER`]), and counts
     /// it: against the daemon's health when the daemon ran out of fds or memory, as another error
     /// otherwise; a vanished process is routine, logged at debug and not counted.
-    /// Returns whether it logged at warn level.
-    fn log_once(&self, error: &Error) -> bool {
+    /// Returns the error's kind as a cause of a fallback.
+    fn log_once(&self, error: &Error) -> Fallback {
         if error.is_not_found() {
             log::debug!("reader gone, serving the host's file: {error}");
-            return false;
+            return Fallback::ReaderGone;
         }
-        if error.is_resource_exhaustion() {
+        let cause = if error.is_resource_exhaustion() {
             self.health.record(error);
+            Fallback::DaemonError
         } else {
             self.health.record_other();
-        }
+            Fallback::ReaderError
+        };
         let key = error.cause_key();
-        let first = self.logged_causes.get(&key).is_none();
-        if first {
+        if self.logged_causes.get(&key).is_none() {
             self.logged_causes.insert(key, ());
             log::warn!("serving the host's file: {error} (logged once per cause)");
         }
-        first
+        cause
     }
+}
+
+/// The key a container's share of the daemon is counted under (see [`Renderer::container_key`]).
+fn key_of(container: &Container) -> Option<CgroupId> {
+    container.memory.map(|(id, _)| id).or_else(|| {
+        match (&container.cgroups.cpuacct, container.cpuacct) {
+            (Some(dir), Some(id)) if !dir.is_root() => Some(id),
+            _ => None,
+        }
+    })
+}
+
+/// The cgroup [`key_of`] names, as its hierarchy names it (`/system.slice/libpod-abc.scope`).
+fn cgroup_name(container: &Container) -> String {
+    let dir = match (&container.memory, &container.cgroups.memory) {
+        (Some(_), Some(memory)) => Some(memory),
+        _ => container.cgroups.cpuacct.as_ref(),
+    };
+    dir.map_or_else(String::new, |dir| {
+        let relative = dir.path.strip_prefix(&dir.mount).unwrap_or(&dir.path);
+        format!("/{}", relative.display())
+    })
 }
 
 /// How long the sampler may go on from a container's last task count while its CPU time stands still.
@@ -685,11 +788,16 @@ mod tests {
                 std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             )
         };
-        assert!(renderer.log_once(&unreadable(7)));
-        assert!(!renderer.log_once(&unreadable(8)), "same cause, other pid");
-        assert!(!renderer.log_once(&Error::io(
+        let logged = || renderer.logged_causes.len();
+        assert_eq!(renderer.log_once(&unreadable(7)), Fallback::ReaderError);
+        assert_eq!(logged(), 1);
+        assert_eq!(renderer.log_once(&unreadable(8)), Fallback::ReaderError);
+        assert_eq!(logged(), 1, "same cause, other pid");
+        let gone = Error::io(
             Path::new("/proc/9/cgroup"),
-            std::io::ErrorKind::NotFound.into()
-        )));
+            std::io::ErrorKind::NotFound.into(),
+        );
+        assert_eq!(renderer.log_once(&gone), Fallback::ReaderGone);
+        assert_eq!(logged(), 1, "a reader gone is not a cause to log");
     }
 }

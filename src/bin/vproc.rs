@@ -96,6 +96,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { mountpoint, json } => {
+            match vproc::metrics::containers::status(&mountpoint, json) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vproc status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Reattach { mountpoint } => {
             let mountpoint = vproc::reattach::canonical_mountpoint(&mountpoint);
             if let Err(e) = vproc::attach::check_daemon(&mountpoint) {

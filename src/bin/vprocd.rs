@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             swap_enabled: !args.disable_swap,
             ..Options::default()
         },
+        metrics_address: args.metrics_address,
     };
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ use fuser::{
 
 use crate::files::{self, BLOCK_DIR, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report};
+use crate::metrics::containers::CONTAINERS_XATTR;
+use crate::metrics::{self, Metrics, Operation, Target};
 use crate::render::Renderer;
 use crate::view::topology::{self, render_topology_file};
 pub use handles::{
@@ -46,7 +48,7 @@ const HOST_TTL: Duration = Duration::from_secs(1);
 pub struct VprocFs {
     renderer: Arc<Renderer>,
     nodes: NodeTable,
-    handles: Handles,
+    handles: Arc<Handles>,
     /// When a refused open was last logged.
     refusals: parking_lot::Mutex<Option<Instant>>,
     /// Timestamps of the fixed nodes: when the daemon started.
@@ -59,10 +61,30 @@ impl VprocFs {
         VprocFs {
             renderer,
             nodes: NodeTable::default(),
-            handles: Handles::default(),
+            handles: Arc::new(Handles::default()),
             refusals: parking_lot::Mutex::new(None),
             started: SystemTime::now(),
         }
+    }
+
+    /// What the open files hold, for the metrics.
+    pub fn open_files(&self) -> OpenFiles {
+        OpenFiles(Arc::clone(&self.handles))
+    }
+
+    /// Counts a request on `target` and, when it failed, its errno; passes the result on.
+    fn counted<T>(
+        &self,
+        operation: Operation,
+        target: Target,
+        result: Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let metrics = self.renderer.metrics();
+        metrics.request(operation, target);
+        if let Err(errno) = &result {
+            metrics.error(operation, errno.code());
+        }
+        result
     }
 
     /// The daemon's health, with what this filesystem holds.
@@ -400,12 +422,13 @@ impl VprocFs {
 
 impl Filesystem for VprocFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let found = self.lookup_ino(parent.0, name, req.pid());
-        match found.and_then(|ino| self.attr(ino, req.pid()).map(|attr| (ino, attr))) {
+        let found = name
+            .to_str()
+            .ok_or(Errno::ENOENT)
+            .and_then(|name| self.lookup_ino(parent.0, name, req.pid()));
+        let target = NodeTable::target(*found.as_ref().unwrap_or(&parent.0));
+        let found = found.and_then(|ino| self.attr(ino, req.pid()).map(|attr| (ino, attr)));
+        match self.counted(Operation::Lookup, target, found) {
             Ok((ino, (attr, attr_ttl))) => {
                 reply.entry_with_ttls(&attr_ttl, &self.entry_ttl(ino), &attr, Generation(0))
             }
@@ -414,7 +437,8 @@ impl Filesystem for VprocFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino.0, req.pid()) {
+        let attr = self.attr(ino.0, req.pid());
+        match self.counted(Operation::Getattr, NodeTable::target(ino.0), attr) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
@@ -427,13 +451,16 @@ impl Filesystem for VprocFs {
                 .and_then(|p| std::fs::read_link(p).map_err(Errno::from)),
             _ => Err(Errno::EINVAL),
         };
-        match target {
+        match self.counted(Operation::Readlink, NodeTable::target(ino.0), target) {
             Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let metrics = self.renderer.metrics();
+        metrics.request(Operation::Open, NodeTable::target(ino.0));
+        let reply = CountedOpen { reply, metrics };
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             reply.error(Errno::EROFS);
             return;
@@ -477,7 +504,7 @@ impl Filesystem for VprocFs {
     fn read(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -485,6 +512,16 @@ impl Filesystem for VprocFs {
         lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let started = Instant::now();
+        let target = NodeTable::target(ino.0);
+        let metrics = self.renderer.metrics();
+        metrics.request(Operation::Read, target);
+        let reply = CountedData {
+            reply,
+            metrics,
+            operation: Operation::Read,
+            read: Some((target, started)),
+        };
         // Reads from user space (direct I/O) carry the reader's lock owner; page-cache reads do not.
         // Since Linux 6.5 splice/sendfile reads FUSE files through the page cache even with direct I/O,
         // and that cache is shared by every reader of the inode: filled with one container's content it
@@ -516,13 +553,16 @@ impl Filesystem for VprocFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.renderer
+            .metrics()
+            .request(Operation::Release, NodeTable::target(ino.0));
         self.handles.release(fh.0);
         reply.ok();
     }
@@ -539,7 +579,8 @@ impl Filesystem for VprocFs {
             Some(Node::Dir(dir)) => files::dir_by_path(dir.parent()).map_or(ROOT_INO, |d| d.ino),
             _ => ino.0,
         };
-        let listed = match self.list(ino.0, req.pid()) {
+        let listed = self.list(ino.0, req.pid());
+        let listed = match self.counted(Operation::Readdir, NodeTable::target(ino.0), listed) {
             Ok(listed) => listed,
             Err(e) => {
                 reply.error(e);
@@ -584,16 +625,32 @@ impl Filesystem for VprocFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Only the root carries an attribute: the health report `vproc check` reads. The kernel keeps
-        // `trusted.` names to CAP_SYS_ADMIN before asking us.
-        if ino.0 != ROOT_INO || name != HEALTH_XATTR {
-            reply.error(Errno::ENODATA);
-            return;
-        }
-        let report = self.health_report().to_string();
+        // Only the root carries attributes: the health report `vproc check` reads and the pages of
+        // `vproc status`'s table. The kernel keeps `trusted.` names to CAP_SYS_ADMIN before asking us.
+        let metrics = self.renderer.metrics();
+        metrics.request(Operation::Getxattr, NodeTable::target(ino.0));
+        let report = match (ino.0 == ROOT_INO, name.to_str()) {
+            (true, Some(HEALTH_XATTR)) => self.health_report().to_string(),
+            (true, Some(name)) if name.starts_with(CONTAINERS_XATTR) => {
+                match metrics::containers::page_start(name) {
+                    Ok(after) => serde_json::to_string(&self.renderer.containers_page(after))
+                        .unwrap_or_default(),
+                    Err(_) => {
+                        reply.error(Errno::ENODATA);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                // ENODATA is the answer to every other name (security.* and the like): not an error.
+                reply.error(Errno::ENODATA);
+                return;
+            }
+        };
         if size == 0 {
             reply.size(report.len() as u32);
         } else if report.len() > size as usize {
+            metrics.error(Operation::Getxattr, libc::ERANGE);
             reply.error(Errno::ERANGE);
         } else {
             reply.data(report.as_bytes());
@@ -604,6 +661,62 @@ impl Filesystem for VprocFs {
         // Permissions are the modes we report; the kernel checks them itself (it only asks here for
         // access(2) and chdir). Write access is refused by the read-only mount.
         reply.ok();
+    }
+}
+
+/// A read's reply that counts what it answers: an error by its errno, and the read's latency.
+struct CountedData<'m> {
+    reply: ReplyData,
+    metrics: &'m Metrics,
+    operation: Operation,
+    /// What is read and since when, for the latency histogram.
+    read: Option<(Target, Instant)>,
+}
+
+impl CountedData<'_> {
+    fn data(self, data: &[u8]) {
+        self.reply.data(data);
+        if let Some((target, started)) = self.read {
+            self.metrics.read_took(target, started.elapsed());
+        }
+    }
+
+    fn error(self, errno: Errno) {
+        self.metrics.error(self.operation, errno.code());
+        self.reply.error(errno);
+    }
+}
+
+/// An open's reply that counts an error by its errno.
+struct CountedOpen<'m> {
+    reply: ReplyOpen,
+    metrics: &'m Metrics,
+}
+
+impl CountedOpen<'_> {
+    fn opened(self, fh: FileHandle, flags: FopenFlags) {
+        self.reply.opened(fh, flags);
+    }
+
+    fn error(self, errno: Errno) {
+        self.metrics.error(Operation::Open, errno.code());
+        self.reply.error(errno);
+    }
+}
+
+/// What the daemon's open files hold, readable while the filesystem itself is owned by the session.
+#[derive(Debug, Clone)]
+pub struct OpenFiles(Arc<Handles>);
+
+impl OpenFiles {
+    /// Handles open now.
+    pub fn handles(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Bytes of the buffers they keep.
+    pub fn buffered_bytes(&self) -> usize {
+        self.0.buffered_bytes()
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 
 use crate::files::{self, Content, FIRST_DYNAMIC_INO};
+use crate::metrics::Target;
 
 /// Slot inodes `cpu0..cpu8191` come first in the dynamic range; the kernel's NR_CPUS tops out at 8192.
 const CPU_SLOTS: u64 = 8192;
@@ -73,6 +74,19 @@ struct HostInodes {
 const FIRST_HOST_INO: u64 = FIRST_BLOCK_INO + 2 * MAX_BLOCK_DEVICES;
 
 impl NodeTable {
+    /// What the metrics count a request on `ino` under (without looking the inode up).
+    pub fn target(ino: u64) -> Target {
+        if files::dir_by_ino(ino).is_some() {
+            Target::Directory
+        } else if let Some(file) = files::file_by_ino(ino) {
+            Target::of_file(file)
+        } else if (FIRST_BLOCK_INO..FIRST_HOST_INO).contains(&ino) {
+            Target::BlockTree
+        } else {
+            Target::CpuTree
+        }
+    }
+
     /// What inode `ino` is.
     pub fn node(&self, ino: u64) -> Option<Node> {
         if let Some(dir) = files::dir_by_ino(ino) {

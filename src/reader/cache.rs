@@ -89,6 +89,11 @@ impl<T> ReaderCache<T> {
         self.entries.len()
     }
 
+    /// Readers pushed out to make room for others (see [`Lru::evictions`]).
+    pub fn evictions(&self) -> u64 {
+        self.entries.evictions()
+    }
+
     /// The most readers (and so pidfds) held.
     pub fn capacity(&self) -> usize {
         self.entries.capacity()

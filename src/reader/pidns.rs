@@ -148,6 +148,16 @@ impl PidNamespaces {
         self.inits.len()
     }
 
+    /// The most namespaces remembered.
+    pub fn capacity(&self) -> usize {
+        self.inits.capacity()
+    }
+
+    /// Namespaces pushed out to make room for others.
+    pub fn evictions(&self) -> u64 {
+        self.inits.evictions()
+    }
+
     /// True when no namespace is remembered.
     pub fn is_empty(&self) -> bool {
         self.inits.is_empty()

@@ -13,10 +13,12 @@
 //! | diskstats history | cgroup inode | 16384 | 0 | ~100 + 80 per device | 1 h after the last read |
 //! | load averages | cgroup inode | 4096 | 0 | ~200 (cgroup path) | 15 min after the last read |
 //! | task counts | cgroup inode | 4096 | 0 | ~70 | 1 s, or 50 times what the count cost |
+//! | containers (`vproc status`) | cgroup inode | 4096 | 0 | ~300 + cgroup path + a reader's resolution | 15 min after the last read |
 //!
-//! At most ~8 MiB of readers plus ~4 MiB for the rest, whatever containers do; an expired entry goes at
+//! At most ~8 MiB of readers plus ~6 MiB for the rest, whatever containers do; an expired entry goes at
 //! the next insert or sweep (the daemon sweeps every [`SWEEP_PERIOD`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Container, PidNamespaces, ReaderCache};
@@ -26,6 +28,8 @@ use crate::cgroup::{CgroupDir, CgroupId, CpuUsage, DeviceIo, MemoryUsage, TaskCo
 use crate::error::Result;
 use crate::host::HostRoots;
 use crate::lru::Lru;
+use crate::metrics::ContainerStats;
+use crate::metrics::exporter::CacheState;
 use crate::view::loadavg::LoadAverages;
 use crate::view::stat::CpuTimes;
 
@@ -55,6 +59,10 @@ pub const LOAD_SAMPLED_FOR: Duration = Duration::from_secs(15 * 60);
 pub const TASK_COUNTS_TTL: Duration = Duration::from_secs(1);
 /// How long a count is kept at most (see [`CountedTasks::is_fresh`] for how long it is used).
 pub const TASK_COUNTS_KEPT: Duration = Duration::from_secs(60);
+/// Containers whose reads are counted for `vproc status` at most.
+pub const MAX_CONTAINERS: usize = 4096;
+/// How long a container stays in `vproc status` after its last read.
+pub const CONTAINER_KEPT: Duration = Duration::from_secs(15 * 60);
 /// How often the daemon drops expired entries (and so closes the pidfds of readers gone).
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -160,6 +168,8 @@ pub struct Registry {
     pub load: Lru<CgroupId, LoadEntry>,
     /// Each cgroup's tasks by state, a moment ago.
     pub task_counts: Lru<CgroupId, CountedTasks>,
+    /// The reads of each container, for `vproc status` (keyed as [`crate::render::Renderer::container_key`]).
+    pub containers: Lru<CgroupId, Arc<ContainerStats>>,
 }
 
 impl Registry {
@@ -174,6 +184,7 @@ impl Registry {
             disk_history: Lru::new(budget.stat_history, STAT_HISTORY_TTL),
             load: Lru::new(budget.load_cgroups, LOAD_SAMPLED_FOR),
             task_counts: Lru::new(budget.load_cgroups, TASK_COUNTS_KEPT),
+            containers: Lru::new(MAX_CONTAINERS, CONTAINER_KEPT),
         })
     }
 
@@ -221,6 +232,43 @@ impl Registry {
             + self.disk_history.sweep()
             + self.load.sweep()
             + self.task_counts.sweep()
+            + self.containers.sweep()
+    }
+
+    /// Every map's occupancy, budget and evictions, for the metrics.
+    pub fn caches(&self) -> Vec<CacheState> {
+        fn state<K: std::hash::Hash + Eq + Clone, V: Clone>(
+            name: &'static str,
+            map: &Lru<K, V>,
+        ) -> CacheState {
+            CacheState {
+                name,
+                entries: map.len(),
+                capacity: map.capacity(),
+                evictions: map.evictions(),
+            }
+        }
+        vec![
+            CacheState {
+                name: "readers",
+                entries: self.readers.len(),
+                capacity: self.readers.capacity(),
+                evictions: self.readers.evictions(),
+            },
+            CacheState {
+                name: "pid_namespaces",
+                entries: self.pid_namespaces.len(),
+                capacity: self.pid_namespaces.capacity(),
+                evictions: self.pid_namespaces.evictions(),
+            },
+            state("memory_usage", &self.memory_usage),
+            state("cpu_usage", &self.cpu_usage),
+            state("stat_history", &self.stat_history),
+            state("disk_history", &self.disk_history),
+            state("load", &self.load),
+            state("task_counts", &self.task_counts),
+            state("containers", &self.containers),
+        ]
     }
 
     /// How full the maps are.
