@@ -1,17 +1,183 @@
 //! Whole-path throughput: open + read + close of proc/meminfo in a loop, by 1 and 2 reader threads of a
-//! process inside a limited cgroup, on the kernel's /proc/meminfo, on vprocd's mount and (when Debian's
-//! `lxcfs` is installed) on an LXCFS mount, interleaved in rounds in one run. Prints ops/s, p50, p99 and
-//! the ratios. Needs root. Run: `cargo bench --bench throughput` (VPROC_BENCH_SECONDS sets a run's length).
+//! process inside a limited cgroup, on the kernel's /proc/meminfo, on a bare fuser server serving one
+//! static file with direct I/O (the transport's ceiling), on vprocd's mount, on a vprocd serving
+//! metrics scraped every second, and (when Debian's `lxcfs` is installed) on an LXCFS mount, interleaved
+//! in rounds in one run. Prints ops/s, p50, p99, the ratios and the spread of the metrics' cost over
+//! rounds; exits 1 when the metrics cost more than 2% (median round). `VPROC_BENCH_BASELINE_VPROCD=PATH`
+//! adds a vprocd built from another commit (the cost of counting itself). Needs root. Run: `cargo
+//! bench --bench throughput` (VPROC_BENCH_SECONDS sets a round's length).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::Read;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{Daemon, Limits, MIB, TestCgroup};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+};
+
+/// The transport's ceiling: one static file, direct I/O, nothing resolved or rendered; OPEN, READ and
+/// RELEASE round trips as vprocd has them (no flush handler either).
+struct BareFile {
+    content: Vec<u8>,
+}
+
+const BARE_FILE_INO: u64 = 2;
+
+impl BareFile {
+    fn attr(&self, ino: u64) -> FileAttr {
+        let (kind, perm, size) = if ino == 1 {
+            (FileType::Directory, 0o555, 0)
+        } else {
+            (FileType::RegularFile, 0o444, self.content.len() as u64)
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: 0,
+            atime: SystemTime::UNIX_EPOCH,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+            crtime: SystemTime::UNIX_EPOCH,
+            kind,
+            perm,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+impl Filesystem for BareFile {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 == 1 && name == "meminfo" {
+            let day = Duration::from_secs(86400);
+            reply.entry_with_ttls(&day, &day, &self.attr(BARE_FILE_INO), Generation(0));
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply.attr(&Duration::from_millis(100), &self.attr(ino.0));
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(1), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let start = (offset as usize).min(self.content.len());
+        let end = start.saturating_add(size as usize).min(self.content.len());
+        reply.data(&self.content[start..end]);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+}
+
+/// A mounted [`BareFile`], unmounted on drop.
+struct BareServer {
+    mountpoint: PathBuf,
+    _session: fuser::BackgroundSession,
+}
+
+impl BareServer {
+    fn start(content: Vec<u8>) -> BareServer {
+        let mountpoint = std::env::temp_dir().join(common::unique("vproc-bench-bare"));
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::RO,
+            fuser::MountOption::FSName("bare".into()),
+        ];
+        config.acl = fuser::SessionACL::All;
+        config.n_threads = Some(2);
+        config.clone_fd = true;
+        let session = fuser::Session::new(BareFile { content }, &mountpoint, &config)
+            .and_then(|s| s.spawn())
+            .expect("mount the bare fuser server");
+        BareServer {
+            mountpoint,
+            _session: session,
+        }
+    }
+}
+
+impl Drop for BareServer {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.mountpoint);
+    }
+}
+
+/// Scrapes `address`'s /metrics every second until dropped, as a Prometheus server with a 1 s interval
+/// would (15-60 s is usual): the scrapes' cost is in what the metrics cost.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Scraper {
+    fn start(address: std::net::SocketAddr) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+                    let _ = write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+                    let mut body = Vec::new();
+                    if stream.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
+                        scrapes += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            scrapes
+        });
+        Scraper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
 
 struct Lxcfs {
     mountpoint: PathBuf,
@@ -109,8 +275,15 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let rounds = 5;
+    let rounds = 7;
     let vprocd = Daemon::start(&[]);
+    let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let with_metrics = Daemon::start(&["--metrics-address", &metrics_address.to_string()]);
+    let baseline = std::env::var_os("VPROC_BENCH_BASELINE_VPROCD")
+        .map(|binary| Daemon::start_binary(Path::new(&binary), &[]));
+    let bare = BareServer::start(std::fs::read("/proc/meminfo").unwrap());
     let lxcfs = Lxcfs::start();
     if lxcfs.is_none() {
         println!(
@@ -127,15 +300,25 @@ fn main() {
 
     let mut targets: Vec<(&str, PathBuf)> = vec![
         ("kernel /proc", PathBuf::from("/proc/meminfo")),
+        ("bare fuser", bare.mountpoint.join("meminfo")),
         ("vprocd", vprocd.path("proc/meminfo")),
+        ("vprocd+metrics", with_metrics.path("proc/meminfo")),
     ];
+    if let Some(baseline) = &baseline {
+        targets.push(("vprocd baseline", baseline.path("proc/meminfo")));
+    }
     if let Some(lxcfs) = &lxcfs {
         targets.push(("lxcfs 5.0.3", lxcfs.mountpoint.join("proc/meminfo")));
     }
     // A resolved reader is reused for up to 250 ms, and the daemon saw this process before it moved.
     let limited = || {
-        let meminfo = std::fs::read_to_string(vprocd.path("proc/meminfo")).unwrap();
-        meminfo.contains("MemTotal:         262144 kB")
+        [&vprocd, &with_metrics]
+            .into_iter()
+            .chain(&baseline)
+            .all(|daemon| {
+                let meminfo = std::fs::read_to_string(daemon.path("proc/meminfo")).unwrap();
+                meminfo.contains("MemTotal:         262144 kB")
+            })
     };
     let moved_at = Instant::now();
     while !limited() {
@@ -150,26 +333,40 @@ fn main() {
         "open+read+close of meminfo, {rounds} interleaved rounds of {seconds} s; the median round is shown"
     );
     println!(
-        "{:<14} {:>7} {:>10} {:>9} {:>9}",
+        "{:<16} {:>7} {:>10} {:>9} {:>9}",
         "target", "readers", "ops/s", "p50 us", "p99 us"
     );
+    let scraper = Scraper::start(metrics_address);
     let mut results = Vec::new();
+    // The metrics' cost in each round: 1 - (vprocd+metrics / vprocd) of that round.
+    let mut costs: Vec<(usize, Vec<f64>)> = Vec::new();
     for readers in [1, 2] {
         let mut per_target: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
-        for _ in 0..rounds {
-            for (i, (_, path)) in targets.iter().enumerate() {
-                let (ops, lat) = run(path, readers, seconds);
+        for round in 0..rounds {
+            // Rotate the order each round: no contender always runs first or last.
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let (ops, lat) = run(&targets[i].1, readers, seconds);
                 per_target[i].push((ops, percentile(&lat, 0.5), percentile(&lat, 0.99)));
             }
         }
+        let position = |name: &str| targets.iter().position(|t| t.0 == name).unwrap();
+        let (plain, metered) = (position("vprocd"), position("vprocd+metrics"));
+        costs.push((
+            readers,
+            (0..rounds)
+                .map(|r| 1.0 - per_target[metered][r].0 / per_target[plain][r].0)
+                .collect(),
+        ));
         for (i, (name, _)) in targets.iter().enumerate() {
             let mut rounds = per_target[i].clone();
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (ops, p50, p99) = rounds[rounds.len() / 2];
-            println!("{name:<14} {readers:>7} {ops:>10.0} {p50:>9.1} {p99:>9.1}");
+            println!("{name:<16} {readers:>7} {ops:>10.0} {p50:>9.1} {p99:>9.1}");
             results.push((name.to_string(), readers, ops));
         }
     }
+    let scrapes = scraper.stop();
     drop(entered);
     let ops = |name: &str, readers: usize| {
         results
@@ -180,13 +377,43 @@ fn main() {
     for readers in [1, 2] {
         let vprocd = ops("vprocd", readers).unwrap();
         let kernel = ops("kernel /proc", readers).unwrap();
+        let bare = ops("bare fuser", readers).unwrap();
         print!(
-            "ratios, {readers} reader(s): vprocd/kernel {:.2}",
-            vprocd / kernel
+            "ratios, {readers} reader(s): vprocd/kernel {:.2}, vprocd/bare fuser {:.2}, \
+             vprocd+metrics/vprocd {:.3}",
+            vprocd / kernel,
+            vprocd / bare,
+            ops("vprocd+metrics", readers).unwrap() / vprocd
         );
+        if let Some(baseline) = ops("vprocd baseline", readers) {
+            print!(", vprocd/baseline {:.3}", vprocd / baseline);
+        }
         if let Some(lxcfs) = ops("lxcfs 5.0.3", readers) {
             print!(", vprocd/lxcfs {:.2}", vprocd / lxcfs);
         }
         println!();
     }
+    println!("metrics scraped {scrapes} times, once a second, during the rounds");
+    let mut too_costly = false;
+    for (readers, mut per_round) in costs {
+        per_round.sort_by(f64::total_cmp);
+        let median = per_round[per_round.len() / 2];
+        println!(
+            "metrics' cost, {readers} reader(s): {:+.1}% (median round; rounds {:+.1}% to {:+.1}%)",
+            median * 100.0,
+            per_round[0] * 100.0,
+            per_round[per_round.len() - 1] * 100.0
+        );
+        too_costly |= median > METRICS_COST_TARGET;
+    }
+    if too_costly {
+        println!(
+            "the metrics cost more than {:.0}% of vprocd's throughput",
+            METRICS_COST_TARGET * 100.0
+        );
+        std::process::exit(1);
+    }
 }
+
+/// The most the metrics may take of vprocd's throughput (median round).
+const METRICS_COST_TARGET: f64 = 0.02;

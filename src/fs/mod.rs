@@ -516,11 +516,11 @@ impl Filesystem for VprocFs {
         let target = NodeTable::target(ino.0);
         let metrics = self.renderer.metrics();
         metrics.request(Operation::Read, target);
-        let reply = CountedData {
+        let reply = CountedRead {
             reply,
             metrics,
-            operation: Operation::Read,
-            read: Some((target, started)),
+            target,
+            started,
         };
         // Reads from user space (direct I/O) carry the reader's lock owner; page-cache reads do not.
         // Since Linux 6.5 splice/sendfile reads FUSE files through the page cache even with direct I/O,
@@ -664,25 +664,22 @@ impl Filesystem for VprocFs {
     }
 }
 
-/// A read's reply that counts what it answers: an error by its errno, and the read's latency.
-struct CountedData<'m> {
+/// A read's reply that counts what it answers: the read's latency, or an error by its errno.
+struct CountedRead<'m> {
     reply: ReplyData,
     metrics: &'m Metrics,
-    operation: Operation,
-    /// What is read and since when, for the latency histogram.
-    read: Option<(Target, Instant)>,
+    target: Target,
+    started: Instant,
 }
 
-impl CountedData<'_> {
+impl CountedRead<'_> {
     fn data(self, data: &[u8]) {
         self.reply.data(data);
-        if let Some((target, started)) = self.read {
-            self.metrics.read_took(target, started.elapsed());
-        }
+        self.metrics.read_took(self.target, self.started.elapsed());
     }
 
     fn error(self, errno: Errno) {
-        self.metrics.error(self.operation, errno.code());
+        self.metrics.error(Operation::Read, errno.code());
         self.reply.error(errno);
     }
 }

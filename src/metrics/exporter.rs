@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -189,6 +189,22 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) 
     single(encoder, name, help, None, ConstCounter::new(value))
 }
 
+/// One family with a series per map of the registry, labelled `cache`.
+fn per_cache(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    caches: &[CacheState],
+    encode: impl Fn(&CacheState, MetricEncoder) -> fmt::Result,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for cache in caches {
+        encode(cache, family.encode_family(&[("cache", cache.name)])?)?;
+    }
+    Ok(())
+}
+
 fn to_i64(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
@@ -240,36 +256,30 @@ impl Collector for StateCollector {
             "Bytes of rendered files kept for open handles",
             report.buffered_bytes as u64,
         )?;
-        let mut entries = encoder.encode_descriptor(
+        per_cache(
+            &mut encoder,
             "vproc_cache_entries",
             "Entries in each of the daemon's bounded maps",
-            None,
             MetricType::Gauge,
+            &state.caches,
+            |cache, metric| ConstGauge::new(to_i64(cache.entries)).encode(metric),
         )?;
-        for cache in &state.caches {
-            let labels = [("cache", cache.name)];
-            ConstGauge::new(to_i64(cache.entries)).encode(entries.encode_family(&labels)?)?;
-        }
-        let mut capacity = encoder.encode_descriptor(
+        per_cache(
+            &mut encoder,
             "vproc_cache_capacity_entries",
             "The most entries each of the daemon's maps holds (its budget)",
-            None,
             MetricType::Gauge,
+            &state.caches,
+            |cache, metric| ConstGauge::new(to_i64(cache.capacity)).encode(metric),
         )?;
-        for cache in &state.caches {
-            let labels = [("cache", cache.name)];
-            ConstGauge::new(to_i64(cache.capacity)).encode(capacity.encode_family(&labels)?)?;
-        }
-        let mut evictions = encoder.encode_descriptor(
+        per_cache(
+            &mut encoder,
             "vproc_cache_evictions",
             "Fresh entries pushed out of a full map to make room (a growing count: the budget is small for the node)",
-            None,
             MetricType::Counter,
+            &state.caches,
+            |cache, metric| ConstCounter::new(cache.evictions).encode(metric),
         )?;
-        for cache in &state.caches {
-            let labels = [("cache", cache.name)];
-            ConstCounter::new(cache.evictions).encode(evictions.encode_family(&labels)?)?;
-        }
         if let Some(open) = report.fds.open {
             gauge(
                 &mut encoder,

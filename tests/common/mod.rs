@@ -62,6 +62,12 @@ impl Daemon {
         Daemon::start_command(command, &mountpoint, &pidfile, args)
     }
 
+    /// Starts the vprocd at `binary` (another build) on a fresh mountpoint.
+    pub fn start_binary(binary: &Path, args: &[&str]) -> Daemon {
+        let (mountpoint, pidfile) = Daemon::fresh_paths();
+        Daemon::start_command(Command::new(binary), &mountpoint, &pidfile, args)
+    }
+
     /// Starts vprocd at a given mountpoint and pidfile.
     pub fn start_at(mountpoint: &Path, pidfile: &Path, args: &[&str]) -> Daemon {
         let command = Command::new(env!("CARGO_BIN_EXE_vprocd"));
