@@ -77,6 +77,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         self.get_if(key, |_| true)
     }
 
+    /// The fresh value for `key`, if any, without counting as a use (for reports: what an operator
+    /// looks at must not keep an entry from going).
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock();
+        let slot = entries.peek(key)?;
+        slot.is_fresh(self.ttl, Instant::now())
+            .then(|| slot.value.clone())
+    }
+
     /// The fresh value for `key`, else `compute()`, which is kept unless it fails.
     pub fn get_or_try_insert<E>(
         &self,
@@ -252,11 +261,15 @@ mod tests {
         assert_eq!(cache.get(&2), Some(20));
         assert_eq!(cache.get(&3), Some(30));
         assert_eq!(cache.evictions(), 1, "only 1 was pushed out");
+        assert_eq!(cache.peek(&0), Some(0), "0 is the least recently used");
+        cache.insert(4, 40);
+        assert_eq!(cache.get(&0), None, "a peek is no use: 0 went first");
+        assert_eq!(cache.evictions(), 2);
         cache.insert(3, 31);
         cache.update(2, |_| 21);
         assert_eq!(
             cache.evictions(),
-            1,
+            2,
             "a new value for a key held evicts nothing"
         );
     }

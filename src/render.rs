@@ -15,7 +15,7 @@ use crate::files::Content;
 use crate::health::Health;
 use crate::host::{Host, HostFile, HostRoots, boottime_now, meminfo_kb, uptime_seconds};
 use crate::lru::Lru;
-use crate::metrics::containers::Seen;
+use crate::metrics::containers::{Resolved, Seen};
 use crate::metrics::{self, ContainerStats, ContainersPage, Fallback, Metrics, Target};
 use crate::reader::{
     Budget, Container, CountedTasks, Freshness, LoadEntry, PidNamespace, Registry, process_cgroups,
@@ -198,7 +198,7 @@ impl Renderer {
                 }),
             None => Arc::clone(self.metrics.outside()),
         };
-        stats.read(pid, container, fallback);
+        stats.read(pid, container, resolved_for_status, fallback);
     }
 
     /// What the daemon counts.
@@ -225,16 +225,15 @@ impl Renderer {
             .and_then(|m| meminfo_kb(&m, "MemTotal"));
         let online = self.host.online_cpus().ok().map(|cpus| cpus.len());
         metrics::containers::page(stats, after, |stats| {
-            stats.row(|container| Seen {
-                mem_total_kb: match container.memory {
-                    Some((_, limits)) => host_total_kb.map(|host| mem_total_kb(host, &limits)),
+            stats.row(|resolved| Seen {
+                mem_total_kb: match resolved.memory {
+                    Some(limits) => host_total_kb.map(|host| mem_total_kb(host, &limits)),
                     None => host_total_kb,
                 },
-                cpus: container.cpus.as_ref().map(Vec::len).or(online),
-                load: tasks_cgroup(container)
-                    .ok()
-                    .flatten()
-                    .and_then(|(_, id)| self.registry.load.get(&id))
+                cpus: resolved.cpus.or(online),
+                load: resolved
+                    .load_key
+                    .and_then(|id| self.registry.load.peek(&id))
                     .map(|entry| entry.averages.shown()),
             })
         })
@@ -728,6 +727,19 @@ fn cgroup_name(container: &Container) -> String {
         let relative = dir.path.strip_prefix(&dir.mount).unwrap_or(&dir.path);
         format!("/{}", relative.display())
     })
+}
+
+/// What `vproc status` keeps of a container's resolution.
+fn resolved_for_status(container: &Container) -> Resolved {
+    Resolved {
+        memory: container.memory.map(|(_, limits)| limits),
+        cpus: container.cpus.as_ref().map(Vec::len),
+        load_key: tasks_cgroup(container).ok().flatten().map(|(_, id)| id),
+        init_pid: match container.pidns {
+            PidNamespace::Container { init_pid, .. } => Some(init_pid),
+            PidNamespace::Host => None,
+        },
+    }
 }
 
 /// How long the sampler may go on from a container's last task count while its CPU time stands still.

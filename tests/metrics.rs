@@ -173,9 +173,13 @@ fn a_real_prometheus_scrapes_what_the_daemon_counts() {
         "vproc_fuse_requests_total{operation=\"open\",file=\"proc/swaps\"}",
         20.0,
     );
-    // Each cat reads twice: its content, then the end.
+    // Each cat reads twice, its content then the end; only the read that rendered is timed.
     prometheus.wait_for(
         "vproc_read_duration_seconds_count{file=\"proc/swaps\"}",
+        20.0,
+    );
+    prometheus.wait_for(
+        "vproc_fuse_requests_total{operation=\"read\",file=\"proc/swaps\"}",
         40.0,
     );
     assert_eq!(

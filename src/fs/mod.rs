@@ -516,11 +516,12 @@ impl Filesystem for VprocFs {
         let target = NodeTable::target(ino.0);
         let metrics = self.renderer.metrics();
         metrics.request(Operation::Read, target);
-        let reply = CountedRead {
+        let mut reply = CountedRead {
             reply,
             metrics,
             target,
             started,
+            rendered: false,
         };
         // Reads from user space (direct I/O) carry the reader's lock owner; page-cache reads do not.
         // Since Linux 6.5 splice/sendfile reads FUSE files through the page cache even with direct I/O,
@@ -538,7 +539,10 @@ impl Filesystem for VprocFs {
             Some(Lookup::Ended) => return reply.data(&[]),
             Some(Lookup::Rendered(buffer)) => Served::Kept(buffer),
             Some(Lookup::Render(source)) => match self.produce(&source, req.pid()) {
-                Ok(bytes) => Served::Fresh(source, bytes),
+                Ok(bytes) => {
+                    reply.rendered = true;
+                    Served::Fresh(source, bytes)
+                }
                 Err(e) => return reply.error(e),
             },
         };
@@ -647,7 +651,15 @@ impl Filesystem for VprocFs {
                 return;
             }
         };
-        if size == 0 {
+        if size == 0
+            && name
+                .to_str()
+                .is_some_and(|n| n.starts_with(CONTAINERS_XATTR))
+        {
+            // The table moves between the size probe and the read (counts, rates): promise the most
+            // a page takes rather than this moment's size, so the read that follows fits.
+            reply.size(metrics::containers::PAGE_BYTES as u32 + 4096);
+        } else if size == 0 {
             reply.size(report.len() as u32);
         } else if report.len() > size as usize {
             metrics.error(Operation::Getxattr, libc::ERANGE);
@@ -664,18 +676,23 @@ impl Filesystem for VprocFs {
     }
 }
 
-/// A read's reply that counts what it answers: the read's latency, or an error by its errno.
+/// A read's reply that counts what it answers: the latency of a read that rendered (not of the end
+/// or a slice of what was rendered before, which would pull the histogram towards nothing), or an
+/// error by its errno.
 struct CountedRead<'m> {
     reply: ReplyData,
     metrics: &'m Metrics,
     target: Target,
     started: Instant,
+    rendered: bool,
 }
 
 impl CountedRead<'_> {
     fn data(self, data: &[u8]) {
         self.reply.data(data);
-        self.metrics.read_took(self.target, self.started.elapsed());
+        if self.rendered {
+            self.metrics.read_took(self.target, self.started.elapsed());
+        }
     }
 
     fn error(self, errno: Errno) {

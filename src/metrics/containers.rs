@@ -10,15 +10,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::Fallback;
-use crate::cgroup::CgroupId;
+use crate::cgroup::{CgroupId, MemoryLimits};
 use crate::reader::Container;
 
 /// The extended attribute of the mount's root that holds the first page of the containers table.
@@ -46,8 +46,11 @@ pub struct ContainerStats {
 
 #[derive(Debug)]
 struct Recent {
-    /// What its last reader was resolved to (limits, CPUs, pid namespace).
-    container: Option<Arc<Container>>,
+    /// The resolution its figures were taken from: compared with each read's (by address; the weak
+    /// reference keeps the address from being reused while kept), not kept alive by it.
+    resolved_from: Weak<Container>,
+    /// What its last reader was resolved to: small and fixed, whatever the cgroup paths.
+    resolved: Option<Resolved>,
     pids: VecDeque<u32>,
     rate: RateWindow,
     last_read: Instant,
@@ -71,7 +74,8 @@ impl ContainerStats {
             reads: AtomicU64::new(0),
             fallbacks: Default::default(),
             recent: Mutex::new(Recent {
-                container: None,
+                resolved_from: Weak::new(),
+                resolved: None,
                 pids: VecDeque::with_capacity(RECENT_PIDS),
                 rate: RateWindow::default(),
                 last_read: Instant::now(),
@@ -79,8 +83,15 @@ impl ContainerStats {
         }
     }
 
-    /// Counts one read by `pid`, resolved to `container`, that got the host's file for `fallback`.
-    pub fn read(&self, pid: u32, container: Option<&Arc<Container>>, fallback: Option<Fallback>) {
+    /// Counts one read by `pid`, resolved to `container`, that got the host's file for `fallback`;
+    /// `resolve` takes the figures `vproc status` shows from a resolution not seen before.
+    pub fn read(
+        &self,
+        pid: u32,
+        container: Option<&Arc<Container>>,
+        resolve: impl FnOnce(&Container) -> Resolved,
+        fallback: Option<Fallback>,
+    ) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(cause) = fallback {
             self.fallbacks[cause.index()].fetch_add(1, Ordering::Relaxed);
@@ -90,12 +101,9 @@ impl ContainerStats {
         recent.last_read = now;
         recent.rate.count(now);
         if let Some(container) = container {
-            if !recent
-                .container
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, container))
-            {
-                recent.container = Some(Arc::clone(container));
+            if recent.resolved_from.as_ptr() != Arc::as_ptr(container) {
+                recent.resolved_from = Arc::downgrade(container);
+                recent.resolved = Some(resolve(container));
             }
         }
         if pid != 0 && recent.pids.front() != Some(&pid) {
@@ -118,18 +126,18 @@ impl ContainerStats {
 
     /// The row `vproc status` shows, with what the caller computes from the container's last
     /// resolution (`seen`: MemTotal in kB, CPUs, load averages).
-    pub fn row(&self, seen: impl FnOnce(&Container) -> Seen) -> StatusRow {
+    pub fn row(&self, seen: impl FnOnce(&Resolved) -> Seen) -> StatusRow {
         let now = Instant::now();
-        let (container, pids, reads_per_second, idle) = {
+        let (resolved, pids, reads_per_second, idle) = {
             let recent = self.recent.lock();
             (
-                recent.container.clone(),
+                recent.resolved,
                 recent.pids.iter().copied().collect(),
                 recent.rate.per_second(now),
                 now.saturating_duration_since(recent.last_read),
             )
         };
-        let seen = container.as_deref().map(seen).unwrap_or_default();
+        let seen = resolved.as_ref().map(seen).unwrap_or_default();
         let fallbacks: BTreeMap<String, u64> = Fallback::ALL
             .iter()
             .map(|c| {
@@ -143,10 +151,7 @@ impl ContainerStats {
         StatusRow {
             key: self.key.map(|k| format!("{}:{}", k.dev, k.ino)),
             cgroup: self.cgroup.clone(),
-            init_pid: container.as_deref().and_then(|c| match c.pidns {
-                crate::reader::PidNamespace::Container { init_pid, .. } => Some(init_pid),
-                crate::reader::PidNamespace::Host => None,
-            }),
+            init_pid: resolved.and_then(|r| r.init_pid),
             pids,
             mem_total_kb: seen.mem_total_kb,
             cpus: seen.cpus,
@@ -158,6 +163,19 @@ impl ContainerStats {
             last_read_seconds_ago: (idle.as_secs_f64() * 10.0).round() / 10.0,
         }
     }
+}
+
+/// What `vproc status` needs of a container's last resolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolved {
+    /// Its memory limits; `None` when its memory cgroup is the root (the host's MemTotal).
+    pub memory: Option<MemoryLimits>,
+    /// The CPUs it sees; `None`: the host's.
+    pub cpus: Option<usize>,
+    /// Where its load averages are kept, if they are.
+    pub load_key: Option<CgroupId>,
+    /// The host pid of its pid namespace's init (`None`: the host's namespace).
+    pub init_pid: Option<u32>,
 }
 
 /// What a container was last seen as: computed from its last resolution when the table is asked for.
@@ -421,10 +439,11 @@ pub fn format_table(rows: &[StatusRow]) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        // A container may name its own cgroup: none of its characters may steer the terminal.
         let cgroup = if row.key.is_none() {
-            "(no container: host processes, or not resolved)"
+            "(no container: host processes, or not resolved)".to_string()
         } else {
-            &row.cgroup
+            row.cgroup.escape_debug().to_string()
         };
         let _ = writeln!(
             out,
@@ -456,6 +475,44 @@ mod tests {
         ))
     }
 
+    fn unused(_: &Container) -> Resolved {
+        unreachable!("no container is given")
+    }
+
+    #[test]
+    fn the_figures_are_taken_once_per_resolution() {
+        use crate::cgroup::ProcessCgroups;
+        let container = Arc::new(Container {
+            cgroups: ProcessCgroups::default(),
+            memory: None,
+            cpuacct: None,
+            cpus: Some(vec![0, 1]),
+            pidns: crate::reader::PidNamespace::Container {
+                init_pid: 77,
+                init_start_secs: 1.0,
+            },
+        });
+        let s = stats(1);
+        let taken = std::cell::Cell::new(0);
+        let resolve = |c: &Container| {
+            taken.set(taken.get() + 1);
+            Resolved {
+                memory: None,
+                cpus: c.cpus.as_ref().map(Vec::len),
+                load_key: None,
+                init_pid: Some(77),
+            }
+        };
+        s.read(5, Some(&container), resolve, None);
+        s.read(5, Some(&container), resolve, None);
+        assert_eq!(taken.get(), 1, "the same resolution is not taken again");
+        let row = s.row(|r| Seen {
+            cpus: r.cpus,
+            ..Seen::default()
+        });
+        assert_eq!((row.cpus, row.init_pid), (Some(2), Some(77)));
+    }
+
     fn row(s: &ContainerStats) -> StatusRow {
         s.row(|_| Seen::default())
     }
@@ -463,9 +520,9 @@ mod tests {
     #[test]
     fn reads_and_fallbacks_are_counted_with_their_readers() {
         let s = stats(1);
-        s.read(10, None, None);
-        s.read(11, None, Some(Fallback::ReaderGone));
-        s.read(10, None, None);
+        s.read(10, None, unused, None);
+        s.read(11, None, unused, Some(Fallback::ReaderGone));
+        s.read(10, None, unused, None);
         let row = row(&s);
         assert_eq!(row.reads_total, 3);
         assert_eq!(row.pids, vec![10, 11]);
@@ -479,7 +536,7 @@ mod tests {
     fn only_the_latest_readers_are_remembered() {
         let s = stats(1);
         for pid in 1..=10 {
-            s.read(pid, None, None);
+            s.read(pid, None, unused, None);
         }
         assert_eq!(row(&s).pids, vec![10, 9, 8, 7]);
     }
@@ -544,11 +601,16 @@ mod tests {
     fn the_table_shows_most_reads_first() {
         let busy = stats(1);
         for _ in 0..5 {
-            busy.read(7, None, None);
+            busy.read(7, None, unused, None);
         }
         let quiet = stats(2);
-        quiet.read(8, None, Some(Fallback::NotLimited));
-        let rows = by_reads(vec![row(&quiet), row(&busy)]);
+        quiet.read(8, None, unused, Some(Fallback::NotLimited));
+        let hostile = Arc::new(ContainerStats::new(
+            CgroupId { dev: 30, ino: 3 },
+            "/evil\x1b[2J\rname".to_string(),
+        ));
+        hostile.read(9, None, unused, None);
+        let rows = by_reads(vec![row(&quiet), row(&busy), row(&hostile)]);
         assert_eq!(rows[0].reads_total, 5);
         let table = format_table(&rows);
         let lines: Vec<_> = table.lines().collect();
@@ -556,6 +618,11 @@ mod tests {
         assert!(lines[0].ends_with("CGROUP"), "{table}");
         assert!(lines[1].trim_start().starts_with("5 "), "{table}");
         assert!(lines[1].contains(" /box-1-"), "{table}");
-        assert!(lines[2].contains("1 not_limited"), "{table}");
+        assert!(lines.iter().any(|l| l.contains("1 not_limited")), "{table}");
+        assert!(
+            !table.contains('\x1b') && !table.contains('\r'),
+            "{table:?}"
+        );
+        assert!(table.contains("/evil\\u{1b}[2J\\rname"), "{table}");
     }
 }

@@ -7,14 +7,19 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::exporter::Exporter;
 
 /// Connections served at once; more are closed at once (a scraper retries at its next interval).
 const MAX_CONNECTIONS: usize = 8;
-/// How long a connection may take to send its request or take the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may last from accept, request and answer included: a client trickling bytes
+/// cannot hold a slot longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+/// How long an encoding is served again: scrapes in a loop cost one encoding a second, not one each.
+const ENCODING_REUSED_FOR: Duration = Duration::from_secs(1);
 /// The most a request's line and headers may take.
 const MAX_REQUEST_BYTES: usize = 16 << 10;
 /// How often binding is tried again when the address is taken (a predecessor still exiting).
@@ -52,39 +57,98 @@ pub fn spawn(address: SocketAddr, exporter: Arc<Exporter>) -> io::Result<()> {
         .map(|_| ())
 }
 
+/// A connection slot, given back when dropped (also if answering panicked).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Slot> {
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(Arc::clone(active)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn accept(listener: &TcpListener, exporter: &Arc<Exporter>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let encodings = Arc::new(Encodings::default());
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             // EMFILE and the like: wait rather than spin.
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Slot::take(&active) else {
             continue;
-        }
+        };
         let exporter = Arc::clone(exporter);
-        let done = Arc::clone(&active);
-        let spawned = std::thread::Builder::new()
+        let encodings = Arc::clone(&encodings);
+        let _ = std::thread::Builder::new()
             .name("metrics scrape".into())
             .spawn(move || {
-                if let Err(e) = answer(stream, &exporter) {
+                let _slot = slot;
+                let deadline = Instant::now() + CONNECTION_DEADLINE;
+                if let Err(e) = answer(stream, &exporter, &encodings, deadline) {
                     log::debug!("metrics connection: {e}");
                 }
-                done.fetch_sub(1, Ordering::AcqRel);
             });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 
-/// Reads one request from `stream` and answers it.
-fn answer(mut stream: TcpStream, exporter: &Exporter) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let Some(head) = read_head(&mut stream)? else {
+/// An encoding and when it was made.
+type Encoded = (Instant, Arc<String>);
+
+/// The last encoding in each format (0.0.4 text, OpenMetrics), served again for
+/// [`ENCODING_REUSED_FOR`].
+#[derive(Default)]
+struct Encodings {
+    last: Mutex<[Option<Encoded>; 2]>,
+}
+
+impl Encodings {
+    fn get(&self, exporter: &Exporter, openmetrics: bool) -> Result<Arc<String>, std::fmt::Error> {
+        let mut last = self.last.lock();
+        let slot = &mut last[usize::from(openmetrics)];
+        if let Some((at, text)) = slot.as_ref() {
+            if at.elapsed() < ENCODING_REUSED_FOR {
+                return Ok(Arc::clone(text));
+            }
+        }
+        let text = Arc::new(exporter.encode(openmetrics)?);
+        *slot = Some((Instant::now(), Arc::clone(&text)));
+        Ok(text)
+    }
+}
+
+/// The time left before `deadline`, as a socket timeout; an error once it passed.
+fn time_left(deadline: Instant) -> io::Result<Option<Duration>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connection deadline",
+        ));
+    }
+    Ok(Some(left))
+}
+
+/// Reads one request from `stream` and answers it, all before `deadline`.
+fn answer(
+    mut stream: TcpStream,
+    exporter: &Exporter,
+    encodings: &Encodings,
+    deadline: Instant,
+) -> io::Result<()> {
+    let head = read_head(&mut stream, deadline)?;
+    stream.set_write_timeout(time_left(deadline)?)?;
+    let Some(head) = head else {
         return respond(
             &mut stream,
             431,
@@ -104,7 +168,8 @@ fn answer(mut stream: TcpStream, exporter: &Exporter) -> io::Result<()> {
     match request.path {
         "/metrics" => {
             let openmetrics = request.accept.contains("application/openmetrics-text");
-            match exporter.encode(openmetrics) {
+            stream.set_write_timeout(time_left(deadline)?)?;
+            match encodings.get(exporter, openmetrics) {
                 Ok(text) => {
                     let content_type = if openmetrics {
                         OPENMETRICS_TYPE
@@ -127,14 +192,23 @@ fn answer(mut stream: TcpStream, exporter: &Exporter) -> io::Result<()> {
     }
 }
 
-/// The request's line and headers, up to the empty line; `None` when they exceed the limit.
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
+/// The request's line and headers, up to the empty line, read before `deadline`; `None` when they
+/// exceed the limit.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<String>> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    // Where the search for the end resumes: only new bytes (and 3 before them) are looked at.
+    let mut searched: usize = 0;
+    loop {
+        let tail = &head[searched.saturating_sub(3)..];
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+        searched = head.len();
         if head.len() > MAX_REQUEST_BYTES {
             return Ok(None);
         }
+        stream.set_read_timeout(time_left(deadline)?)?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             break;
@@ -212,6 +286,26 @@ fn respond(
 mod tests {
     use super::*;
 
+    fn empty_state() -> super::super::exporter::NodeState {
+        super::super::exporter::NodeState {
+            report: crate::health::Health::default().report(
+                crate::reader::Occupancy {
+                    readers: 0,
+                    reader_capacity: 1,
+                    pid_namespaces: 0,
+                    usage_cgroups: 0,
+                    stat_history: 0,
+                    load_cgroups: 0,
+                },
+                0,
+                0,
+            ),
+            caches: Vec::new(),
+            containers: 0,
+            views_enabled: true,
+        }
+    }
+
     #[test]
     fn a_scrape_request_is_read_with_its_accept_header() {
         let head = "GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n";
@@ -234,26 +328,7 @@ mod tests {
     #[test]
     fn the_server_answers_scrapes_and_refuses_the_rest() {
         let metrics = Arc::new(super::super::Metrics::default());
-        let exporter = Arc::new(Exporter::new(
-            metrics,
-            Box::new(|| super::super::exporter::NodeState {
-                report: crate::health::Health::default().report(
-                    crate::reader::Occupancy {
-                        readers: 0,
-                        reader_capacity: 1,
-                        pid_namespaces: 0,
-                        usage_cgroups: 0,
-                        stat_history: 0,
-                        load_cgroups: 0,
-                    },
-                    0,
-                    0,
-                ),
-                caches: Vec::new(),
-                containers: 0,
-                views_enabled: true,
-            }),
-        ));
+        let exporter = Arc::new(Exporter::new(metrics, Box::new(empty_state)));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         std::thread::spawn(move || accept(&listener, &exporter));
@@ -290,5 +365,44 @@ mod tests {
             "{answer}"
         );
         assert!(get("GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn clients_holding_every_slot_are_dropped_at_the_deadline() {
+        let metrics = Arc::new(super::super::Metrics::default());
+        let exporter = Arc::new(Exporter::new(metrics, Box::new(empty_state)));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || accept(&listener, &exporter));
+        // Every slot taken by a client that sends a byte now and then and never ends its request.
+        let started = Instant::now();
+        let trickling: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let mut stream = TcpStream::connect(address).unwrap();
+                stream.write_all(b"G").unwrap();
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        for mut stream in &trickling {
+            let _ = stream.write_all(b"E");
+        }
+        // A scrape is answered once the deadline has freed the slots.
+        let answer = loop {
+            let mut stream = TcpStream::connect(address).unwrap();
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if !answer.is_empty() {
+                break answer;
+            }
+            assert!(
+                started.elapsed() < CONNECTION_DEADLINE * 4,
+                "the slots were never freed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() >= CONNECTION_DEADLINE / 2);
     }
 }

@@ -34,14 +34,14 @@ impl LoadAverages {
         }
     }
 
-    /// The averages as `/proc/loadavg` prints them: two decimals, rounded as the kernel rounds
-    /// (`get_avenrun(avnrun, FIXED_1/200, 0)`).
     /// The three averages as loadavg shows them (two decimals): what `vproc status` reports.
     pub fn shown(self) -> [f64; 3] {
         self.hundredths()
             .map(|(whole, hundredths)| whole as f64 + hundredths as f64 / 100.0)
     }
 
+    /// The averages as `/proc/loadavg` prints them: two decimals, rounded as the kernel rounds
+    /// (`get_avenrun(avnrun, FIXED_1/200, 0)`).
     fn hundredths(self) -> [(u64, u64); 3] {
         self.0.map(|load| {
             let load = load + FIXED_1 / 200;
