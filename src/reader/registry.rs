@@ -13,7 +13,7 @@
 //! | diskstats history | cgroup inode | 16384 | 0 | ~100 + 80 per device | 1 h after the last read |
 //! | load averages | cgroup inode | 4096 | 0 | ~200 (cgroup path) | 15 min after the last read |
 //! | task counts | cgroup inode | 4096 | 0 | ~70 | 1 s, or 50 times what the count cost |
-//! | containers (`vproc status`) | cgroup inode | 4096 | 0 | ~500 + cgroup path | 15 min after the last read |
+//! | containers (`vproc status`) | cgroup inode | 4096 | 0 | ~1 KiB + cgroup path (a weak reference keeps the last resolution's allocation, not its paths) | 15 min after the last read |
 //!
 //! At most ~8 MiB of readers plus ~6 MiB for the rest, whatever containers do; an expired entry goes at
 //! the next insert or sweep (the daemon sweeps every [`SWEEP_PERIOD`]).
