@@ -2,8 +2,9 @@
 //! process inside a limited cgroup, on the kernel's /proc/meminfo, on a bare fuser server serving one
 //! static file with direct I/O (the transport's ceiling), on vprocd's mount, on a vprocd serving
 //! metrics scraped every second, and (when Debian's `lxcfs` is installed) on an LXCFS mount, interleaved
-//! in rounds in one run. Prints ops/s, p50, p99, the ratios and the spread of the metrics' cost over
-//! rounds; exits 1 when the metrics cost more than 2% (median round). `VPROC_BENCH_BASELINE_VPROCD=PATH`
+//! in rounds in one run. Prints ops/s, p50, p99 and the ratios; then measures the metrics' cost in
+//! pairs of short runs (A B / B A) beside the same measure of two identical daemons (the noise floor),
+//! and exits 1 when the metrics cost more than 2% (median pair). `VPROC_BENCH_BASELINE_VPROCD=PATH`
 //! adds a vprocd built from another commit (the cost of counting itself). Needs root. Run: `cargo
 //! bench --bench throughput` (VPROC_BENCH_SECONDS sets a round's length).
 
@@ -275,8 +276,13 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let rounds = 7;
+    let rounds = 5;
+    let pairs: usize = std::env::var("VPROC_BENCH_PAIRS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let vprocd = Daemon::start(&[]);
+    let twin = Daemon::start(&[]);
     let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
@@ -312,7 +318,7 @@ fn main() {
     }
     // A resolved reader is reused for up to 250 ms, and the daemon saw this process before it moved.
     let limited = || {
-        [&vprocd, &with_metrics]
+        [&vprocd, &twin, &with_metrics]
             .into_iter()
             .chain(&baseline)
             .all(|daemon| {
@@ -338,8 +344,6 @@ fn main() {
     );
     let scraper = Scraper::start(metrics_address);
     let mut results = Vec::new();
-    // The metrics' cost in each round: 1 - (vprocd+metrics / vprocd) of that round.
-    let mut costs: Vec<(usize, Vec<f64>)> = Vec::new();
     for readers in [1, 2] {
         let mut per_target: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); targets.len()];
         for round in 0..rounds {
@@ -350,14 +354,6 @@ fn main() {
                 per_target[i].push((ops, percentile(&lat, 0.5), percentile(&lat, 0.99)));
             }
         }
-        let position = |name: &str| targets.iter().position(|t| t.0 == name).unwrap();
-        let (plain, metered) = (position("vprocd"), position("vprocd+metrics"));
-        costs.push((
-            readers,
-            (0..rounds)
-                .map(|r| 1.0 - per_target[metered][r].0 / per_target[plain][r].0)
-                .collect(),
-        ));
         for (i, (name, _)) in targets.iter().enumerate() {
             let mut rounds = per_target[i].clone();
             rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -365,6 +361,17 @@ fn main() {
             println!("{name:<16} {readers:>7} {ops:>10.0} {p50:>9.1} {p99:>9.1}");
             results.push((name.to_string(), readers, ops));
         }
+    }
+    // The metrics' cost, in pairs of short slices (A B, then B A: drift between them cancels), beside
+    // the same comparison of two identical daemons (the noise floor).
+    let plain = vprocd.path("proc/meminfo");
+    let metered = with_metrics.path("proc/meminfo");
+    let twin_path = twin.path("proc/meminfo");
+    let mut costs = Vec::new();
+    for readers in [1, 2] {
+        let metrics_cost = paired_cost(&plain, &metered, readers, pairs, PAIR_SLICE_SECONDS);
+        let noise = paired_cost(&plain, &twin_path, readers, pairs, PAIR_SLICE_SECONDS);
+        costs.push((readers, metrics_cost, noise));
     }
     let scrapes = scraper.stop();
     drop(entered);
@@ -395,14 +402,18 @@ fn main() {
     }
     println!("metrics scraped {scrapes} times, once a second, during the rounds");
     let mut too_costly = false;
-    for (readers, mut per_round) in costs {
-        per_round.sort_by(f64::total_cmp);
-        let median = per_round[per_round.len() / 2];
+    for (readers, metrics_cost, noise) in costs {
+        let (median, low, high) = quartiles(metrics_cost);
+        let (noise_median, noise_low, noise_high) = quartiles(noise);
         println!(
-            "metrics' cost, {readers} reader(s): {:+.1}% (median round; rounds {:+.1}% to {:+.1}%)",
+            "metrics' cost, {readers} reader(s), {pairs} pairs of {PAIR_SLICE_SECONDS} s: {:+.1}% \
+             (median pair; quartiles {:+.1}% to {:+.1}%); two identical daemons: {:+.1}% ({:+.1}% to {:+.1}%)",
             median * 100.0,
-            per_round[0] * 100.0,
-            per_round[per_round.len() - 1] * 100.0
+            low * 100.0,
+            high * 100.0,
+            noise_median * 100.0,
+            noise_low * 100.0,
+            noise_high * 100.0,
         );
         too_costly |= median > METRICS_COST_TARGET;
     }
@@ -415,5 +426,32 @@ fn main() {
     }
 }
 
-/// The most the metrics may take of vprocd's throughput (median round).
+/// The most the metrics may take of vprocd's throughput (median pair).
 const METRICS_COST_TARGET: f64 = 0.02;
+
+/// How long each side of a pair reads: short, so the machine's drift within a pair stays small.
+const PAIR_SLICE_SECONDS: f64 = 0.1;
+
+/// `1 - ops(b) / ops(a)` for each of `pairs` pairs of `seconds`-long runs by `readers` threads, a
+/// before b in even pairs and after it in odd ones.
+fn paired_cost(a: &Path, b: &Path, readers: usize, pairs: usize, seconds: f64) -> Vec<f64> {
+    (0..pairs)
+        .map(|pair| {
+            let (ops_a, ops_b) = if pair % 2 == 0 {
+                let a = run(a, readers, seconds).0;
+                (a, run(b, readers, seconds).0)
+            } else {
+                let b = run(b, readers, seconds).0;
+                (run(a, readers, seconds).0, b)
+            };
+            1.0 - ops_b / ops_a
+        })
+        .collect()
+}
+
+/// The median, first and third quartiles.
+fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
+}
