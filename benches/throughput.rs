@@ -267,10 +267,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing and expects a quick exit.
     if !std::env::args().any(|a| a == "--bench") {
-        return;
+        return std::process::ExitCode::SUCCESS;
     }
     let seconds: f64 = std::env::var("VPROC_BENCH_SECONDS")
         .ok()
@@ -417,13 +417,15 @@ fn main() {
         );
         too_costly |= median > METRICS_COST_TARGET;
     }
+    // Returned, not exited: the daemons, mounts and cgroups are dropped (removed) on the way out.
     if too_costly {
         println!(
             "the metrics cost more than {:.0}% of vprocd's throughput",
             METRICS_COST_TARGET * 100.0
         );
-        std::process::exit(1);
+        return std::process::ExitCode::FAILURE;
     }
+    std::process::ExitCode::SUCCESS
 }
 
 /// The most the metrics may take of vprocd's throughput (median pair).
