@@ -148,6 +148,10 @@ pub enum VprocCommand {
         /// Print JSON (one object: the daemon's health report and the containers) instead of a table.
         #[arg(long)]
         json: bool,
+        /// One process instead: which of its /proc and /sys files are vprocd's (its mountinfo), what
+        /// they say through vprocd, and its container's reads and fallbacks.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Heal containers whose files went dead with a previous vprocd (ENOTCONN): replace each such bind
     /// mount, in every mount namespace, with the same file from the running daemon. vprocd runs this

@@ -436,3 +436,63 @@ fn the_daemon_serves_while_its_metrics_port_is_taken_and_takes_it_once_free() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn vproc_status_of_a_pid_says_which_files_are_vprocd_s() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    // A container with vprocd's meminfo bound over its own, and nothing over its stat.
+    let meminfo = daemon.path("proc/meminfo");
+    let mut container = group.container(&format!(
+        "sh -c 'mount --bind {0} /proc/meminfo && cat /proc/meminfo > /dev/null && echo ready && exec sleep 60'",
+        meminfo.display()
+    ));
+    let pid = container.id();
+    let status = |json: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vproc"));
+        command
+            .args(["status", "--pid", &pid.to_string(), "--mountpoint"])
+            .arg(&daemon.mountpoint);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let out = status(false);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = status(true);
+    let _ = container.kill();
+    let _ = container.wait();
+    assert!(out.status.success(), "{out:?}");
+    let line = |path: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("{path} not in\n{text}"))
+            .to_string()
+    };
+    assert!(line("/proc/meminfo").contains("vprocd (vprocd:"), "{text}");
+    assert!(line("/proc/stat").contains("not bound"), "{text}");
+    assert!(text.contains("MemTotal 65536 kB"), "{text}");
+    assert!(
+        text.contains(&format!("its container /{}: 1 reads", group.relative)),
+        "{text}"
+    );
+    assert!(json.status.success(), "{json:?}");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["mem_total_kb"], 65536, "{json:#}");
+    assert_eq!(json["daemon_row"]["reads_total"], 1, "{json:#}");
+
+    let gone = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args(["status", "--pid", "999999999", "--mountpoint"])
+        .arg(&daemon.mountpoint)
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no process 999999999"),
+        "{gone:?}"
+    );
+}

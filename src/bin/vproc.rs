@@ -96,18 +96,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { mountpoint, json } => {
-            match vproc::metrics::containers::status(&mountpoint, json) {
+        Command::Status {
+            mountpoint,
+            json,
+            pid: Some(pid),
+        } => match vproc::metrics::pid_status::pid_status(&mountpoint, pid) {
+            Ok(status) if json => match serde_json::to_string_pretty(&status) {
                 Ok(text) => {
-                    print!("{text}");
+                    println!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("vproc status: {e}");
                     ExitCode::FAILURE
                 }
+            },
+            Ok(status) => {
+                print!("{}", status.text());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("vproc status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status {
+            mountpoint, json, ..
+        } => match vproc::metrics::containers::status(&mountpoint, json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vproc status: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Reattach { mountpoint } => {
             let mountpoint = vproc::reattach::canonical_mountpoint(&mountpoint);
             if let Err(e) = vproc::attach::check_daemon(&mountpoint) {

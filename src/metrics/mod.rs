@@ -10,6 +10,7 @@
 pub mod containers;
 pub mod exporter;
 pub mod http;
+pub mod pid_status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
