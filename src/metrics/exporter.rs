@@ -349,21 +349,16 @@ impl ProcessStats {
     pub fn read(proc_root: &Path) -> Option<ProcessStats> {
         let stat = std::fs::read_to_string(proc_root.join("self/stat")).ok()?;
         let boot = std::fs::read_to_string(proc_root.join("stat")).ok()?;
+        let ticks = crate::reader::clock_ticks_per_second();
         // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // SAFETY: as above.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
         ProcessStats::parse(&stat, &boot, ticks, page)
     }
 
-    /// From /proc/PID/stat (fields after the command's closing parenthesis: state is field 3, utime
-    /// 14, stime 15, num_threads 20, starttime 22 in ticks after boot, vsize 23 in bytes, rss 24 in
-    /// pages) and /proc/stat's `btime`.
+    /// From /proc/PID/stat (utime is field 14, stime 15, num_threads 20, starttime 22 in ticks after
+    /// boot, vsize 23 in bytes, rss 24 in pages) and /proc/stat's `btime`.
     fn parse(stat: &str, proc_stat: &str, ticks: f64, page_bytes: u64) -> Option<ProcessStats> {
-        let after_comm = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        // fields[0] is field 3 (state).
-        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+        let field = |n: usize| -> Option<u64> { crate::reader::stat_field(stat, n)?.parse().ok() };
         let btime: u64 = proc_stat
             .lines()
             .find_map(|l| l.strip_prefix("btime "))?

@@ -29,6 +29,21 @@ pub fn process_cgroups(
     layout.resolve(&text, &path)
 }
 
+/// Field `n` of a /proc/PID/stat line, numbered as proc(5) numbers them (3 is the state, 22 the start
+/// time). The command name (field 2) may hold spaces and parentheses, so fields are counted after its
+/// last `)`; `None` for a field the line does not have (or for 1 and 2).
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    after_comm.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// sysconf(_SC_CLK_TCK), the unit of /proc/PID/stat times (100 everywhere in practice).
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
 /// A resolved reader: its cgroups and the limits that apply to it. Limits are cached with the reader
 /// (they change rarely); usage is read on every render (within the usage TTL).
 #[derive(Debug)]
@@ -42,4 +57,21 @@ pub struct Container {
     /// The host CPUs it sees; `None` when its cpu and cpuset cgroups are the root: host CPU files.
     pub cpus: Option<Vec<u32>>,
     pub pidns: PidNamespace,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_s_last_parenthesis() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 7 0 1000 123456789 300";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 14), Some("250"));
+        assert_eq!(stat_field(stat, 22), Some("1000"));
+        assert_eq!(stat_field(stat, 24), Some("300"));
+        assert_eq!(stat_field(stat, 25), None);
+        assert_eq!(stat_field(stat, 2), None);
+        assert_eq!(stat_field("no parenthesis", 3), None);
+    }
 }

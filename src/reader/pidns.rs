@@ -303,13 +303,11 @@ impl PidNamespaces {
         })
     }
 
-    /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot. The command name (field 2)
-    /// may hold spaces and parentheses, so fields are counted after its last `)`.
+    /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot.
     fn start_ticks(&self, pid: u32) -> Result<u64> {
         let path = proc_path(&self.roots, pid, "stat");
         let stat = read_to_string(&path)?;
-        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let field = after_comm.split_whitespace().nth(19).unwrap_or("");
+        let field = super::stat_field(&stat, 22).unwrap_or("");
         field
             .parse()
             .map_err(|_| Error::parse(&path, "starttime", field))
@@ -319,15 +317,8 @@ impl PidNamespaces {
 fn container(init_pid: u32, start_ticks: u64) -> PidNamespace {
     PidNamespace::Container {
         init_pid,
-        init_start_secs: start_ticks as f64 / clock_ticks_per_second(),
+        init_start_secs: start_ticks as f64 / super::clock_ticks_per_second(),
     }
-}
-
-/// sysconf(_SC_CLK_TCK), the unit of /proc/PID/stat times (100 everywhere in practice).
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 /// `NS_GET_TGID_FROM_PIDNS` = `_IOR(0xb7, 0x7, int)`: the pid, in the caller's namespace, of the
