@@ -36,7 +36,15 @@ pub const PARALLEL: usize = 8;
 /// The FUSE source name (fsname) of the daemon serving `mountpoint`, as mountinfo shows it. It names the
 /// mountpoint so that a daemon heals only the mounts of its own predecessors.
 pub fn fs_name(mountpoint: &Path) -> String {
-    format!("vprocd:{}", mountpoint.display())
+    format!("{FS_NAME_PREFIX}{}", mountpoint.display())
+}
+
+/// What every vprocd's fsname starts with.
+const FS_NAME_PREFIX: &str = "vprocd:";
+
+/// True for the fsname of a vprocd, whichever its mountpoint.
+pub fn is_fs_name(source: &str) -> bool {
+    source.starts_with(FS_NAME_PREFIX)
 }
 
 /// A mount namespace holding mounts of the daemon's filesystem (live or dead: which is decided inside

@@ -106,6 +106,13 @@ pub struct CgroupId {
     pub ino: u64,
 }
 
+impl std::fmt::Display for CgroupId {
+    /// `DEV:INO`, as `vproc status` shows a container's key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
 /// The cgroups of one process, per controller; `None` where the controller is not mounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessCgroups {

@@ -149,7 +149,7 @@ impl ContainerStats {
             .filter(|(_, n)| *n > 0)
             .collect();
         StatusRow {
-            key: self.key.map(|k| format!("{}:{}", k.dev, k.ino)),
+            key: self.key.map(|k| k.to_string()),
             cgroup: self.cgroup.clone(),
             init_pid: resolved.and_then(|r| r.init_pid),
             pids,
@@ -260,6 +260,19 @@ pub struct StatusRow {
     pub fallbacks_total: u64,
     pub fallbacks: BTreeMap<String, u64>,
     pub last_read_seconds_ago: f64,
+}
+
+impl StatusRow {
+    /// The fallbacks by cause, `3 no_pid, 1 reader_gone`; `None` when there were none.
+    pub fn fallbacks_text(&self) -> Option<String> {
+        (!self.fallbacks.is_empty()).then(|| {
+            self.fallbacks
+                .iter()
+                .map(|(cause, n)| format!("{n} {cause}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
 }
 
 /// One page of the table.
@@ -415,15 +428,7 @@ pub fn format_table(rows: &[StatusRow]) -> String {
     );
     let dash = || "-".to_string();
     for row in rows {
-        let fallbacks = if row.fallbacks.is_empty() {
-            "0".to_string()
-        } else {
-            row.fallbacks
-                .iter()
-                .map(|(cause, n)| format!("{n} {cause}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let fallbacks = row.fallbacks_text().unwrap_or_else(|| "0".to_string());
         let memory = row.mem_total_kb.map_or_else(dash, human_kb);
         let cpus = row.cpus.map_or_else(dash, |n| n.to_string());
         let load = row

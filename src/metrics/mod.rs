@@ -174,8 +174,9 @@ impl Fallback {
         }
     }
 
+    /// The position in `ALL`, which lists the causes in declaration order.
     fn index(self) -> usize {
-        Fallback::ALL.iter().position(|&c| c == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -261,11 +262,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one request.
     pub fn request(&self, operation: Operation, target: Target) {
-        let op = Operation::ALL
-            .iter()
-            .position(|&o| o == operation)
-            .unwrap_or(0);
-        if let Some(counter) = self.requests.get(op * Target::COUNT + target.index()) {
+        // `ALL` lists the operations in declaration order: the discriminant is the index.
+        if let Some(counter) = self
+            .requests
+            .get(operation as usize * Target::COUNT + target.index())
+        {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -427,6 +428,16 @@ impl ReattachReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lists_of_operations_and_causes_are_in_declaration_order() {
+        for (i, operation) in Operation::ALL.iter().enumerate() {
+            assert_eq!(*operation as usize, i, "{operation:?}");
+        }
+        for (i, cause) in Fallback::ALL.iter().enumerate() {
+            assert_eq!(cause.index(), i, "{cause:?}");
+        }
+    }
 
     #[test]
     fn every_request_counts_under_its_own_labels() {

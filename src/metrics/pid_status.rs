@@ -41,7 +41,7 @@ pub fn served_by(mountinfo: &str, targets: &[String]) -> Vec<(String, ServedBy)>
         .map(|target| {
             let served = match lines.iter().rev().find(|l| &l.mount_point == target) {
                 None => ServedBy::Kernel,
-                Some(l) if l.fstype == "fuse" && l.source.starts_with("vprocd:") => {
+                Some(l) if l.fstype == "fuse" && crate::reattach::is_fs_name(&l.source) => {
                     ServedBy::Vprocd {
                         source: l.source.clone(),
                     }
@@ -102,7 +102,7 @@ pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
     let container_key = renderer
         .container_key(pid)
         .filter(|k| k.dev != 0)
-        .map(|k| format!("{}:{}", k.dev, k.ino));
+        .map(|k| k.to_string());
     let (daemon_row, daemon_error) = match fetch(mountpoint) {
         Ok(rows) => (
             rows.into_iter()
@@ -181,15 +181,7 @@ impl PidStatus {
                 );
             }
             (Some(_), Some(row), None) => {
-                let fallbacks = if row.fallbacks.is_empty() {
-                    "none".to_string()
-                } else {
-                    row.fallbacks
-                        .iter()
-                        .map(|(cause, n)| format!("{n} {cause}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let fallbacks = row.fallbacks_text().unwrap_or_else(|| "none".to_string());
                 let _ = writeln!(
                     out,
                     "its container {}: {} reads ({:.1}/s), host's files served: {fallbacks}",
