@@ -23,7 +23,7 @@ pub const HEALTH_XATTR: &str = "trusted.vproc.health";
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(10);
 
 /// The kernel's limit on an extended attribute's size.
-const XATTR_SIZE_MAX: usize = 64 << 10;
+pub const XATTR_SIZE_MAX: u32 = 64 << 10;
 
 /// Fds in use, as a share of the limit, from which the daemon reports itself degraded before it fails.
 const FD_ALARM_PERCENT: u64 = 90;
@@ -230,7 +230,7 @@ pub fn read_report(mountpoint: &Path) -> Result<String, String> {
     let len = loop {
         match rustix::fs::getxattr(mountpoint, HEALTH_XATTR, &mut buffer[..]) {
             Ok(len) => break len,
-            Err(rustix::io::Errno::RANGE) if buffer.len() < XATTR_SIZE_MAX => {
+            Err(rustix::io::Errno::RANGE) if buffer.len() < XATTR_SIZE_MAX as usize => {
                 buffer.resize(buffer.len() * 2, 0);
             }
             Err(e) => return Err(read_error(e)),

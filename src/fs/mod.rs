@@ -18,8 +18,7 @@ use fuser::{
 };
 
 use crate::files::{self, BLOCK_DIR, CPU_DIR, FILES, ROOT_INO};
-use crate::health::{HEALTH_XATTR, Report};
-use crate::metrics::containers::CONTAINERS_XATTR;
+use crate::health::{HEALTH_XATTR, Report, XATTR_SIZE_MAX};
 use crate::metrics::{self, Metrics, Operation, Target};
 use crate::render::Renderer;
 use crate::view::topology::{self, render_topology_file};
@@ -633,39 +632,33 @@ impl Filesystem for VprocFs {
         // `vproc status`'s table. The kernel keeps `trusted.` names to CAP_SYS_ADMIN before asking us.
         let metrics = self.renderer.metrics();
         metrics.request(Operation::Getxattr, NodeTable::target(ino.0));
-        let report = match (ino.0 == ROOT_INO, name.to_str()) {
-            (true, Some(HEALTH_XATTR)) => self.health_report().to_string(),
-            (true, Some(name)) if name.starts_with(CONTAINERS_XATTR) => {
-                match metrics::containers::page_start(name) {
-                    Ok(after) => serde_json::to_string(&self.renderer.containers_page(after))
-                        .unwrap_or_default(),
-                    Err(_) => {
-                        reply.error(Errno::ENODATA);
-                        return;
-                    }
-                }
-            }
-            _ => {
-                // ENODATA is the answer to every other name (security.* and the like): not an error.
-                reply.error(Errno::ENODATA);
-                return;
+        let known = match (ino.0 == ROOT_INO, name.to_str()) {
+            (true, Some(HEALTH_XATTR)) => Some(None),
+            (true, Some(name)) => metrics::containers::page_start(name).ok().map(Some),
+            _ => None,
+        };
+        // ENODATA is the answer to every other name (security.* and the like): not an error.
+        let Some(page) = known else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        if size == 0 {
+            // Both attributes move between a size probe and the read that follows (counts, rates):
+            // a probe is promised the most an attribute may hold, so that read fits, and costs nothing.
+            reply.size(XATTR_SIZE_MAX);
+            return;
+        }
+        let value = match page {
+            None => self.health_report().to_string(),
+            Some(after) => {
+                serde_json::to_string(&self.renderer.containers_page(after)).unwrap_or_default()
             }
         };
-        if size == 0
-            && name
-                .to_str()
-                .is_some_and(|n| n.starts_with(CONTAINERS_XATTR))
-        {
-            // The table moves between the size probe and the read (counts, rates): promise the most
-            // a page takes rather than this moment's size, so the read that follows fits.
-            reply.size(metrics::containers::PAGE_BYTES as u32 + 4096);
-        } else if size == 0 {
-            reply.size(report.len() as u32);
-        } else if report.len() > size as usize {
+        if value.len() > size as usize {
             metrics.error(Operation::Getxattr, libc::ERANGE);
             reply.error(Errno::ERANGE);
         } else {
-            reply.data(report.as_bytes());
+            reply.data(value.as_bytes());
         }
     }
 
