@@ -3,6 +3,10 @@
 
 /// The fields of one /proc/PID/mountinfo line that vproc uses.
 pub struct MountinfoLine<'a> {
+    /// This mount's id and its parent's: a mount whose id is another's parent on the same path is
+    /// covered by it.
+    pub id: &'a str,
+    pub parent: &'a str,
     /// The device of the mounted filesystem, `major:minor` (`0:58`): every mount of one FUSE connection
     /// shows the same one.
     pub device: &'a str,
@@ -22,7 +26,9 @@ impl<'a> MountinfoLine<'a> {
     pub fn parse(line: &'a str) -> Option<Self> {
         let (left, right) = line.split_once(" - ")?;
         let mut left = left.split(' ');
-        let device = left.nth(2)?;
+        let id = left.next()?;
+        let parent = left.next()?;
+        let device = left.next()?;
         let root = unescape(left.next()?);
         let mount_point = unescape(left.next()?);
         let mut right = right.split(' ');
@@ -30,6 +36,8 @@ impl<'a> MountinfoLine<'a> {
         let source = unescape(right.next()?);
         let super_options = right.next().unwrap_or("");
         Some(MountinfoLine {
+            id,
+            parent,
             device,
             root,
             mount_point,

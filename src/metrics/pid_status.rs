@@ -18,9 +18,16 @@ use crate::render::{Options, Renderer};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ServedBy {
-    /// A vprocd mount (its fsname, `vprocd:MOUNTPOINT`).
+    /// This daemon's file of the same name, live (its fsname, `vprocd:MOUNTPOINT`).
     Vprocd {
         source: String,
+    },
+    /// A vprocd mount that is not this daemon's live file of that name: a predecessor's, dead since
+    /// it stopped (`vproc reattach` heals it), another daemon's, another of its files, or a
+    /// filesystem that only calls itself vprocd.
+    OtherVprocd {
+        source: String,
+        file: String,
     },
     Lxcfs,
     /// Something else is mounted there.
@@ -32,24 +39,105 @@ pub enum ServedBy {
     Kernel,
 }
 
-/// Who serves each of `targets` (`/proc/meminfo`, ...) in a process's `mountinfo`: the last mount on
-/// the path, since a later mount covers an earlier one.
-pub fn served_by(mountinfo: &str, targets: &[String]) -> Vec<(String, ServedBy)> {
-    let lines: Vec<MountinfoLine> = mountinfo.lines().filter_map(MountinfoLine::parse).collect();
+/// The daemon a process's mounts are checked against: its fsname and the device of its connection
+/// (`major:minor`, as mountinfo shows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub fs_name: String,
+    pub device: Option<String>,
+}
+
+impl Daemon {
+    /// The daemon mounted at `mountpoint`; its device is unknown when nothing is mounted there.
+    pub fn at(mountpoint: &Path) -> Daemon {
+        use std::os::unix::fs::MetadataExt;
+        let mountpoint = crate::reattach::canonical_mountpoint(mountpoint);
+        let device = std::fs::metadata(&mountpoint).ok().map(|meta| {
+            let dev = meta.dev();
+            format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+        });
+        Daemon {
+            fs_name: crate::reattach::fs_name(&mountpoint),
+            device,
+        }
+    }
+}
+
+/// A mountinfo line on one of the paths looked at.
+#[derive(Debug, Clone)]
+struct Mount {
+    id: String,
+    parent: String,
+    device: String,
+    root: String,
+    mount_point: String,
+    fstype: String,
+    source: String,
+}
+
+impl Mount {
+    fn from_line(line: &MountinfoLine) -> Mount {
+        Mount {
+            id: line.id.to_string(),
+            parent: line.parent.to_string(),
+            device: line.device.to_string(),
+            root: line.root.clone(),
+            mount_point: line.mount_point.clone(),
+            fstype: line.fstype.to_string(),
+            source: line.source.clone(),
+        }
+    }
+}
+
+/// The mounts of `mountinfo` (read as bytes: paths need not be UTF-8) on one of `targets`, one line
+/// at a time, so a process with a million mounts costs a line's memory, not its table's.
+fn mounts_on(mountinfo: impl std::io::BufRead, targets: &[String]) -> std::io::Result<Vec<Mount>> {
+    let mut mounts = Vec::new();
+    for line in mountinfo.split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
+        if let Some(parsed) = MountinfoLine::parse(&line) {
+            if targets.contains(&parsed.mount_point) {
+                mounts.push(Mount::from_line(&parsed));
+            }
+        }
+    }
+    Ok(mounts)
+}
+
+/// Who serves each of `targets` (`/proc/meminfo`, ...) among `mounts`: the top mount on the path, the
+/// one no other mount on it is mounted over (not the last line: a mount moved beneath another has the
+/// newer id), checked against `daemon`'s fsname and device and against the file it should be.
+fn served_by(mounts: &[Mount], targets: &[String], daemon: &Daemon) -> Vec<(String, ServedBy)> {
     targets
         .iter()
         .map(|target| {
-            let served = match lines.iter().rev().find(|l| &l.mount_point == target) {
+            let on_target: Vec<&Mount> =
+                mounts.iter().filter(|m| &m.mount_point == target).collect();
+            let top = on_target
+                .iter()
+                .rev()
+                .find(|m| !on_target.iter().any(|other| other.parent == m.id));
+            let served = match top {
                 None => ServedBy::Kernel,
-                Some(l) if l.fstype == "fuse" && crate::reattach::is_fs_name(&l.source) => {
-                    ServedBy::Vprocd {
-                        source: l.source.clone(),
+                Some(m) if m.fstype == "fuse" && crate::reattach::is_fs_name(&m.source) => {
+                    let live = m.source == daemon.fs_name
+                        && daemon.device.as_deref() == Some(m.device.as_str())
+                        && &m.root == target;
+                    if live {
+                        ServedBy::Vprocd {
+                            source: m.source.clone(),
+                        }
+                    } else {
+                        ServedBy::OtherVprocd {
+                            source: m.source.clone(),
+                            file: m.root.clone(),
+                        }
                     }
                 }
-                Some(l) if l.fstype == "fuse.lxcfs" || l.source == "lxcfs" => ServedBy::Lxcfs,
-                Some(l) => ServedBy::Other {
-                    fstype: l.fstype.to_string(),
-                    source: l.source.clone(),
+                Some(m) if m.fstype == "fuse.lxcfs" || m.source == "lxcfs" => ServedBy::Lxcfs,
+                Some(m) => ServedBy::Other {
+                    fstype: m.fstype.clone(),
+                    source: m.source.clone(),
                 },
             };
             (target.clone(), served)
@@ -79,14 +167,22 @@ pub struct PidStatus {
 pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
     let roots = HostRoots::default();
     let proc_dir = roots.proc.join(pid.to_string());
-    let mountinfo = std::fs::read_to_string(proc_dir.join("mountinfo"))
-        .map_err(|e| format!("no process {pid} to look at ({}: {e})", proc_dir.display()))?;
-    let comm = std::fs::read_to_string(proc_dir.join("comm"))
-        .unwrap_or_default()
+    let gone = |e: &dyn std::fmt::Display| format!("no process {pid} to look at ({e})");
+    // The process's start time, read before and after: a pid reused meanwhile is another process,
+    // and the report would mix two.
+    let started = || {
+        std::fs::read_to_string(proc_dir.join("stat"))
+            .ok()
+            .and_then(|stat| crate::reader::stat_field(&stat, 22).map(str::to_string))
+    };
+    let started_before = started().ok_or_else(|| gone(&proc_dir.display()))?;
+    let mountinfo = std::fs::File::open(proc_dir.join("mountinfo")).map_err(|e| gone(&e))?;
+    let targets: Vec<String> = bind_targets().iter().map(|t| format!("/{t}")).collect();
+    let mounts = mounts_on(std::io::BufReader::new(mountinfo), &targets).map_err(|e| gone(&e))?;
+    let files = served_by(&mounts, &targets, &Daemon::at(mountpoint));
+    let comm = String::from_utf8_lossy(&std::fs::read(proc_dir.join("comm")).unwrap_or_default())
         .trim()
         .to_string();
-    let targets: Vec<String> = bind_targets().iter().map(|t| format!("/{t}")).collect();
-    let files = served_by(&mountinfo, &targets);
     let layout = CgroupLayout::detect(&roots.proc).map_err(|e| e.to_string())?;
     let options = Options {
         reader_ttl: std::time::Duration::ZERO,
@@ -103,6 +199,11 @@ pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
         .container_key(pid)
         .filter(|k| k.dev != 0)
         .map(|k| k.to_string());
+    if started() != Some(started_before) {
+        return Err(format!(
+            "process {pid} exited while it was looked at; give a running process"
+        ));
+    }
     let (daemon_row, daemon_error) = match fetch(mountpoint) {
         Ok(rows) => (
             rows.into_iter()
@@ -133,6 +234,12 @@ impl PidStatus {
         for (target, served) in &self.files {
             let by = match served {
                 ServedBy::Vprocd { source } => format!("vprocd ({})", source.escape_debug()),
+                ServedBy::OtherVprocd { source, file } => format!(
+                    "not this daemon's live file: {} of {} (dead since its daemon stopped? \
+                     vproc reattach heals that)",
+                    file.escape_debug(),
+                    source.escape_debug()
+                ),
                 ServedBy::Lxcfs => "LXCFS".to_string(),
                 ServedBy::Other { fstype, source } => format!(
                     "another mount ({} {}): not vprocd's",
@@ -199,34 +306,49 @@ impl PidStatus {
 mod tests {
     use super::*;
 
+    const DAEMON_DEVICE: &str = "0:81";
+
+    fn daemon() -> Daemon {
+        Daemon {
+            fs_name: "vprocd:/var/lib/lxcfs".to_string(),
+            device: Some(DAEMON_DEVICE.to_string()),
+        }
+    }
+
+    fn served(mountinfo: &str, targets: &[&str]) -> Vec<(String, ServedBy)> {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let mounts = mounts_on(mountinfo.as_bytes(), &targets).unwrap();
+        served_by(&mounts, &targets, &daemon())
+    }
+
+    fn vprocd() -> ServedBy {
+        ServedBy::Vprocd {
+            source: "vprocd:/var/lib/lxcfs".to_string(),
+        }
+    }
+
     #[test]
-    fn the_last_mount_on_a_path_is_what_the_process_reads() {
+    fn the_top_mount_on_a_path_is_what_the_process_reads() {
         let mountinfo = "\
 600 500 0:70 / / rw - overlay overlay rw
 601 600 0:5 / /proc rw - proc proc rw
 602 601 0:80 /proc/meminfo /proc/meminfo ro - fuse lxcfs rw
-603 601 0:81 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw
+603 602 0:81 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw
 604 601 0:81 /proc/cpuinfo /proc/cpuinfo ro - fuse.lxcfs lxcfs rw
 605 601 0:9 /null /proc/stat rw - devtmpfs udev rw
 ";
-        let targets: Vec<String> = [
-            "/proc/meminfo",
-            "/proc/cpuinfo",
-            "/proc/stat",
-            "/proc/uptime",
-        ]
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
         assert_eq!(
-            served_by(mountinfo, &targets),
+            served(
+                mountinfo,
+                &[
+                    "/proc/meminfo",
+                    "/proc/cpuinfo",
+                    "/proc/stat",
+                    "/proc/uptime"
+                ]
+            ),
             vec![
-                (
-                    "/proc/meminfo".to_string(),
-                    ServedBy::Vprocd {
-                        source: "vprocd:/var/lib/lxcfs".to_string()
-                    }
-                ),
+                ("/proc/meminfo".to_string(), vprocd()),
                 ("/proc/cpuinfo".to_string(), ServedBy::Lxcfs),
                 (
                     "/proc/stat".to_string(),
@@ -238,5 +360,57 @@ mod tests {
                 ("/proc/uptime".to_string(), ServedBy::Kernel),
             ]
         );
+    }
+
+    #[test]
+    fn a_mount_moved_beneath_another_is_not_what_the_process_reads() {
+        // 700 (vprocd's, newest) was moved beneath 650 (the container's own file): 650 is on top.
+        let mountinfo = "\
+601 600 0:5 / /proc rw - proc proc rw
+700 601 0:81 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw
+650 700 0:40 /fake /proc/meminfo rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            served(mountinfo, &["/proc/meminfo"])[0].1,
+            ServedBy::Other {
+                fstype: "tmpfs".to_string(),
+                source: "tmpfs".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_dead_forged_or_wrong_vprocd_file_is_not_this_daemon_s() {
+        // A predecessor's (another connection: another device), dead since it stopped.
+        let dead = "603 601 0:77 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw\n";
+        // Another of the daemon's files over this one.
+        let wrong = "603 601 0:81 /proc/cpuinfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw\n";
+        // A daemon at another mountpoint.
+        let elsewhere = "603 601 0:81 /proc/meminfo /proc/meminfo ro - fuse vprocd:/elsewhere rw\n";
+        for (line, file, source) in [
+            (dead, "/proc/meminfo", "vprocd:/var/lib/lxcfs"),
+            (wrong, "/proc/cpuinfo", "vprocd:/var/lib/lxcfs"),
+            (elsewhere, "/proc/meminfo", "vprocd:/elsewhere"),
+        ] {
+            assert_eq!(
+                served(line, &["/proc/meminfo"])[0].1,
+                ServedBy::OtherVprocd {
+                    source: source.to_string(),
+                    file: file.to_string()
+                },
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn mountinfo_that_is_not_utf_8_is_read_all_the_same() {
+        let mut mountinfo = b"602 601 0:9 /x /odd\xff\xfe rw - tmpfs tmpfs rw\n".to_vec();
+        mountinfo.extend_from_slice(
+            b"603 601 0:81 /proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs rw\n",
+        );
+        let targets = vec!["/proc/meminfo".to_string()];
+        let mounts = mounts_on(&mountinfo[..], &targets).unwrap();
+        assert_eq!(served_by(&mounts, &targets, &daemon())[0].1, vprocd());
     }
 }
