@@ -1,8 +1,9 @@
 //! The daemon's memory under load, as an operator sizing a DaemonSet's limit would measure it:
 //! - RSS over 10^6 open+read+close of proc/meminfo by 8 readers in 8 cgroups (one per cgroup, each with
 //!   its own limit): sampled every second after a warm-up; must stay flat (within 10%);
-//! - RSS before and with 100,000 open handles, each read one byte (so each is mid-read): must stay under
-//!   the README's bound (200 bytes per handle + the 16 MiB buffer budget).
+//! - RSS before and with 4,000 views (containers, here processes alone in pid namespaces of their own),
+//!   each with its meminfo read: must stay under the README's bound (16 KiB per view), and come back
+//!   once the kernel forgets their inodes.
 //!
 //! Needs root and cgroup v1. Run: `cargo bench --bench memory` (VPROC_BENCH_READS sets the total
 //! reads). Exits 1 when a bound is missed.
@@ -13,7 +14,7 @@ mod common;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, HandleHolders, Limits, MIB, TestCgroup};
+use common::{Daemon, Limits, MIB, Sleeper, TestCgroup};
 
 /// Reads argv[1] argv[2] times (open, read all, close) and prints how many did not start with argv[3].
 const READER: &str = r#"
@@ -30,9 +31,9 @@ print(other)
 const READERS: usize = 8;
 /// RSS may move this much after the warm-up.
 const FLAT_PERCENT: f64 = 10.0;
-const HANDLES: usize = 100_000;
-const HANDLE_BYTES_BOUND: u64 = 200;
-const BUFFER_BUDGET: u64 = 16 * MIB;
+const VIEWS: usize = 4000;
+/// README's bound: RSS per view with its meminfo read.
+const VIEW_BYTES_BOUND: u64 = 16 * 1024;
 
 fn main() -> ExitCode {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing and expects a quick exit.
@@ -117,42 +118,44 @@ fn main() -> ExitCode {
         ok = false;
     }
 
-    // Two containers: one alone may hold only its share of the daemon's handles.
-    let holder_groups: Vec<TestCgroup> = (0..2)
-        .map(|_| {
-            TestCgroup::new(Limits {
-                memory_bytes: Some(2048 * MIB),
-                ..Limits::default()
-            })
-        })
-        .collect();
+    // Views: one per container the kernel holds inodes of.
     let before = daemon.rss_bytes();
-    let holders: Vec<HandleHolders> = holder_groups
-        .iter()
-        .map(|g| HandleHolders::open(g, &daemon.path("proc/meminfo"), HANDLES / 2))
-        .collect();
-    let during = daemon.rss_bytes();
-    for holders in holders {
-        holders.close();
+    let sleepers: Vec<Sleeper> = (0..VIEWS).map(|_| Sleeper::start()).collect();
+    for sleeper in &sleepers {
+        let meminfo = daemon.path(&format!(".by-pid/{}/proc/meminfo", sleeper.pid));
+        if std::fs::read(&meminfo).is_err() {
+            println!("FAILED: cannot read {}", meminfo.display());
+            ok = false;
+        }
     }
-    // The kernel sends the handles' RELEASEs after the holders exit.
+    let during = daemon.rss_bytes();
+    let views = common::views_in(&daemon.check().1);
+    drop(sleepers);
+    // The kernel forgets the inodes when its caches are dropped (FORGET); the views go with them.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !daemon.check().1.contains("open_handles: 0\n") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+        if common::views_in(&daemon.check().1) < 10 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let after = daemon.rss_bytes();
-    let bound = HANDLES as u64 * HANDLE_BYTES_BOUND + BUFFER_BUDGET;
+    let left = common::views_in(&daemon.check().1);
+    let bound = VIEWS as u64 * VIEW_BYTES_BOUND;
     println!(
-        "RSS: {} KiB before {HANDLES} open handles, {} KiB with them ({} bytes each; bound {} KiB of growth), \
-         {} KiB after they closed",
+        "RSS: {} KiB before {VIEWS} views, {} KiB with them ({views} counted; {} bytes each; bound {} KiB \
+         of growth), {} KiB once the kernel forgot them ({left} views left)",
         before / 1024,
         during / 1024,
-        during.saturating_sub(before) / HANDLES as u64,
+        during.saturating_sub(before) / VIEWS as u64,
         bound / 1024,
         after / 1024
     );
-    if during.saturating_sub(before) > bound {
-        println!("FAILED: open handles grew the daemon past the bound");
+    if during.saturating_sub(before) > bound || views < VIEWS || left >= 10 {
+        println!(
+            "FAILED: views grew the daemon past the bound, or were not all counted, or stayed"
+        );
         ok = false;
     }
     if ok {

@@ -140,10 +140,20 @@ pub fn attach_in(
     mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
+    // The files are this process's container's (`.by-pid/PID/...`: we look them up from the host,
+    // where the daemon would give us the host's own): PID is held by a pidfd and checked to be of
+    // `namespace` before, and alive after, so a pid reused meanwhile cannot name another container.
+    let namespace_error = |source: io::Error| AttachError::Namespace { pid, source };
+    let (named, holder) = process_in(namespace, pid).ok_or_else(|| {
+        namespace_error(io::Error::other(
+            "no process is left in that mount namespace to name its container",
+        ))
+    })?;
+    let views = view_dir(mountpoint, named);
     let mut clones: Vec<(&str, &str, OwnedFd)> = Vec::new();
     let mut results = Vec::new();
     for (source, relative) in pairs {
-        let path = mountpoint.join(source);
+        let path = views.join(source);
         let tree = open_tree(
             CWD,
             &path,
@@ -163,6 +173,12 @@ pub fn attach_in(
                 });
             }
         }
+    }
+
+    if !crate::pidfd::is_alive(&holder) {
+        return Err(namespace_error(io::Error::other(
+            "the process exited while its files were looked up",
+        )));
     }
 
     // After setns, /proc is the container's procfs, where our /proc/self does not exist; keep the host's.
@@ -247,6 +263,37 @@ fn put(
     let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
     move_mount(tree, "", &target, "", flags).map_err(|e| target_error(e.into()))?;
     Ok(Attached::Mounted(shown.to_path_buf()))
+}
+
+/// Where the daemon at `mountpoint` serves the files of process `pid`'s container.
+pub fn view_dir(mountpoint: &Path, pid: u32) -> PathBuf {
+    mountpoint.join(crate::fs::BY_PID_DIR).join(pid.to_string())
+}
+
+/// A process of mount namespace `namespace`, held by a pidfd: `pid` while it is still there, else the
+/// first found in /proc (a container's short-lived process found by a scan may have gone, and its pid
+/// may name another process since).
+fn process_in(namespace: BorrowedFd<'_>, pid: u32) -> Option<(u32, OwnedFd)> {
+    let of_namespace = |pid: u32| {
+        let holder = crate::pidfd::open(pid as libc::pid_t, 0)?;
+        // Opened first, checked after: the pid named this namespace's process while the fd was open.
+        same_file(namespace, &PathBuf::from(format!("/proc/{pid}/ns/mnt"))).then_some((pid, holder))
+    };
+    of_namespace(pid).or_else(|| {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find_map(of_namespace)
+    })
+}
+
+/// True when `fd` and `path` are the same file (a namespace: its nsfs inode).
+fn same_file(fd: BorrowedFd<'_>, path: &Path) -> bool {
+    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
 }
 
 /// Fails unless a live FUSE filesystem is mounted at `mountpoint`.

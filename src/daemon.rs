@@ -17,6 +17,7 @@ use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::cgroup::CgroupLayout;
+use crate::fs::views::Views;
 use crate::fs::{OpenFiles, VprocFs};
 use crate::host::HostRoots;
 use crate::metrics::ReattachReport;
@@ -131,12 +132,38 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
         source,
     };
     let renderer_for_signals = Arc::clone(&renderer);
-    let fs = VprocFs::new(Arc::clone(&renderer));
+    let (fs, views_fs) = VprocFs::pair(Arc::clone(&renderer));
     if let Some(address) = config.metrics_address {
-        serve_metrics(address, Arc::clone(&renderer), fs.open_files());
+        serve_metrics(
+            address,
+            Arc::clone(&renderer),
+            fs.open_files(),
+            views_fs.views(),
+        );
     }
+    let views = views_fs.views();
     let session = Session::new(fs, &config.mountpoint, &fuse_config).map_err(mount_error)?;
     let mut background = session.spawn().map_err(mount_error)?;
+    // The views mount, stacked on the shared mount's `.by-pid` (answered by the session just
+    // spawned), with a name of its own so reattach and `vproc status --pid` tell its binds apart.
+    let views_point = config.mountpoint.join(crate::fs::BY_PID_DIR);
+    let mut views_config = fuse_config.clone();
+    views_config.mount_options[0] = MountOption::FSName(crate::reattach::fs_name(
+        &mountpoint.join(crate::fs::BY_PID_DIR),
+    ));
+    let views_session = Session::new(views_fs, &views_point, &views_config).map_err(|source| {
+        DaemonError::Mount {
+            path: views_point.clone(),
+            source,
+        }
+    })?;
+    let views_background = views_session.spawn().map_err(|source| DaemonError::Mount {
+        path: views_point.clone(),
+        source,
+    })?;
+    crate::fs::invalidate_periodically(views, Arc::clone(&renderer), views_background.notifier());
+    // Ends with the shared mount: unmounting that detaches this one too.
+    std::mem::forget(views_background);
     log::info!(
         "serving {} with {} threads",
         config.mountpoint.display(),
@@ -225,13 +252,22 @@ pub fn raise_open_file_limit() -> u64 {
 
 /// Serves the metrics at `address` (see [`crate::metrics::http`]): counters from the renderer, and at
 /// each scrape what the daemon holds.
-fn serve_metrics(address: std::net::SocketAddr, renderer: Arc<Renderer>, open_files: OpenFiles) {
+fn serve_metrics(
+    address: std::net::SocketAddr,
+    renderer: Arc<Renderer>,
+    open_files: OpenFiles,
+    views: Arc<Views>,
+) {
     let metrics_renderer = Arc::clone(&renderer);
     let state = move || NodeState {
         report: renderer.health().report(
             renderer.registry().occupancy(),
-            open_files.handles(),
-            open_files.buffered_bytes(),
+            crate::health::Held {
+                open_handles: open_files.handles(),
+                buffered_bytes: open_files.buffered_bytes(),
+                views: views.len(),
+                cached_bytes: views.bytes(),
+            },
         ),
         caches: renderer.registry().caches(),
         containers: renderer.registry().containers.len(),

@@ -306,6 +306,20 @@ pub fn is_block_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
+/// The hidden directory whose entries name the views of processes: `.by-pid/PID/proc/meminfo` is
+/// PID's container's meminfo, for binds made from outside the container (see `fs::views`).
+pub const BY_PID_DIR: &str = ".by-pid";
+
+/// The file of the layout a bind mount of the daemon shows, from its mountinfo root: `/proc/meminfo`
+/// on the shared mount, `/PID/proc/meminfo` on the views mount (see `fs::views`): `proc/meminfo`.
+pub fn file_of_mount_root(root: &str) -> &str {
+    let relative = root.trim_start_matches('/');
+    match relative.split_once('/') {
+        Some((pid, file)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => file,
+        _ => relative,
+    }
+}
+
 /// True for `sys/block/NAME/stat`, a block device's statistics below the mountpoint.
 pub fn is_block_stat(path: &str) -> bool {
     path.strip_prefix(BLOCK_DIR)
@@ -340,6 +354,14 @@ pub fn file_by_show_name(name: &str) -> Option<&'static VirtualFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_names_its_file_through_a_view_or_not() {
+        assert_eq!(file_of_mount_root("/proc/meminfo"), "proc/meminfo");
+        assert_eq!(file_of_mount_root("/4242/proc/meminfo"), "proc/meminfo");
+        assert_eq!(file_of_mount_root("/x/proc/meminfo"), "x/proc/meminfo");
+        assert_eq!(file_of_mount_root("/"), "");
+    }
     use std::collections::HashSet;
 
     #[test]

@@ -93,12 +93,7 @@ impl Health {
     }
 
     /// The report on the daemon now, with what the caller adds about the maps and handles it keeps.
-    pub fn report(
-        &self,
-        registry: Occupancy,
-        open_handles: usize,
-        buffered_bytes: usize,
-    ) -> Report {
+    pub fn report(&self, registry: Occupancy, held: Held) -> Report {
         let fds = FdUse::now();
         let now = Instant::now();
         let streak = self
@@ -130,10 +125,23 @@ impl Health {
             other_errors_total: self.other_errors_total.load(Ordering::Relaxed),
             fds,
             registry,
-            open_handles,
-            buffered_bytes,
+            held,
         }
     }
+}
+
+/// What the mounts hold for readers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Files open on the shared mount now.
+    pub open_handles: usize,
+    /// Bytes of rendered files kept for those handles.
+    pub buffered_bytes: usize,
+    /// Views of the views mount the kernel holds inodes of (one per process named in `.by-pid`
+    /// whose binds are alive).
+    pub views: usize,
+    /// Bytes of the renderings kept to fill the page cache of the views mount.
+    pub cached_bytes: usize,
 }
 
 /// The daemon's fds: how many are open and how many may be (its soft RLIMIT_NOFILE).
@@ -164,8 +172,7 @@ pub struct Report {
     pub other_errors_total: u64,
     pub fds: FdUse,
     pub registry: Occupancy,
-    pub open_handles: usize,
-    pub buffered_bytes: usize,
+    pub held: Held,
 }
 
 impl Display for Report {
@@ -192,8 +199,10 @@ impl Display for Report {
         let _ = writeln!(text, "usage_cgroups: {}", r.usage_cgroups);
         let _ = writeln!(text, "stat_history_cgroups: {}", r.stat_history);
         let _ = writeln!(text, "load_cgroups: {}", r.load_cgroups);
-        let _ = writeln!(text, "open_handles: {}", self.open_handles);
-        let _ = writeln!(text, "buffered_bytes: {}", self.buffered_bytes);
+        let _ = writeln!(text, "open_handles: {}", self.held.open_handles);
+        let _ = writeln!(text, "buffered_bytes: {}", self.held.buffered_bytes);
+        let _ = writeln!(text, "views: {}", self.held.views);
+        let _ = writeln!(text, "cached_bytes: {}", self.held.cached_bytes);
         f.write_str(&text)
     }
 }
@@ -274,7 +283,16 @@ mod tests {
     #[test]
     fn a_healthy_daemon_reports_ok() {
         let health = Health::default();
-        let text = health.report(occupancy(), 5, 1500).to_string();
+        let text = health
+            .report(
+                occupancy(),
+                Held {
+                    open_handles: 5,
+                    buffered_bytes: 1500,
+                    ..Held::default()
+                },
+            )
+            .to_string();
         assert!(text.starts_with("status: ok\n"), "{text}");
         assert!(text.contains("readers: 3 of 384\n"), "{text}");
         assert_eq!(problems_in(&text), Ok(Vec::new()));
@@ -285,7 +303,7 @@ mod tests {
         let health = Health::default();
         health.record(&"/proc/77/cgroup: Too many open files (os error 24)");
         health.record(&"/proc/78/cgroup: Too many open files (os error 24)");
-        let text = health.report(occupancy(), 0, 0).to_string();
+        let text = health.report(occupancy(), Held::default()).to_string();
         let problems = problems_in(&text).unwrap();
         assert_eq!(problems.len(), 1, "{text}");
         assert!(
@@ -300,7 +318,7 @@ mod tests {
     fn errors_a_reader_may_cause_are_counted_apart_and_never_degrade() {
         let health = Health::default();
         health.record_other();
-        let report = health.report(occupancy(), 0, 0);
+        let report = health.report(occupancy(), Held::default());
         assert!(report.problems.is_empty());
         assert_eq!(report.other_errors_total, 1);
     }
@@ -309,7 +327,7 @@ mod tests {
     fn a_long_error_is_cut_in_the_report() {
         let health = Health::default();
         health.record(&"x".repeat(100_000));
-        let text = health.report(occupancy(), 0, 0).to_string();
+        let text = health.report(occupancy(), Held::default()).to_string();
         assert!(text.len() < 2000, "{} bytes", text.len());
     }
 

@@ -75,18 +75,22 @@ pub fn find_namespaces(proc_root: &Path, mountpoint: &Path) -> NamespaceScan {
     // Nothing answering at the mountpoint: every mount of the fsname is dead. statfs asks the daemon;
     // stat alone could be answered from the attribute cache of a dead mount.
     let live = crate::attach::check_daemon(mountpoint).is_ok();
-    let live_device = live
-        .then(|| std::fs::metadata(mountpoint).ok())
-        .flatten()
-        .map(|meta| {
-            let dev = meta.dev();
-            format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
-        });
+    let device = |path: &Path| {
+        live.then(|| std::fs::metadata(path).ok())
+            .flatten()
+            .map(|meta| {
+                let dev = meta.dev();
+                format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+            })
+    };
+    let views = mountpoint.join(crate::files::BY_PID_DIR);
     NamespaceScan {
         entries: std::fs::read_dir(proc_root).ok(),
         wanted: Wanted {
             fs_name: fs_name(mountpoint),
-            live_device,
+            live_device: device(mountpoint),
+            views_fs_name: fs_name(&views),
+            views_live_device: device(&views),
         },
         seen: HashSet::new(),
     }
@@ -105,6 +109,9 @@ pub struct NamespaceScan {
 struct Wanted {
     fs_name: String,
     live_device: Option<String>,
+    /// The same for the views mount stacked on `.by-pid` (binds made by vproc itself).
+    views_fs_name: String,
+    views_live_device: Option<String>,
 }
 
 impl Iterator for NamespaceScan {
@@ -195,13 +202,17 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
     let mut seen = HashSet::new();
     let mut mounts = Vec::new();
     for line in mountinfo.lines().filter_map(MountinfoLine::parse) {
-        if !line.fstype.starts_with("fuse")
-            || line.source != wanted.fs_name
-            || wanted.live_device.as_deref() == Some(line.device)
-        {
+        let live = if line.source == wanted.fs_name {
+            wanted.live_device.as_deref()
+        } else if line.source == wanted.views_fs_name {
+            wanted.views_live_device.as_deref()
+        } else {
+            continue;
+        };
+        if !line.fstype.starts_with("fuse") || live == Some(line.device) {
             continue;
         }
-        let source = line.root.trim_start_matches('/');
+        let source = files::file_of_mount_root(&line.root);
         let served = source.is_empty()
             || files::FILES.iter().any(|f| f.path == source)
             || files::dir_by_path(source).is_some()
@@ -407,6 +418,8 @@ mod tests {
         Wanted {
             fs_name: FS.to_string(),
             live_device: Some("0:61".to_string()),
+            views_fs_name: "vprocd:/var/lib/lxcfs/.by-pid".to_string(),
+            views_live_device: Some("0:62".to_string()),
         }
     }
 
@@ -440,6 +453,8 @@ mod tests {
         assert!(dead_mounts(live, &wanted()).is_empty());
         let nothing_live = Wanted {
             live_device: None,
+            views_fs_name: "vprocd:/var/lib/lxcfs/.by-pid".to_string(),
+            views_live_device: None,
             ..wanted()
         };
         assert_eq!(dead_mounts(live, &nothing_live).len(), 1);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cgroup::{
-    CgroupDir, CgroupId, CgroupLayout, CpuUsage, DeviceIo, TaskCounter, TaskCounts,
+    CgroupDir, CgroupId, CgroupLayout, CpuUsage, DeviceIo, ProcessCgroups, TaskCounter, TaskCounts,
 };
 use crate::error::{Error, Result};
 use crate::files::Content;
@@ -65,6 +65,15 @@ const MAX_LOGGED_CAUSES: usize = 1024;
 /// A cause still happening is logged again after this long, so an ongoing problem stays in the log.
 const LOG_AGAIN_AFTER: Duration = Duration::from_secs(600);
 
+/// Who a rendering is for.
+#[derive(Debug, Clone)]
+pub enum Sight {
+    /// A reader resolved to its container (for the host's own processes, the host's cgroups).
+    Container(Arc<Container>),
+    /// A reader that cannot be told: it gets the host's files, for this reason.
+    Unresolved(Fallback),
+}
+
 /// Renders virtual files for readers.
 #[derive(Debug)]
 pub struct Renderer {
@@ -119,6 +128,11 @@ impl Renderer {
         &self.host
     }
 
+    /// How long a resolved reader's limits are reused.
+    pub fn reader_ttl(&self) -> Duration {
+        self.options.reader_ttl
+    }
+
     /// The state kept between reads.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -143,36 +157,91 @@ impl Renderer {
     }
 
     fn render_as(&self, content: Content, pid: u32, usage: Use) -> Result<Vec<u8>> {
-        let mut resolved = None;
-        let cause = if pid == 0 {
-            Fallback::NoPid
-        } else if !self.virtualizing() {
-            Fallback::ViewsOff
+        // Views switched off resolve nobody.
+        let sight = if self.virtualizing() {
+            self.sight(pid)
         } else {
-            match self.container(pid) {
-                Ok(container) => {
-                    let cause = match self.render_for(content, &container, pid, usage) {
-                        Ok(Some(bytes)) => {
-                            if usage == Use::Read {
-                                self.count_read(content, pid, Some(&container), None);
-                            }
-                            return Ok(bytes);
+            Sight::Unresolved(Fallback::ViewsOff)
+        };
+        self.render_in(content, &sight, pid, usage)
+    }
+
+    /// Who process `pid` is for the files: its container (resolved now, or kept from a read less than
+    /// the reader TTL ago), or why it cannot be told (the cause logged once).
+    pub fn sight(&self, pid: u32) -> Sight {
+        if pid == 0 {
+            return Sight::Unresolved(Fallback::NoPid);
+        }
+        match self.container(pid) {
+            Ok(container) => Sight::Container(container),
+            Err(e) => Sight::Unresolved(self.log_once(&e)),
+        }
+    }
+
+    /// The file `content` as `sight` shows it, rendered for reader `pid` (counted as running in
+    /// /proc/stat and loadavg; 0 when no reader asked). Fails only when the host's own file is
+    /// unreadable, which counts against the daemon's health.
+    pub fn render_in(
+        &self,
+        content: Content,
+        sight: &Sight,
+        pid: u32,
+        usage: Use,
+    ) -> Result<Vec<u8>> {
+        let (cause, resolved) = match sight {
+            _ if !self.virtualizing() => (Fallback::ViewsOff, None),
+            Sight::Unresolved(cause) => (*cause, None),
+            Sight::Container(container) => {
+                let cause = match self.render_for(content, container, pid, usage) {
+                    Ok(Some(bytes)) => {
+                        if usage != Use::Size {
+                            self.count_read(content, pid, Some(container), None);
                         }
-                        Ok(None) if key_of(&container).is_none() => Fallback::HostProcess,
-                        Ok(None) => Fallback::NotLimited,
-                        Err(e) => self.log_once(&e),
-                    };
-                    resolved = Some(container);
-                    cause
-                }
-                Err(e) => self.log_once(&e),
+                        return Ok(bytes);
+                    }
+                    Ok(None) if key_of(container).is_none() => Fallback::HostProcess,
+                    Ok(None) => Fallback::NotLimited,
+                    Err(e) => self.log_once(&e),
+                };
+                (cause, Some(container))
             }
         };
-        if usage == Use::Read {
-            self.count_read(content, pid, resolved.as_ref(), Some(cause));
+        if usage != Use::Size {
+            self.count_read(content, pid, resolved, Some(cause));
         }
         self.render_host(content)
             .inspect_err(|e| self.health.record(e))
+    }
+
+    /// A READ of `content` reached the daemon for `sight`: the container's load averages start now if
+    /// they have not (a description before the first read, a runtime's lookup, starts nothing).
+    pub fn started_reading(&self, content: Content, sight: &Sight, pid: u32) {
+        let (Content::Loadavg, Sight::Container(container), true) =
+            (content, sight, self.virtualizing())
+        else {
+            return;
+        };
+        // Kept as long as it is read, like a rendering's read kept it.
+        if let Ok(Some((cgroup, id, counted))) = self.task_counts(container, pid, Use::Read) {
+            let active = counted.counts.active();
+            self.registry.load.update(id, |previous| match previous {
+                Some(entry) => entry.clone(),
+                None => LoadEntry {
+                    cgroup: cgroup.clone(),
+                    averages: LoadAverages::starting_at(active),
+                    stepped_at: std::time::Instant::now(),
+                    active,
+                    cpu_time_at_count: None,
+                    counted_at: std::time::Instant::now(),
+                },
+            });
+        }
+    }
+
+    /// `container` with its limits read again (the same cgroups and pid namespace): what a view kept
+    /// for longer than a reader shows when a limit changes.
+    pub fn refreshed(&self, container: &Container) -> Result<Container> {
+        self.limits_of(container.cgroups.clone(), container.pidns)
     }
 
     /// Counts a read of `content` by `pid` (resolved to `container`), for the metrics and under its
@@ -244,14 +313,17 @@ impl Renderer {
         if !self.virtualizing() {
             return self.host.online_cpus().unwrap_or_default();
         }
-        let cpus = self.container(pid).map(|c| c.cpus.clone());
-        match cpus {
-            Ok(Some(cpus)) => cpus,
-            Ok(None) => self.host.online_cpus().unwrap_or_default(),
-            Err(e) => {
-                self.log_once(&e);
-                self.host.online_cpus().unwrap_or_default()
-            }
+        self.visible_cpus_in(&self.sight(pid))
+    }
+
+    /// The host CPUs `sight` shows (the host's online CPUs when it is not limited or not resolved).
+    pub fn visible_cpus_in(&self, sight: &Sight) -> Vec<u32> {
+        match sight {
+            Sight::Container(container) if self.virtualizing() => match &container.cpus {
+                Some(cpus) => cpus.clone(),
+                None => self.host.online_cpus().unwrap_or_default(),
+            },
+            _ => self.host.online_cpus().unwrap_or_default(),
         }
     }
 
@@ -292,6 +364,11 @@ impl Renderer {
             }
             _ => own,
         };
+        self.limits_of(cgroups, pidns)
+    }
+
+    /// The limits that apply to a process in `cgroups` and pid namespace `pidns`.
+    fn limits_of(&self, cgroups: ProcessCgroups, pidns: PidNamespace) -> Result<Container> {
         let memory = match &cgroups.memory {
             Some(memory) if !memory.is_root() => Some((memory.id()?, memory.memory_limits()?)),
             _ => None,
@@ -321,12 +398,23 @@ impl Renderer {
                 self.options.cpu_rule,
             ))
         };
+        let identity = [
+            cgroups.memory.as_ref(),
+            cgroups.cpu.as_ref(),
+            cgroups.cpuacct.as_ref(),
+            cgroups.cpuset.as_ref(),
+            cgroups.io.as_ref(),
+        ]
+        .map(|dir| dir.map(CgroupDir::id).transpose());
+        let [memory_id, cpu_id, cpuacct_id, cpuset_id, io_id] = identity;
+        let identity = [memory_id?, cpu_id?, cpuacct_id?, cpuset_id?, io_id?];
         Ok(Container {
             cgroups,
             memory,
             cpuacct,
             cpus,
             pidns,
+            identity,
         })
     }
 
@@ -416,6 +504,14 @@ impl Renderer {
                 render_cpu_range(cpus.len())
             }
             Content::Loadavg => {
+                if usage == Use::Describe
+                    && let Ok(Some((_, id))) = tasks_cgroup(container)
+                    && self.registry.load.peek(&id).is_none()
+                {
+                    // No history yet: the averages will start from a count taken now, not from one
+                    // a runtime's lookup took while it set the container up.
+                    self.registry.task_counts.remove(&id);
+                }
                 let Some((cgroup, id, counted)) = self.task_counts(container, pid, usage)? else {
                     return Ok(None);
                 };
@@ -433,7 +529,7 @@ impl Renderer {
                 };
                 let entry = match usage {
                     Use::Read => self.registry.load.update(id, start),
-                    Use::Size => start(self.registry.load.get(&id).as_ref()),
+                    Use::Size | Use::Describe => start(self.registry.load.get(&id).as_ref()),
                 };
                 let last_pid = match container.pidns {
                     // The newest task of the container still there when counted (the reader itself,
@@ -480,10 +576,18 @@ impl Renderer {
     /// the other host files); the host's own file where the container is the host's or keeps no I/O
     /// statistics.
     pub fn render_block_stat(&self, name: &str, pid: u32) -> Result<Vec<u8>> {
-        if pid != 0 && self.virtualizing() {
-            let devices = self
-                .container(pid)
-                .and_then(|container| self.container_disks(&container));
+        let sight = if self.virtualizing() {
+            self.sight(pid)
+        } else {
+            Sight::Unresolved(Fallback::ViewsOff)
+        };
+        self.render_block_stat_in(name, &sight)
+    }
+
+    /// `sys/block/NAME/stat` as `sight` shows it (see [`Renderer::render_block_stat`]).
+    pub fn render_block_stat_in(&self, name: &str, sight: &Sight) -> Result<Vec<u8>> {
+        if let (Sight::Container(container), true) = (sight, self.virtualizing()) {
+            let devices = self.container_disks(container);
             match devices {
                 Ok(Some(devices)) => {
                     // sysfs writes a `/` in a disk's name as `!` (cciss!c0d0), diskstats does not.
@@ -767,11 +871,15 @@ fn tasks_cgroup(container: &Container) -> Result<Option<(&CgroupDir, CgroupId)>>
 
 /// What a rendering is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Use {
+pub enum Use {
     /// A read: its content is what the reader gets.
     Read,
     /// A stat: only its length matters, and it leaves no state behind.
     Size,
+    /// A generation of a cached file, rendered when the kernel asks for its attributes (a runtime's
+    /// LOOKUP while it sets the container up, or a reader's): counted and whole like a read, but it
+    /// starts no load history; the first READ of the file does ([`Renderer::started_reading`]).
+    Describe,
 }
 
 /// The kernel's `procs_running` counts the reader, running while it reads; here the reader waits for

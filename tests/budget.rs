@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, HandleHolders, Limits, MIB, TestCgroup, stdout};
+use common::{Daemon, HandleHolders, Limits, MIB, Sleeper, TestCgroup, stdout};
 
 const LIMITED_MEMTOTAL: &str = "MemTotal:          65536 kB";
 
@@ -239,6 +239,66 @@ fn a_hundred_thousand_open_handles_keep_rss_under_the_bound_and_each_container_t
     );
     assert!(report.contains("open_handles: 100000"), "{report}");
     assert!(healthy, "{report}");
+}
+
+/// README's budget: a view (a container's inodes) with its meminfo read costs at most 16 KiB of RSS.
+const RSS_BOUND_PER_VIEW: u64 = 16 * 1024;
+const VIEWS: usize = 1000;
+
+#[test]
+fn a_thousand_containers_inodes_stay_under_the_bound_and_go_when_the_kernel_forgets_them() {
+    let daemon = Daemon::start(&[]);
+    for _ in 0..100 {
+        std::fs::read(daemon.path("proc/meminfo")).unwrap();
+    }
+    let before = daemon.rss_bytes();
+    let sleepers: Vec<Sleeper> = (0..VIEWS).map(|_| Sleeper::start()).collect();
+    for sleeper in &sleepers {
+        let path = daemon.path(&format!(".by-pid/{}/proc/meminfo", sleeper.pid));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("MemTotal:"), "{}: {text}", path.display());
+    }
+    let during = daemon.rss_bytes();
+    let (healthy, report) = daemon.check();
+    // A container may not name its neighbours' files.
+    let from_a_container = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "cat"])
+        .arg(daemon.path(&format!(".by-pid/{}/proc/meminfo", sleepers[0].pid)))
+        .output()
+        .unwrap();
+    drop(sleepers);
+    println!(
+        "RSS before {} KiB, with {VIEWS} views {} KiB ({} bytes per view)\n{report}",
+        before / 1024,
+        during / 1024,
+        during.saturating_sub(before) / VIEWS as u64
+    );
+    assert!(common::views_in(&report) >= VIEWS, "{report}");
+    assert!(healthy, "{report}");
+    assert!(
+        during.saturating_sub(before) <= RSS_BOUND_PER_VIEW * VIEWS as u64,
+        "RSS grew by {} KiB for {VIEWS} views",
+        during.saturating_sub(before) / 1024
+    );
+    assert!(!from_a_container.status.success());
+    assert!(
+        String::from_utf8_lossy(&from_a_container.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&from_a_container.stderr)
+    );
+    // The kernel forgets the inodes (FORGET) when its caches are dropped: so does the daemon.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, report) = daemon.check();
+        let views = common::views_in(&report);
+        if views < 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{views} views left\n{report}");
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -124,6 +124,45 @@ fn docker_style_volume_flags_give_the_container_its_view() {
     );
 }
 
+/// Ten containers started at once, each with its own memory limit, bind the same shared paths (as
+/// `docker run -v` does): runc looks each bind's source up from inside the container's cgroup, and
+/// each gets its container's own inodes, read through the page cache, never a neighbour's.
+#[test]
+fn ten_containers_started_at_once_each_bind_their_own_view() {
+    let daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.display().to_string();
+    image();
+    let started: Vec<(u64, std::thread::JoinHandle<String>)> = (0..10u64)
+        .map(|i| {
+            let megabytes = 64 + 16 * i;
+            let m = m.clone();
+            let thread = std::thread::spawn(move || {
+                let mut podman = Command::new("podman");
+                podman.args(["run", "--rm", "--runtime", "runc"]);
+                podman.arg(format!("--memory={megabytes}m"));
+                for file in ["proc/meminfo", "proc/stat", "sys/devices/system/cpu/online"] {
+                    podman.arg("-v").arg(format!("{m}/{file}:/{file}:ro"));
+                }
+                // Read many times (the page cache serves most), each time whole.
+                let script = "for i in $(seq 200); do head -1 /proc/meminfo; done | sort | uniq -c; \
+                              for i in $(seq 50); do tail -1 /proc/stat | cut -d' ' -f1; done | sort | uniq -c";
+                stdout(podman.arg(IMAGE).args(["sh", "-c", script]).output().unwrap())
+            });
+            (megabytes, thread)
+        })
+        .collect();
+    for (megabytes, thread) in started {
+        let out = thread.join().unwrap();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let kb = (megabytes * 1024).to_string();
+        assert_eq!(
+            words,
+            ["200", "MemTotal:", kb.as_str(), "kB", "50", "softirq"],
+            "the {megabytes} MiB container: {out}"
+        );
+    }
+}
+
 /// A hooks directory holding the shipped hook file `name`, pointed at this build, `mountpoint` and `log`.
 fn hooks_dir(name: &str, mountpoint: &Path, log: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,15 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
     let _ = container.wait();
     let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
     let mut other = group.container("sh -c \"echo ready; exec sleep 300\"");
+    // Another process of the container enters its mount namespace (after the new daemon's own
+    // reattach at start): what the heal names the container's files by, the one found being gone.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut companion = group.spawn(&format!(
+        "exec nsenter --mount=/proc/{}/fd/{} sleep 300",
+        std::process::id(),
+        namespace.as_raw_fd()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
     found[0].pid = other.id();
     let other_mounts_before = fs_mounts_of(other.id(), &fs_name);
     let host_mounts_before = fs_mounts_of(std::process::id(), &fs_name);
@@ -77,6 +86,8 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
     );
     let _ = other.kill();
     let _ = other.wait();
+    let _ = companion.kill();
+    let _ = companion.wait();
     let in_found_namespace = group.run_in_host_pidns(&format!(
         "exec nsenter --mount=/proc/{}/fd/{} head -1 /proc/meminfo",
         std::process::id(),

@@ -111,7 +111,7 @@ fn the_container_sees_its_limits_through_vprocd() {
         "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online; \
          grep -c ^processor /proc/cpuinfo; cat /proc/uptime; hostname; nproc; \
          cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
-         ps -o pid,args; true",
+         ps -o pid,args; grep ' /proc/meminfo ' /proc/self/mountinfo | cut -d' ' -f4,9; true",
     ]);
     let stdout = text(&out.stdout);
     assert_eq!(code(&out), 0, "{out:?}");
@@ -120,6 +120,17 @@ fn the_container_sees_its_limits_through_vprocd() {
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["MemTotal:", "65536", "kB"]
     );
+    // Bound from its own view on the views mount (the page cache): `/PID/proc/meminfo` there.
+    let bound = stdout.lines().last().unwrap_or_default();
+    let (root, source) = bound.split_once(' ').unwrap_or_default();
+    assert!(
+        root.ends_with("/proc/meminfo")
+            && root
+                .trim_start_matches('/')
+                .starts_with(|c: char| c.is_ascii_digit()),
+        "{stdout}"
+    );
+    assert!(source.ends_with("/.by-pid"), "{stdout}");
     assert_eq!(lines[1], "0");
     assert_eq!(lines[2], "1");
     assert!(lines[3].starts_with("0."), "uptime {:?}", lines[3]);

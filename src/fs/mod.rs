@@ -1,74 +1,111 @@
 //! The FUSE adapter (fuser 0.18): translates requests into calls of [`Renderer`] and the node table, and
 //! results back into replies. It never panics on a request and never fails a read of a virtual file
 //! while the host's file is readable (unresolvable readers get the host's file).
+//!
+//! The daemon serves two mounts through this type ([`Mount`]): the shared LXCFS layout, rendered per
+//! reader with direct I/O ([`shared`]), and stacked on its `.by-pid`, each container's own inodes served
+//! from the kernel's page cache ([`views`]).
 
 mod handles;
 mod nodes;
+mod shared;
+pub mod views;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, Notifier,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr,
+    Request,
 };
 
+pub use crate::files::BY_PID_DIR;
 use crate::files::{self, BLOCK_DIR, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report, XATTR_SIZE_MAX};
-use crate::metrics::{self, Metrics, Operation, Target};
-use crate::render::Renderer;
+use crate::metrics::{self, Operation, Target};
+use crate::render::{Renderer, Sight, Use};
 use crate::view::topology::{self, render_topology_file};
+use handles::Handles;
 pub use handles::{
     BUFFER_BUDGET, KEPT_BYTES_PER_CONTAINER, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES,
 };
-use handles::{HandleSource, Handles, Lookup, Refused, Served};
 pub use nodes::{HostEntry, Node, NodeTable, cpu_slot_number};
+use views::{Generation as Rendering, Rendered, SHARED, View, Views, ino_in, local_of, view_of};
 
 /// Names of fixed nodes never change: let the kernel cache them for a day (no LOOKUP per open).
 const FIXED_TTL: Duration = Duration::from_secs(86400);
-/// Attributes of virtual files: their size is that of the content for the reader who asked (see `attr`),
-/// kept 100 ms (LXCFS keeps 1 s). What a read returns never depends on it; only tools that trust st_size
-/// (`wc -c`, `tail`) could see another reader's size within that window. Zero would cost two GETATTRs
-/// per open+fstat+read+close (3.3x LXCFS instead of 5.5x with one reader).
-const VIRTUAL_FILE_ATTR_TTL: Duration = Duration::from_millis(100);
-/// `cpuK` and what lies below it differ per reader, and the dentry cache is shared by all readers.
+/// Attributes of a view's files: one tick, the age past which a generation is not described again.
+const VIRTUAL_FILE_ATTR_TTL: Duration = views::TICK;
+/// What differs per reader on the shared mount (`cpuK` and below), and `.by-pid/PID`: looked up on
+/// every path walk.
 const PER_READER_TTL: Duration = Duration::ZERO;
-/// How often a refused open is logged at most.
-const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 /// Host sysfs entries passed through unchanged; they may appear and vanish (CPU hotplug).
 const HOST_TTL: Duration = Duration::from_secs(1);
+/// Inode of [`BY_PID_DIR`] (in the shared tree, far above any other).
+const BY_PID_INO: u64 = 0x7fff_fff0;
+
+/// Which of the daemon's two mounts a [`VprocFs`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mount {
+    /// The LXCFS layout at the mountpoint: one inode per file, rendered per reader, direct I/O
+    /// (see [`shared`]).
+    Shared,
+    /// `MOUNTPOINT/.by-pid`: `PID/proc/meminfo` is PID's container's own inode, served from the page
+    /// cache (see [`views`]).
+    Views,
+}
 
 /// The vproc filesystem.
 #[derive(Debug)]
 pub struct VprocFs {
-    renderer: Arc<Renderer>,
-    nodes: NodeTable,
+    mount: Mount,
     handles: Arc<Handles>,
     /// When a refused open was last logged.
-    refusals: parking_lot::Mutex<Option<Instant>>,
+    refusals: parking_lot::Mutex<Option<std::time::Instant>>,
+    renderer: Arc<Renderer>,
+    nodes: NodeTable,
+    views: Arc<Views>,
     /// Timestamps of the fixed nodes: when the daemon started.
     started: SystemTime,
+    /// The daemon's own pid namespace (`pid:[N]`): only processes in it may name views by pid.
+    own_pidns: Option<PathBuf>,
 }
 
 impl VprocFs {
-    /// A filesystem that renders through `renderer`.
-    pub fn new(renderer: Arc<Renderer>) -> Self {
-        VprocFs {
-            renderer,
-            nodes: NodeTable::default(),
-            handles: Arc::new(Handles::default()),
-            refusals: parking_lot::Mutex::new(None),
-            started: SystemTime::now(),
-        }
+    /// The daemon's two filesystems, rendering through `renderer`: the shared mount and the views
+    /// mount stacked on its `.by-pid`. They share what they hold, so either reports it all.
+    pub fn pair(renderer: Arc<Renderer>) -> (VprocFs, VprocFs) {
+        let handles = Arc::new(Handles::default());
+        let views = Arc::new(Views::default());
+        let make = |mount| {
+            let own_pidns =
+                std::fs::read_link(renderer.host().roots().proc.join("self/ns/pid")).ok();
+            VprocFs {
+                mount,
+                handles: Arc::clone(&handles),
+                refusals: parking_lot::Mutex::new(None),
+                renderer: Arc::clone(&renderer),
+                nodes: NodeTable::default(),
+                views: Arc::clone(&views),
+                started: SystemTime::now(),
+                own_pidns,
+            }
+        };
+        (make(Mount::Shared), make(Mount::Views))
     }
 
     /// What the open files hold, for the metrics.
     pub fn open_files(&self) -> OpenFiles {
         OpenFiles(Arc::clone(&self.handles))
+    }
+
+    /// The views, for the invalidating thread and the metrics.
+    pub fn views(&self) -> Arc<Views> {
+        Arc::clone(&self.views)
     }
 
     /// Counts a request on `target` and, when it failed, its errno; passes the result on.
@@ -90,8 +127,12 @@ impl VprocFs {
     pub fn health_report(&self) -> Report {
         self.renderer.health().report(
             self.renderer.registry().occupancy(),
-            self.handles.len(),
-            self.handles.buffered_bytes(),
+            crate::health::Held {
+                open_handles: self.handles.len(),
+                buffered_bytes: self.handles.buffered_bytes(),
+                views: self.views.len(),
+                cached_bytes: self.views.bytes(),
+            },
         )
     }
 
@@ -100,13 +141,12 @@ impl VprocFs {
     }
 
     fn fixed_attr(&self, ino: u64, kind: FileType) -> FileAttr {
-        let (perm, nlink) = match (kind, files::file_by_ino(ino)) {
-            (_, Some(file)) => (file.mode, 1),
+        let (perm, nlink) = match (kind, files::file_by_ino(local_of(ino))) {
+            (FileType::RegularFile, Some(file)) => (file.mode, 1),
             _ => (files::DIR_MODE, 2),
         };
         FileAttr {
             ino: INodeNo(ino),
-            // Like /proc: content is rendered per read, so no size is promised (direct I/O reads it all).
             size: 0,
             blocks: 0,
             atime: self.started,
@@ -124,32 +164,70 @@ impl VprocFs {
         }
     }
 
-    /// Attributes of an inode for the reader `pid`, with how long the kernel may keep them.
-    ///
-    /// A virtual file's size is the length of its content for this reader. Real /proc says 0, and
-    /// read(2) does not care (direct I/O ignores i_size), but since Linux 6.5 splice/sendfile reads FUSE
-    /// files through the page cache even with direct I/O (fixed upstream by "fuse: use
-    /// copy_splice_read() for FOPEN_DIRECT_IO"), where i_size 0 means EOF: busybox `cat` and Python's
-    /// shutil.copy would see empty files. With a size, their page-cache read reaches `read`, which
-    /// refuses it, and they fall back to read(2). LXCFS reports sizes the same way.
+    /// How long the kernel may keep the attributes of `generation`: a tick, or none while it is
+    /// provisional (no READ served from it yet), so the first read(2) asks again.
+    fn generation_ttl(generation: &Rendering) -> Duration {
+        if generation.was_read() {
+            VIRTUAL_FILE_ATTR_TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The attributes of a file whose content is `generation`.
+    fn generation_attr(&self, ino: u64, perm: u16, generation: &Rendering) -> FileAttr {
+        let mut attr = self.fixed_attr(ino, FileType::RegularFile);
+        attr.perm = perm;
+        attr.nlink = 1;
+        attr.size = generation.bytes.len() as u64;
+        attr.blocks = attr.size.div_ceil(512);
+        attr.mtime = generation.rendered;
+        attr.ctime = generation.rendered;
+        attr
+    }
+
+    /// Whom the files of `view` are for: the view's container, or in the shared tree, the reader.
+    fn sight(&self, view: &View, pid: u32) -> Sight {
+        if view.id() == SHARED {
+            return self.renderer.sight(pid);
+        }
+        // Limits are read again for each burst of renderings (one per tick per file read).
+        view.sight(views::QUIET, |container| self.renderer.refreshed(container))
+    }
+
+    fn view(&self, ino: u64) -> Result<Arc<View>, Errno> {
+        self.views.get(view_of(ino)).ok_or(Errno::ESTALE)
+    }
+
+    /// Attributes of inode `ino` (asked by `pid`), with how long the kernel may keep them. A file's
+    /// are those of the generation its next READs serve.
     fn attr(&self, ino: u64, pid: u32) -> Result<(FileAttr, Duration), Errno> {
-        match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
+        if self.mount == Mount::Shared {
+            return self.shared_attr(ino, pid);
+        }
+        let local = local_of(ino);
+        if local == BY_PID_INO && view_of(ino) == SHARED {
+            return Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL));
+        }
+        let view = self.view(ino)?;
+        match self.nodes.node(local).ok_or(Errno::ENOENT)? {
             Node::Dir(_) => Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL)),
             Node::File(file) => {
-                let mut attr = self.fixed_attr(ino, FileType::RegularFile);
-                attr.size = self
-                    .renderer
-                    .render_for_size(file.content, pid)
-                    .map_err(|e| {
-                        log::error!("cannot read the host's file: {e}");
-                        Errno::EIO
-                    })?
-                    .len() as u64;
-                Ok((attr, VIRTUAL_FILE_ATTR_TTL))
+                let generation = self
+                    .views
+                    .describe(&view, local, || self.render(&view, local, pid))?;
+                Ok((
+                    self.generation_attr(ino, file.mode, &generation),
+                    Self::generation_ttl(&generation),
+                ))
             }
             Node::CpuSlot(k) => {
-                if (k as usize) < self.renderer.visible_cpus(pid).len() {
-                    Ok((self.fixed_attr(ino, FileType::Directory), PER_READER_TTL))
+                let sight = self.sight(&view, pid);
+                if (k as usize) < self.renderer.visible_cpus_in(&sight).len() {
+                    Ok((
+                        self.fixed_attr(ino, FileType::Directory),
+                        self.view_ttl(&view),
+                    ))
                 } else {
                     Err(Errno::ENOENT)
                 }
@@ -158,70 +236,114 @@ impl VprocFs {
                 self.block_name(index)?;
                 Ok((self.fixed_attr(ino, FileType::Directory), HOST_TTL))
             }
-            Node::BlockStat(index) => {
-                let name = self.block_name(index)?;
-                let mut attr = self.fixed_attr(ino, FileType::RegularFile);
-                attr.perm = 0o444;
-                attr.nlink = 1;
-                attr.size = self.produce(&HandleSource::BlockStat(name), pid)?.len() as u64;
-                Ok((attr, VIRTUAL_FILE_ATTR_TTL))
+            Node::BlockStat(_) => {
+                let generation = self
+                    .views
+                    .describe(&view, local, || self.render(&view, local, pid))?;
+                Ok((
+                    self.generation_attr(ino, 0o444, &generation),
+                    Self::generation_ttl(&generation),
+                ))
             }
             Node::Host(entry) => {
-                let path = self.host_path(&entry, pid)?;
+                let sight = self.sight(&view, pid);
+                let path = self.host_path(&entry, &sight)?;
                 let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
+                let attr = host_attr(ino, &meta);
+                if meta.is_file() {
+                    // Read through the page cache like every file here: its size is its content's.
+                    // A file that cannot be read (write-only, or refused) shows size 0, and its
+                    // READ the error.
+                    let described = self
+                        .views
+                        .describe(&view, local, || self.render(&view, local, pid));
+                    return Ok(match described {
+                        Ok(generation) => (
+                            self.generation_attr(ino, attr.perm, &generation),
+                            Self::generation_ttl(&generation),
+                        ),
+                        Err(_) => (attr, VIRTUAL_FILE_ATTR_TTL),
+                    });
+                }
                 let ttl = if entry.per_reader() {
-                    PER_READER_TTL
+                    self.view_ttl(&view)
                 } else {
                     HOST_TTL
                 };
-                Ok((host_attr(ino, &meta), ttl))
+                Ok((attr, ttl))
             }
         }
     }
 
-    /// How long the kernel may keep the name -> inode mapping of `ino`.
-    fn entry_ttl(&self, ino: u64) -> Duration {
-        match self.nodes.node(ino) {
+    /// How long what depends on a view's limits may be kept: per reader in the shared tree, a tick
+    /// in a view's own.
+    fn view_ttl(&self, view: &View) -> Duration {
+        if view.id() == SHARED {
+            PER_READER_TTL
+        } else {
+            views::TICK
+        }
+    }
+
+    /// How long the kernel may keep the name -> inode mapping of `local` in a view's own tree.
+    fn entry_ttl(&self, view: &View, local: u64) -> Duration {
+        match self.nodes.node(local) {
             Some(Node::Dir(_) | Node::File(_)) => FIXED_TTL,
             Some(Node::Host(entry)) if !entry.per_reader() => HOST_TTL,
             Some(Node::BlockDevice(_) | Node::BlockStat(_)) => HOST_TTL,
-            _ => PER_READER_TTL,
+            _ => self.view_ttl(view),
         }
     }
 
-    /// What a host entry shows reader `pid`: the host's file, or below a `cpuK` slot, its topology and
+    /// What a host entry shows `sight`: the host's file, or below a `cpuK` slot, its topology and
     /// cache files in the container's numbering.
-    fn host_source(&self, entry: HostEntry, pid: u32) -> Result<HandleSource, Errno> {
+    fn host_content(&self, entry: HostEntry, sight: &Sight) -> Result<Vec<u8>, Errno> {
         match entry.slot {
             Some(slot) if topology::is_rewritten(&entry.relative) => {
-                let visible = self.renderer.visible_cpus(pid);
+                let visible = self.renderer.visible_cpus_in(sight);
                 let path = entry
                     .host_path(&self.host_cpu_dir(), &visible)
                     .ok_or(Errno::ENOENT)?;
-                Ok(HandleSource::CpuTopology {
-                    path,
-                    relative: entry.relative,
-                    slot,
-                    visible,
-                })
+                let host = std::fs::read_to_string(path).map_err(Errno::from)?;
+                Ok(render_topology_file(&entry.relative, &host, slot, &visible).into_bytes())
             }
-            _ => self.host_path(&entry, pid).map(HandleSource::Host),
+            _ => std::fs::read(self.host_path(&entry, sight)?).map_err(Errno::from),
         }
     }
 
-    fn host_path(&self, entry: &HostEntry, pid: u32) -> Result<PathBuf, Errno> {
-        let visible = if entry.per_reader() {
-            self.renderer.visible_cpus(pid)
-        } else {
-            Vec::new()
-        };
-        entry
-            .host_path(&self.host_cpu_dir(), &visible)
-            .ok_or(Errno::ENOENT)
+    /// A new generation of file `local` of `view`, rendered for reader `pid`, with its slack.
+    fn render(&self, view: &View, local: u64, pid: u32) -> Result<Rendered, Errno> {
+        let node = self.nodes.node(local).ok_or(Errno::ENOENT)?;
+        Ok(Rendered {
+            slack: slack(&node),
+            bytes: self.render_node(view, node, pid)?,
+        })
     }
 
-    /// The inode of `name` in directory `parent`, as reader `pid` sees it.
-    fn lookup_ino(&self, parent: u64, name: &str, pid: u32) -> Result<u64, Errno> {
+    fn render_node(&self, view: &View, node: Node, pid: u32) -> Result<Vec<u8>, Errno> {
+        let sight = self.sight(view, pid);
+        let failed = |e: crate::error::Error| {
+            log::error!("cannot read the host's file: {e}");
+            Errno::EIO
+        };
+        match node {
+            Node::File(file) => self
+                .renderer
+                .render_in(file.content, &sight, pid, Use::Describe)
+                .map_err(failed),
+            Node::BlockStat(index) => {
+                let name = self.block_name(index)?;
+                self.renderer
+                    .render_block_stat_in(&name, &sight)
+                    .map_err(failed)
+            }
+            Node::Host(entry) => self.host_content(entry, &sight),
+            _ => Err(Errno::EISDIR),
+        }
+    }
+
+    /// The tree-wide inode of `name` in directory `parent` (tree-wide too), as `sight` sees it.
+    fn lookup_local(&self, parent: u64, name: &str, sight: &Sight) -> Result<u64, Errno> {
         match self.nodes.node(parent).ok_or(Errno::ENOENT)? {
             Node::Dir(dir) => {
                 let child_path = if dir.path.is_empty() {
@@ -254,7 +376,7 @@ impl VprocFs {
                         slot: None,
                         relative: PathBuf::from(name),
                     },
-                    pid,
+                    sight,
                 )
             }
             Node::CpuSlot(k) => self.existing_host_ino(
@@ -262,7 +384,7 @@ impl VprocFs {
                     slot: Some(k),
                     relative: PathBuf::from(name),
                 },
-                pid,
+                sight,
             ),
             Node::Host(entry) => {
                 let relative = entry.relative.join(name);
@@ -271,13 +393,118 @@ impl VprocFs {
                         slot: entry.slot,
                         relative,
                     },
-                    pid,
+                    sight,
                 )
             }
             Node::BlockDevice(index) if name == "stat" => Ok(NodeTable::block_stat_ino(index)),
             Node::BlockDevice(_) => Err(Errno::ENOENT),
             Node::File(_) | Node::BlockStat(_) => Err(Errno::ENOTDIR),
         }
+    }
+
+    /// Only a process of the daemon's own pid namespace (the host's: `vproc attach`, `reattach`, an
+    /// OCI hook) may name another process's view; a container may not read its neighbours' files.
+    fn may_name_views(&self, pid: u32) -> Result<(), Errno> {
+        let theirs = std::fs::read_link(
+            self.renderer
+                .host()
+                .roots()
+                .proc
+                .join(format!("{pid}/ns/pid")),
+        )
+        .ok();
+        match (&self.own_pidns, theirs) {
+            (Some(own), Some(theirs)) if pid != 0 && *own == theirs => Ok(()),
+            _ => Err(Errno::EACCES),
+        }
+    }
+
+    /// Answers a LOOKUP: the child's inode (in which view), its attributes and how long each may be
+    /// kept. A lookup of the returned inode is counted for its view (given back on failure).
+    fn lookup_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        pid: u32,
+    ) -> Result<(u64, FileAttr, Duration, Duration), Errno> {
+        match self.mount {
+            Mount::Shared => {
+                if parent == ROOT_INO && name == BY_PID_DIR {
+                    // Where the views mount is stacked.
+                    let ino = ino_in(SHARED, BY_PID_INO);
+                    let attr = self.fixed_attr(ino, FileType::Directory);
+                    return Ok((ino, attr, FIXED_TTL, FIXED_TTL));
+                }
+                if view_of(parent) != SHARED || parent == BY_PID_INO {
+                    return Err(Errno::ENOENT);
+                }
+                let ino = self.lookup_local(parent, name, &self.renderer.sight(pid))?;
+                let (attr, attr_ttl) = self.shared_attr(ino, pid)?;
+                Ok((ino, attr, attr_ttl, self.shared_entry_ttl(ino)))
+            }
+            Mount::Views if parent == ROOT_INO => self.lookup_view(name, pid),
+            Mount::Views => {
+                // Within a view: its own inodes.
+                let view = self.view(parent)?;
+                let sight = self.sight(&view, pid);
+                let local = self.lookup_local(local_of(parent), name, &sight)?;
+                self.views.looked_up_again(&view);
+                let entry_ttl = self.entry_ttl(&view, local);
+                self.entry(&view, ino_in(view.id(), local), pid, entry_ttl)
+            }
+        }
+    }
+
+    /// A LOOKUP of `PID` in the views mount's root: the root of PID's container's files (each named
+    /// process its own view, so no directory is ever reachable under two names). Only the process
+    /// itself, or one of the daemon's own pid namespace (`vproc attach`, `reattach`, an OCI hook),
+    /// may name it: a container may not read its neighbours' files.
+    fn lookup_view(
+        &self,
+        name: &str,
+        pid: u32,
+    ) -> Result<(u64, FileAttr, Duration, Duration), Errno> {
+        let named: u32 = name.parse().map_err(|_| Errno::ENOENT)?;
+        if named != pid {
+            self.may_name_views(pid)?;
+        }
+        let sight = match self.renderer.sight(named) {
+            Sight::Unresolved(metrics::Fallback::ReaderGone) => return Err(Errno::ENOENT),
+            sight => sight,
+        };
+        let view = self
+            .views
+            .looked_up(sight, named)
+            .map_err(|_| self.full())?;
+        // Asked again on every walk: a pid reused by another container names another view.
+        self.entry(&view, ino_in(view.id(), ROOT_INO), pid, PER_READER_TTL)
+    }
+
+    /// The answer to a LOOKUP of `ino` (one lookup of it already counted for `view`, given back when
+    /// it fails).
+    fn entry(
+        &self,
+        view: &View,
+        ino: u64,
+        pid: u32,
+        entry_ttl: Duration,
+    ) -> Result<(u64, FileAttr, Duration, Duration), Errno> {
+        match self.attr(ino, pid) {
+            Ok((attr, attr_ttl)) => Ok((ino, attr, attr_ttl, entry_ttl)),
+            Err(e) => {
+                self.views.forget(view.id(), 1);
+                Err(e)
+            }
+        }
+    }
+
+    fn full(&self) -> Errno {
+        self.renderer.health().record_other();
+        log::warn!(
+            "refusing a lookup: {} views exist (a container per view)",
+            views::MAX_VIEWS
+        );
+        Errno::ENFILE
     }
 
     /// The host's block device called by the `index`-th name numbered, if it is still there.
@@ -303,38 +530,56 @@ impl VprocFs {
         self.renderer.host().roots().sys.join("block")
     }
 
-    /// The inode of a host entry that exists for reader `pid`; names that do not exist get no inode,
+    /// The inode of a host entry that exists for `sight`; names that do not exist get no inode,
     /// so lookups of random names cannot grow the table.
-    fn existing_host_ino(&self, entry: HostEntry, pid: u32) -> Result<u64, Errno> {
-        std::fs::symlink_metadata(self.host_path(&entry, pid)?).map_err(Errno::from)?;
+    fn existing_host_ino(&self, entry: HostEntry, sight: &Sight) -> Result<u64, Errno> {
+        std::fs::symlink_metadata(self.host_path(&entry, sight)?).map_err(Errno::from)?;
         Ok(self.nodes.host_ino(entry))
     }
 
     /// The entries of directory `ino` for reader `pid`, without `.` and `..`.
     fn list(&self, ino: u64, pid: u32) -> Result<Vec<(u64, FileType, String)>, Errno> {
+        let view = self.view(ino)?;
+        let sight = self.sight(&view, pid);
         let mut entries = Vec::new();
-        match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
+        let child = |local: u64| ino_in(view.id(), local);
+        let child_dir = child;
+        // The views mount's root names processes, listed by nobody; the shared mount's `.by-pid` is
+        // where it is stacked.
+        let views_root = self.mount == Mount::Views && ino == ROOT_INO;
+        if views_root || (view.id() == SHARED && local_of(ino) == BY_PID_INO) {
+            return Ok(entries);
+        }
+        match self.nodes.node(local_of(ino)).ok_or(Errno::ENOENT)? {
             Node::Dir(dir) => {
-                for child in files::DIRS
+                for sub in files::DIRS
                     .iter()
                     .filter(|d| d.ino != ROOT_INO && d.parent() == dir.path)
                 {
-                    entries.push((child.ino, FileType::Directory, child.name().to_string()));
+                    entries.push((
+                        child_dir(sub.ino),
+                        FileType::Directory,
+                        sub.name().to_string(),
+                    ));
                 }
                 for file in FILES.iter().filter(|f| f.parent() == dir.path) {
-                    entries.push((file.ino, FileType::RegularFile, file.name().to_string()));
+                    entries.push((
+                        child(file.ino),
+                        FileType::RegularFile,
+                        file.name().to_string(),
+                    ));
                 }
                 if dir.path == BLOCK_DIR {
                     for (name, _) in read_host_dir(&self.host_block_dir())? {
-                        if let Some(ino) = self.block_ino(&name) {
-                            entries.push((ino, FileType::Directory, name));
+                        if let Some(local) = self.block_ino(&name) {
+                            entries.push((child_dir(local), FileType::Directory, name));
                         }
                     }
                 }
                 if dir.path == CPU_DIR {
-                    for k in 0..self.renderer.visible_cpus(pid).len() as u32 {
+                    for k in 0..self.renderer.visible_cpus_in(&sight).len() as u32 {
                         entries.push((
-                            NodeTable::slot_ino(k),
+                            child_dir(NodeTable::slot_ino(k)),
                             FileType::Directory,
                             format!("cpu{k}"),
                         ));
@@ -342,37 +587,55 @@ impl VprocFs {
                     let host_dir = self.host_cpu_dir();
                     for (name, kind) in read_host_dir(&host_dir)? {
                         if cpu_slot_number(&name).is_none() && !nodes::is_virtual_cpu_file(&name) {
-                            let ino = self.nodes.host_ino(HostEntry {
+                            let local = self.nodes.host_ino(HostEntry {
                                 slot: None,
                                 relative: PathBuf::from(&name),
                             });
+                            let ino = if kind == FileType::Directory {
+                                child_dir(local)
+                            } else {
+                                child(local)
+                            };
                             entries.push((ino, kind, name));
                         }
                     }
                 }
             }
-            Node::CpuSlot(k) => self.list_host(Some(k), PathBuf::new(), pid, &mut entries)?,
+            Node::CpuSlot(k) => self.list_host(
+                Some(k),
+                PathBuf::new(),
+                &sight,
+                ino_in(view.id(), 0),
+                &mut entries,
+            )?,
             Node::BlockDevice(index) => {
                 self.block_name(index)?;
                 entries.push((
-                    NodeTable::block_stat_ino(index),
+                    child(NodeTable::block_stat_ino(index)),
                     FileType::RegularFile,
                     "stat".to_string(),
                 ));
             }
             Node::BlockStat(_) => return Err(Errno::ENOTDIR),
-            Node::Host(entry) => self.list_host(entry.slot, entry.relative, pid, &mut entries)?,
+            Node::Host(entry) => self.list_host(
+                entry.slot,
+                entry.relative,
+                &sight,
+                ino_in(view.id(), 0),
+                &mut entries,
+            )?,
             Node::File(_) => return Err(Errno::ENOTDIR),
         }
         Ok(entries)
     }
 
-    /// Lists the host directory `relative` below `slot` (see [`HostEntry`]) for reader `pid`.
+    /// Lists the host directory `relative` below `slot` (see [`HostEntry`]) as `sight` sees it.
     fn list_host(
         &self,
         slot: Option<u32>,
         relative: PathBuf,
-        pid: u32,
+        sight: &Sight,
+        base: u64,
         entries: &mut Vec<(u64, FileType, String)>,
     ) -> Result<(), Errno> {
         let path = self.host_path(
@@ -380,43 +643,66 @@ impl VprocFs {
                 slot,
                 relative: relative.clone(),
             },
-            pid,
+            sight,
         )?;
         for (name, kind) in read_host_dir(&path)? {
-            let ino = self.nodes.host_ino(HostEntry {
+            let local = self.nodes.host_ino(HostEntry {
                 slot,
                 relative: relative.join(&name),
             });
-            entries.push((ino, kind, name));
+            entries.push((ino_in(view_of(base), local), kind, name));
         }
         Ok(())
     }
+}
 
-    /// Renders or reads what handle `fh` shows, for reader `pid`.
-    fn produce(&self, source: &HandleSource, pid: u32) -> Result<Vec<u8>, Errno> {
-        match source {
-            HandleSource::Virtual(content) => self.renderer.render(*content, pid).map_err(|e| {
-                log::error!("cannot read the host's file: {e}");
-                Errno::EIO
-            }),
-            HandleSource::Host(path) => std::fs::read(path).map_err(Errno::from),
-            HandleSource::BlockStat(name) => {
-                self.renderer.render_block_stat(name, pid).map_err(|e| {
-                    log::error!("cannot read the host's file: {e}");
-                    Errno::EIO
-                })
+/// Room a file keeps to grow without changing its size (see [`Views::describe`]): the files whose
+/// counters gain digits as they run. Kept as spaces at the end of the last line.
+fn slack(node: &Node) -> usize {
+    use crate::files::Content;
+    match node {
+        Node::File(file) => match file.content {
+            Content::Stat | Content::Diskstats => 64,
+            Content::Loadavg | Content::Uptime | Content::Swaps | Content::Pressure(_) => 16,
+            _ => 0,
+        },
+        Node::BlockStat(_) => 16,
+        _ => 0,
+    }
+}
+
+/// Drops from the kernel's cache, once per tick, every inode read since it last did, and every second
+/// the generations nobody read for a while (see [`views`]). Idle inodes cost nothing. When the views
+/// are switched off or on, everything is dropped.
+pub fn invalidate_periodically(views: Arc<Views>, renderer: Arc<Renderer>, notifier: Notifier) {
+    std::thread::spawn(move || {
+        let invalidate = |due: &[views::Due]| {
+            for due in due {
+                // ENOENT: the kernel no longer has the inode, nothing to drop.
+                let _ = notifier.inval_inode(INodeNo(due.ino()), 0, 0);
             }
-            HandleSource::CpuTopology {
-                path,
-                relative,
-                slot,
-                visible,
-            } => {
-                let host = std::fs::read_to_string(path).map_err(Errno::from)?;
-                Ok(render_topology_file(relative, &host, *slot, visible).into_bytes())
+        };
+        let mut virtualizing = renderer.virtualizing();
+        let mut swept = std::time::Instant::now();
+        loop {
+            std::thread::sleep(views::TICK);
+            let due = views.due();
+            invalidate(&due);
+            views.dropped(&due);
+            if renderer.virtualizing() != virtualizing {
+                virtualizing = renderer.virtualizing();
+                let all = views.everything();
+                invalidate(&all);
+                views.dropped(&all);
+            }
+            if swept.elapsed() >= Duration::from_secs(1) {
+                swept = std::time::Instant::now();
+                let idle = views.idle(views::IDLE);
+                invalidate(&idle);
+                views.evict(&idle);
             }
         }
-    }
+    });
 }
 
 impl Filesystem for VprocFs {
@@ -424,80 +710,60 @@ impl Filesystem for VprocFs {
         let found = name
             .to_str()
             .ok_or(Errno::ENOENT)
-            .and_then(|name| self.lookup_ino(parent.0, name, req.pid()));
-        let target = NodeTable::target(*found.as_ref().unwrap_or(&parent.0));
-        let found = found.and_then(|ino| self.attr(ino, req.pid()).map(|attr| (ino, attr)));
+            .and_then(|name| self.lookup_entry(parent.0, name, req.pid()));
+        let target = NodeTable::target(local_of(*found.as_ref().map_or(&parent.0, |f| &f.0)));
         match self.counted(Operation::Lookup, target, found) {
-            Ok((ino, (attr, attr_ttl))) => {
-                reply.entry_with_ttls(&attr_ttl, &self.entry_ttl(ino), &attr, Generation(0))
+            Ok((_, attr, attr_ttl, entry_ttl)) => {
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &attr, Generation(0))
             }
             Err(e) => reply.error(e),
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if self.mount == Mount::Views {
+            self.views.forget(view_of(ino.0), nlookup);
+        }
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = self.attr(ino.0, req.pid());
-        match self.counted(Operation::Getattr, NodeTable::target(ino.0), attr) {
+        match self.counted(Operation::Getattr, NodeTable::target(local_of(ino.0)), attr) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let target = match self.nodes.node(ino.0) {
-            Some(Node::Host(entry)) => self
-                .host_path(&entry, req.pid())
+        let target = match (self.view(ino.0), self.nodes.node(local_of(ino.0))) {
+            (Ok(view), Some(Node::Host(entry))) => self
+                .host_path(&entry, &self.sight(&view, req.pid()))
                 .and_then(|p| std::fs::read_link(p).map_err(Errno::from)),
             _ => Err(Errno::EINVAL),
         };
-        match self.counted(Operation::Readlink, NodeTable::target(ino.0), target) {
+        match self.counted(
+            Operation::Readlink,
+            NodeTable::target(local_of(ino.0)),
+            target,
+        ) {
             Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let metrics = self.renderer.metrics();
-        metrics.request(Operation::Open, NodeTable::target(ino.0));
-        let reply = CountedOpen { reply, metrics };
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            reply.error(Errno::EROFS);
+        if self.mount == Mount::Shared {
+            self.open_shared(req.pid(), ino.0, flags, reply);
             return;
         }
-        let source = match self.nodes.node(ino.0) {
-            Some(Node::File(file)) => Ok(HandleSource::Virtual(file.content)),
-            Some(Node::Host(entry)) => self.host_source(entry, req.pid()),
-            Some(Node::BlockStat(index)) => self.block_name(index).map(HandleSource::BlockStat),
-            Some(_) => Err(Errno::EISDIR),
-            None => Err(Errno::ENOENT),
-        };
-        let opened = source.map(|source| {
-            let owner = self.renderer.container_key(req.pid());
-            self.handles.open(source, owner)
-        });
-        match opened {
-            // Direct I/O: content differs per reader and per read, so the page cache must not keep it.
-            Ok(Ok(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Ok(Err(refused)) => {
-                // Readers hold that many, not the daemon's fault: counted, logged once a minute.
-                self.renderer.health().record_other();
-                let (errno, why) = match refused {
-                    Refused::Container => (
-                        Errno::EMFILE,
-                        format!("a container holds {MAX_HANDLES_PER_CONTAINER} open files"),
-                    ),
-                    Refused::Table => (Errno::ENFILE, format!("{MAX_OPEN_HANDLES} files are open")),
-                };
-                let mut last = self.refusals.lock();
-                if last.is_none_or(|at| at.elapsed() > REFUSAL_LOG_PERIOD) {
-                    *last = Some(Instant::now());
-                    drop(last);
-                    log::warn!("refusing opens ({errno:?}): {why} (logged once a minute)");
-                }
-                reply.error(errno)
-            }
-            Err(e) => reply.error(e),
-        }
+        // No OPEN, no RELEASE: after this one answer the kernel never sends either again for any file
+        // of the mount (FUSE_NO_OPEN_SUPPORT), and reads through the page cache. Content is a
+        // function of the inode, so the cache holds nothing another container could read. Writes
+        // are refused by the read-only mount before they get here.
+        self.renderer
+            .metrics()
+            .request(Operation::Open, NodeTable::target(local_of(ino.0)));
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
@@ -511,46 +777,47 @@ impl Filesystem for VprocFs {
         lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let started = Instant::now();
-        let target = NodeTable::target(ino.0);
-        let metrics = self.renderer.metrics();
-        metrics.request(Operation::Read, target);
-        let mut reply = CountedRead {
-            reply,
-            metrics,
-            target,
-            started,
-            rendered: false,
-        };
-        // Reads from user space (direct I/O) carry the reader's lock owner; page-cache reads do not.
-        // Since Linux 6.5 splice/sendfile reads FUSE files through the page cache even with direct I/O,
-        // and that cache is shared by every reader of the inode: filled with one container's content it
-        // would be served to the next. Failing those reads keeps the cache empty; sendfile users
-        // (busybox cat, Python's shutil) then fall back to read(2) and get their own content.
-        if lock_owner.is_none() {
-            reply.error(Errno::EIO);
+        if self.mount == Mount::Shared {
+            let page_cache = lock_owner.is_none();
+            self.read_shared(req.pid(), ino.0, fh.0, offset, size, page_cache, reply);
             return;
         }
-        // A read at offset 0 renders afresh (tools like top rewind and re-read); reads at other offsets
-        // slice what the handle rendered last, so a reader reading in chunks sees one consistent file.
-        let served = match self.handles.lookup(fh.0, offset) {
-            None => return reply.error(Errno::EBADF),
-            Some(Lookup::Ended) => return reply.data(&[]),
-            Some(Lookup::Rendered(buffer)) => Served::Kept(buffer),
-            Some(Lookup::Render(source)) => match self.produce(&source, req.pid()) {
-                Ok(bytes) => {
-                    reply.rendered = true;
-                    Served::Fresh(source, bytes)
+        let started = std::time::Instant::now();
+        let local = local_of(ino.0);
+        let target = NodeTable::target(local);
+        let metrics = self.renderer.metrics();
+        metrics.request(Operation::Read, target);
+        let mut rendered = false;
+        let generation = self.view(ino.0).and_then(|view| {
+            if let Some(Node::File(file)) = self.nodes.node(local) {
+                self.renderer.started_reading(
+                    file.content,
+                    &self.sight(&view, req.pid()),
+                    req.pid(),
+                );
+            }
+            self.views.read(&view, local, || {
+                rendered = true;
+                self.render(&view, local, req.pid())
+            })
+        });
+        match generation {
+            Ok(generation) => {
+                let bytes = &generation.bytes;
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                reply.data(&bytes[start..end]);
+                if rendered {
+                    metrics.read_took(target, started.elapsed());
                 }
-                Err(e) => return reply.error(e),
-            },
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(served.len());
-        let end = start.saturating_add(size as usize).min(served.len());
-        let served = self.handles.record(fh.0, served, end);
-        reply.data(&served[start..end]);
+            }
+            Err(errno) => {
+                metrics.error(Operation::Read, errno.code());
+                reply.error(errno);
+            }
+        }
     }
 
     fn release(
@@ -578,12 +845,17 @@ impl Filesystem for VprocFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let parent = match self.nodes.node(ino.0) {
-            Some(Node::Dir(dir)) => files::dir_by_path(dir.parent()).map_or(ROOT_INO, |d| d.ino),
+        let parent = match self.nodes.node(local_of(ino.0)) {
+            Some(Node::Dir(_)) if local_of(ino.0) == ROOT_INO => ino.0,
+            Some(Node::Dir(dir)) => {
+                let local = files::dir_by_path(dir.parent()).map_or(ROOT_INO, |d| d.ino);
+                ino_in(view_of(ino.0), local)
+            }
             _ => ino.0,
         };
         let listed = self.list(ino.0, req.pid());
-        let listed = match self.counted(Operation::Readdir, NodeTable::target(ino.0), listed) {
+        let target = NodeTable::target(local_of(ino.0));
+        let listed = match self.counted(Operation::Readdir, target, listed) {
             Ok(listed) => listed,
             Err(e) => {
                 reply.error(e);
@@ -631,7 +903,7 @@ impl Filesystem for VprocFs {
         // Only the root carries attributes: the health report `vproc check` reads and the pages of
         // `vproc status`'s table. The kernel keeps `trusted.` names to CAP_SYS_ADMIN before asking us.
         let metrics = self.renderer.metrics();
-        metrics.request(Operation::Getxattr, NodeTable::target(ino.0));
+        metrics.request(Operation::Getxattr, NodeTable::target(local_of(ino.0)));
         let known = match (ino.0 == ROOT_INO, name.to_str()) {
             (true, Some(HEALTH_XATTR)) => Some(None),
             (true, Some(name)) => metrics::containers::page_start(name).ok().map(Some),
@@ -666,48 +938,6 @@ impl Filesystem for VprocFs {
         // Permissions are the modes we report; the kernel checks them itself (it only asks here for
         // access(2) and chdir). Write access is refused by the read-only mount.
         reply.ok();
-    }
-}
-
-/// A read's reply that counts what it answers: the latency of a read that rendered (not of the end
-/// or a slice of what was rendered before, which would pull the histogram towards nothing), or an
-/// error by its errno.
-struct CountedRead<'m> {
-    reply: ReplyData,
-    metrics: &'m Metrics,
-    target: Target,
-    started: Instant,
-    rendered: bool,
-}
-
-impl CountedRead<'_> {
-    fn data(self, data: &[u8]) {
-        self.reply.data(data);
-        if self.rendered {
-            self.metrics.read_took(self.target, self.started.elapsed());
-        }
-    }
-
-    fn error(self, errno: Errno) {
-        self.metrics.error(Operation::Read, errno.code());
-        self.reply.error(errno);
-    }
-}
-
-/// An open's reply that counts an error by its errno.
-struct CountedOpen<'m> {
-    reply: ReplyOpen,
-    metrics: &'m Metrics,
-}
-
-impl CountedOpen<'_> {
-    fn opened(self, fh: FileHandle, flags: FopenFlags) {
-        self.reply.opened(fh, flags);
-    }
-
-    fn error(self, errno: Errno) {
-        self.metrics.error(Operation::Open, errno.code());
-        self.reply.error(errno);
     }
 }
 

@@ -448,7 +448,8 @@ fn watch(
         let _ = wait_for(child);
         return Err(e);
     }
-    let _ = File::from(go).write_all(b"1");
+    // Go, with pid 1's pid as the daemon sees it: pid 1 names its container's files by it.
+    let _ = File::from(go).write_all(format!("{child}\n").as_bytes());
     // -t: the pty's master, sized like our terminal before the command starts.
     let mut raw_mode = None;
     if let Some(socket) = &console
@@ -549,17 +550,20 @@ fn pid_one(
         }
     }
     drop(ends.stdio);
-    let mut byte = [0u8; 1];
-    if !matches!(File::from(ends.go).read(&mut byte), Ok(1)) {
+    let mut go = [0u8; 16];
+    let host_pid = match File::from(ends.go).read(&mut go) {
+        Ok(n) if n > 0 => std::str::from_utf8(&go[..n])
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok()),
         // vproc run died before placing us in the cgroup.
-        std::process::exit(EXIT_SETUP_FAILED.into());
-    }
+        _ => std::process::exit(EXIT_SETUP_FAILED.into()),
+    };
     let mut error_pipe = File::from(ends.error);
     let fail = |error_pipe: &mut File, e: LaunchError| -> ! {
         let _ = error_pipe.write_all(e.to_string().as_bytes());
         std::process::exit(EXIT_SETUP_FAILED.into())
     };
-    if let Err(e) = rootfs::enter(spec, prepared, &command.workdir, cgroups) {
+    if let Err(e) = rootfs::enter(spec, prepared, &command.workdir, cgroups, host_pid) {
         fail(&mut error_pipe, e);
     }
     let terminal = match ends.console {

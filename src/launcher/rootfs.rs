@@ -243,6 +243,7 @@ pub fn enter(
     prepared: &Prepared,
     workdir: &str,
     cgroups: &[Hierarchy],
+    host_pid: Option<u32>,
 ) -> Result<(), LaunchError> {
     use nix::sched::CloneFlags as C;
     let mut flags = C::CLONE_NEWNS | C::CLONE_NEWUTS | C::CLONE_NEWIPC | C::CLONE_NEWCGROUP;
@@ -285,8 +286,14 @@ pub fn enter(
     )?;
     tree.mount_cgroups(cgroups)?;
     if let Some(lxcfs) = &spec.lxcfs {
+        // Our own files, named by our pid on the daemon's views mount (served from the page cache);
+        // the shared paths (read per reader) when vproc run could not tell it.
+        let files = match host_pid {
+            Some(pid) => crate::attach::view_dir(lxcfs, pid),
+            None => lxcfs.clone(),
+        };
         for (source, target) in bind_pairs() {
-            let bound = tree.bind(&lxcfs.join(&source), &target, false, Needs::Existing);
+            let bound = tree.bind(&files.join(&source), &target, false, Needs::Existing);
             match bound {
                 // A disk gone since the list was made is skipped, never a reason not to start.
                 Err(e) if crate::files::is_block_stat(&source) => {

@@ -496,6 +496,7 @@ mod tests {
                 init_pid: 77,
                 init_start_secs: 1.0,
             },
+            identity: [None; 5],
         });
         let s = stats(1);
         let taken = std::cell::Cell::new(0);

@@ -247,14 +247,26 @@ impl Collector for StateCollector {
         gauge(
             &mut encoder,
             "vproc_open_handles",
-            "Files open on the mount now",
-            to_i64(report.open_handles),
+            "Files open on the shared mount now",
+            to_i64(report.held.open_handles),
         )?;
         bytes_gauge(
             &mut encoder,
             "vproc_handle_buffers",
             "Bytes of rendered files kept for open handles",
-            report.buffered_bytes as u64,
+            report.held.buffered_bytes as u64,
+        )?;
+        gauge(
+            &mut encoder,
+            "vproc_views",
+            "Views of the .by-pid mount the kernel holds inodes of (one per process named there whose binds are alive)",
+            to_i64(report.held.views),
+        )?;
+        bytes_gauge(
+            &mut encoder,
+            "vproc_cached",
+            "Bytes of rendered files kept to fill the page cache of the .by-pid mount",
+            report.held.cached_bytes as u64,
         )?;
         per_cache(
             &mut encoder,
@@ -399,8 +411,12 @@ mod tests {
                     stat_history: 1,
                     load_cgroups: 0,
                 },
-                open_handles: 4,
-                buffered_bytes: 1500,
+                held: crate::health::Held {
+                    open_handles: 4,
+                    buffered_bytes: 1500,
+                    views: 2,
+                    cached_bytes: 3000,
+                },
             },
             caches: vec![CacheState {
                 name: "readers",
@@ -434,6 +450,8 @@ mod tests {
             "vproc_containers 2",
             "vproc_open_handles 4",
             "vproc_handle_buffers_bytes 1500",
+            "vproc_views 2",
+            "vproc_cached_bytes 3000",
             "vproc_cache_evictions_total{cache=\"readers\"} 7",
             "process_open_fds 12",
             "process_max_fds 1024",

@@ -130,7 +130,7 @@ impl Target {
 }
 
 /// Why a read got the host's file instead of its container's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fallback {
     /// The request carried pid 0: the reader lives in a pid namespace the daemon cannot see (a daemon
     /// not started in the host's pid namespace: Kubernetes needs `hostPID: true`).

@@ -45,6 +45,9 @@ pub enum ServedBy {
 pub struct Daemon {
     pub fs_name: String,
     pub device: Option<String>,
+    /// The same for its views mount (`.by-pid`, where vproc's own binds come from).
+    pub views_fs_name: String,
+    pub views_device: Option<String>,
 }
 
 impl Daemon {
@@ -52,13 +55,18 @@ impl Daemon {
     pub fn at(mountpoint: &Path) -> Daemon {
         use std::os::unix::fs::MetadataExt;
         let mountpoint = crate::reattach::canonical_mountpoint(mountpoint);
-        let device = std::fs::metadata(&mountpoint).ok().map(|meta| {
-            let dev = meta.dev();
-            format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
-        });
+        let device = |path: &Path| {
+            std::fs::metadata(path).ok().map(|meta| {
+                let dev = meta.dev();
+                format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev))
+            })
+        };
+        let views = mountpoint.join(crate::files::BY_PID_DIR);
         Daemon {
             fs_name: crate::reattach::fs_name(&mountpoint),
-            device,
+            device: device(&mountpoint),
+            views_fs_name: crate::reattach::fs_name(&views),
+            views_device: device(&views),
         }
     }
 }
@@ -120,9 +128,16 @@ fn served_by(mounts: &[Mount], targets: &[String], daemon: &Daemon) -> Vec<(Stri
             let served = match top {
                 None => ServedBy::Kernel,
                 Some(m) if m.fstype == "fuse" && crate::reattach::is_fs_name(&m.source) => {
-                    let live = m.source == daemon.fs_name
-                        && daemon.device.as_deref() == Some(m.device.as_str())
-                        && &m.root == target;
+                    let device = if m.source == daemon.fs_name {
+                        daemon.device.as_deref()
+                    } else if m.source == daemon.views_fs_name {
+                        daemon.views_device.as_deref()
+                    } else {
+                        None
+                    };
+                    let live = device == Some(m.device.as_str())
+                        && crate::files::file_of_mount_root(&m.root)
+                            == target.trim_start_matches('/');
                     if live {
                         ServedBy::Vprocd {
                             source: m.source.clone(),
@@ -312,6 +327,8 @@ mod tests {
         Daemon {
             fs_name: "vprocd:/var/lib/lxcfs".to_string(),
             device: Some(DAEMON_DEVICE.to_string()),
+            views_fs_name: "vprocd:/var/lib/lxcfs/.by-pid".to_string(),
+            views_device: Some("0:82".to_string()),
         }
     }
 

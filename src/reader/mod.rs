@@ -57,6 +57,9 @@ pub struct Container {
     /// The host CPUs it sees; `None` when its cpu and cpuset cgroups are the root: host CPU files.
     pub cpus: Option<Vec<u32>>,
     pub pidns: PidNamespace,
+    /// The identities of its memory, cpu, cpuacct, cpuset and io cgroups, in that order: with the pid
+    /// namespace, what its files are a function of (a view of the mount, see `fs::views`).
+    pub identity: [Option<CgroupId>; 5],
 }
 
 #[cfg(test)]

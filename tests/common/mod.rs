@@ -306,7 +306,7 @@ impl TestCgroup {
         group
     }
 
-    fn dir(&self, controller: &str) -> PathBuf {
+    pub fn dir(&self, controller: &str) -> PathBuf {
         Path::new(CGROUP_ROOT).join(controller).join(&self.relative)
     }
 
@@ -527,6 +527,73 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
 
+/// mknod(2) of `path` with `mode` (type and permissions) and the device numbers; panics on failure.
+pub fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain mknod(2) with a valid C string.
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
+    let error = std::io::Error::last_os_error();
+    assert_eq!(rc, 0, "mknod {}: {error}", path.display());
+}
+
+/// The first child of process `pid`, once it has one (10 s at most).
+pub fn first_child(pid: u32) -> Option<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+/// A process alone in a pid namespace of its own (a container to the daemon: its own view), gone with
+/// `unshare` when it is killed.
+pub struct Sleeper {
+    unshare: Child,
+    pub pid: u32,
+}
+
+impl Sleeper {
+    pub fn start() -> Sleeper {
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = listed.split_whitespace().next() {
+                break pid.parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "unshare started no child");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        Sleeper { unshare, pid }
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// The `views:` figure of a `vproc check --verbose` report.
+pub fn views_in(report: &str) -> usize {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("views: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no views line in\n{report}"))
+}
+
 /// Opens argv[2] handles of argv[1], reads one byte of each (so each is read in pieces), prints
 /// `ready`, waits for a line on stdin, then closes them.
 const HANDLE_HOLDER: &str = r#"
@@ -598,27 +665,4 @@ impl Drop for HandleHolders {
             let _ = holder.wait();
         }
     }
-}
-
-/// mknod(2) of `path` with `mode` (type and permissions) and the device numbers; panics on failure.
-pub fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: plain mknod(2) with a valid C string.
-    let rc = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
-    let error = std::io::Error::last_os_error();
-    assert_eq!(rc, 0, "mknod {}: {error}", path.display());
-}
-
-/// The first child of process `pid`, once it has one (10 s at most).
-pub fn first_child(pid: u32) -> Option<u32> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if let Some(child) = children.split_whitespace().next() {
-            return child.parse().ok();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    None
 }

@@ -1,0 +1,202 @@
+//! The views mount (`MOUNTPOINT/.by-pid/PID/...`, where vproc's own binds come from): each container's
+//! files are inodes of their own, read through the kernel's page cache (no OPEN or RELEASE reaches the
+//! daemon, and most reads nothing at all), fresh within a tick, whole, and never another container's.
+//! Real mounts and cgroup v1.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+
+use common::{Daemon, Limits, MIB, TestCgroup, stdout};
+
+fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of the series `name` (its full text, labels included) on the daemon's endpoint, 0 when
+/// absent.
+fn metric(address: SocketAddr, name: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{address}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn limited(megabytes: u64) -> TestCgroup {
+    TestCgroup::new(Limits {
+        memory_bytes: Some(megabytes * MIB),
+        ..Limits::default()
+    })
+}
+
+/// A shell script for `group` that binds `files` of its own view over /proc and /sys (as `vproc run`
+/// does: `.by-pid/` and its own pid) in a mount namespace of its own, then runs `script`.
+fn container_script(daemon: &Daemon, files: &[&str], script: &str) -> tempfile::NamedTempFile {
+    let m = daemon.mountpoint.display();
+    let binds: String = files
+        .iter()
+        .map(|f| format!("mount --bind {m}/.by-pid/$$/{f} /{f}\n"))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("set -e\n{binds}{script}\n")).unwrap();
+    file
+}
+
+/// `script` in `group` with `files` of its view bound (see [`container_script`]); its stdout.
+fn in_container(group: &TestCgroup, daemon: &Daemon, files: &[&str], script: &str) -> String {
+    let file = container_script(daemon, files, script);
+    stdout(group.run_in_host_pidns(&format!(
+        "exec unshare -m --propagation private sh {}",
+        file.path().display()
+    )))
+}
+
+#[test]
+fn a_bound_containers_reads_come_from_the_page_cache() {
+    let address = free_address();
+    let daemon = Daemon::start(&["--metrics-address", &address.to_string()]);
+    let group = limited(64);
+    let out = in_container(
+        &group,
+        &daemon,
+        &["proc/meminfo"],
+        "for i in $(seq 2000); do head -1 /proc/meminfo; done | sort | uniq -c",
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["2000", "MemTotal:", "65536", "kB"],
+        "{out}"
+    );
+    let reads = metric(
+        address,
+        "vproc_fuse_requests_total{operation=\"read\",file=\"proc/meminfo\"}",
+    );
+    let opens = metric(
+        address,
+        "vproc_fuse_requests_total{operation=\"open\",file=\"proc/meminfo\"}",
+    );
+    // 2000 reads over a few seconds: at most one READ per tick reaches the daemon, and OPEN only
+    // until the kernel has its ENOSYS (the first few opens of the mount).
+    assert!(
+        (1.0..1000.0).contains(&reads),
+        "{reads} READs for 2000 reads"
+    );
+    assert!(opens <= 3.0, "{opens} OPENs");
+}
+
+#[test]
+fn sizes_match_the_bytes_and_sendfile_reads_them_whole() {
+    let daemon = Daemon::start(&[]);
+    let group = limited(64);
+    let script = r#"
+import os, sys
+for path in sys.argv[1:]:
+    for _ in range(200):
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            data = f.read()
+        assert size == len(data), (path, size, len(data))
+        assert data.endswith(b"\n") and b"\0" not in data, path
+print("ok")
+"#;
+    let files = [
+        "proc/meminfo",
+        "proc/cpuinfo",
+        "proc/stat",
+        "proc/uptime",
+        "proc/loadavg",
+        "sys/devices/system/cpu/online",
+    ];
+    let args: Vec<String> = files.iter().map(|f| format!("/{f}")).collect();
+    let out = in_container(
+        &group,
+        &daemon,
+        &files,
+        &format!(
+            "python3 -c '{script}' {} && busybox cat /proc/meminfo | head -1",
+            args.join(" ")
+        ),
+    );
+    assert_eq!(out, "ok\nMemTotal:          65536 kB\n");
+}
+
+#[test]
+fn a_limit_change_reaches_a_bound_reader_within_a_second() {
+    let daemon = Daemon::start(&[]);
+    let group = limited(64);
+    let limit = group.dir("memory").join("memory.limit_in_bytes");
+    let out = in_container(
+        &group,
+        &daemon,
+        &["proc/meminfo"],
+        &format!(
+            "head -1 /proc/meminfo; echo {} > {}; sleep 1; head -1 /proc/meminfo",
+            96 * MIB,
+            limit.display()
+        ),
+    );
+    assert_eq!(
+        out,
+        "MemTotal:          65536 kB\nMemTotal:          98304 kB\n"
+    );
+}
+
+#[test]
+fn containers_reading_at_once_each_see_their_own_file_whole() {
+    let daemon = Daemon::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("reader.py");
+    std::fs::write(&program, READER).unwrap();
+    let script = container_script(
+        &daemon,
+        &["proc/meminfo", "proc/stat"],
+        &format!("exec python3 {}", program.display()),
+    );
+    let reader = |group: &TestCgroup| {
+        group.spawn(&format!(
+            "exec unshare -m --propagation private sh {}",
+            script.path().display()
+        ))
+    };
+    let (small, large) = (limited(64), limited(128));
+    let children = [reader(&small), reader(&large)];
+    let outs: Vec<String> = children
+        .into_iter()
+        .map(|c| stdout(c.wait_with_output().unwrap()))
+        .collect();
+    assert_eq!(outs[0].trim(), "MemTotal:          65536 kB", "{}", outs[0]);
+    assert_eq!(outs[1].trim(), "MemTotal:         131072 kB", "{}", outs[1]);
+}
+
+/// Two threads read meminfo and stat for two seconds through binds; every read must be one whole
+/// generation (the size the kernel was told, the lines of the format), and meminfo always the
+/// container's. Prints the one MemTotal seen.
+const READER: &str = r#"
+import threading, time
+seen, bad = set(), []
+def work():
+    end = time.time() + 2
+    while time.time() < end:
+        with open("/proc/meminfo", "rb") as f:
+            m = f.read()
+        with open("/proc/stat", "rb") as f:
+            s = f.read()
+        seen.add(m.split(b"\n")[0].decode())
+        for data, first in ((m, b"MemTotal:"), (s, b"cpu ")):
+            lines = data.split(b"\n")
+            if not data.startswith(first) or lines[-1] != b"" or any(len(l.split()) < 2 for l in lines[:-1]):
+                bad.append(data[-80:])
+threads = [threading.Thread(target=work) for _ in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not bad, bad[:3]
+print("\n".join(sorted(seen)))
+"#;
