@@ -95,7 +95,11 @@ pub enum AttachMode {
 ///
 /// Enters that namespace: call it from a single-threaded process that does nothing else afterwards.
 pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>, AttachError> {
-    attach_pairs(pid, root, mountpoint, &bind_pairs())
+    let pairs: Vec<(String, String)> = bind_pairs()
+        .into_iter()
+        .map(|(source, target)| (format!("{}/{source}", files::BY_PID_DIR), target))
+        .collect();
+    attach_pairs(pid, root, mountpoint, &pairs)
 }
 
 /// Like [`attach`], for explicit pairs: `source` below the mountpoint goes over `target` below `root`
@@ -140,20 +144,28 @@ pub fn attach_in(
     mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
-    // The files are this process's container's (`.by-pid/PID/...`: we look them up from the host,
-    // where the daemon would give us the host's own): PID is held by a pidfd and checked to be of
-    // `namespace` before, and alive after, so a pid reused meanwhile cannot name another container.
+    // Sources below `.by-pid/` are this process's container's own files on the views mount (named by
+    // a process of the container: PID, held by a pidfd and checked to be of `namespace` before, and
+    // alive after, so a pid reused meanwhile cannot name another container); the others are the
+    // shared mount's, read per reader.
     let namespace_error = |source: io::Error| AttachError::Namespace { pid, source };
-    let (named, holder) = process_in(namespace, pid).ok_or_else(|| {
-        namespace_error(io::Error::other(
-            "no process is left in that mount namespace to name its container",
-        ))
-    })?;
-    let views = view_dir(mountpoint, named);
+    let by_pid = format!("{}/", files::BY_PID_DIR);
+    let named = if pairs.iter().any(|(source, _)| source.starts_with(&by_pid)) {
+        Some(process_in(namespace, pid).ok_or_else(|| {
+            namespace_error(io::Error::other(
+                "no process of the container is left in that mount namespace to name its files",
+            ))
+        })?)
+    } else {
+        None
+    };
     let mut clones: Vec<(&str, &str, OwnedFd)> = Vec::new();
     let mut results = Vec::new();
     for (source, relative) in pairs {
-        let path = views.join(source);
+        let path = match (source.strip_prefix(&by_pid), &named) {
+            (Some(file), Some((named, _))) => view_dir(mountpoint, *named).join(file),
+            _ => mountpoint.join(source),
+        };
         let tree = open_tree(
             CWD,
             &path,
@@ -175,7 +187,10 @@ pub fn attach_in(
         }
     }
 
-    if !crate::pidfd::is_alive(&holder) {
+    if named
+        .as_ref()
+        .is_some_and(|(_, holder)| !crate::pidfd::is_alive(holder))
+    {
         return Err(namespace_error(io::Error::other(
             "the process exited while its files were looked up",
         )));
@@ -271,19 +286,22 @@ pub fn view_dir(mountpoint: &Path, pid: u32) -> PathBuf {
 }
 
 /// A process of mount namespace `namespace`, held by a pidfd: `pid` while it is still there, else the
-/// first found in /proc (a container's short-lived process found by a scan may have gone, and its pid
-/// may name another process since).
+/// first found in /proc in a pid namespace other than ours (a container's short-lived process found by
+/// a scan may have gone, and its pid may name another process since; a host shell that entered only
+/// the mount namespace, `nsenter -m`, would name the host's files).
 fn process_in(namespace: BorrowedFd<'_>, pid: u32) -> Option<(u32, OwnedFd)> {
     let of_namespace = |pid: u32| {
         let holder = crate::pidfd::open(pid as libc::pid_t, 0)?;
         // Opened first, checked after: the pid named this namespace's process while the fd was open.
         same_file(namespace, &PathBuf::from(format!("/proc/{pid}/ns/mnt"))).then_some((pid, holder))
     };
+    let ours = std::fs::read_link("/proc/self/ns/pid").ok();
     of_namespace(pid).or_else(|| {
         std::fs::read_dir("/proc")
             .ok()?
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ours)
             .find_map(of_namespace)
     })
 }

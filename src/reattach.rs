@@ -213,6 +213,9 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
             continue;
         }
         let source = files::file_of_mount_root(&line.root);
+        // A bind of the views mount is healed from the views mount (named by a process of its
+        // container), one of the shared mount from the shared mount, as each was made.
+        let views = line.source == wanted.views_fs_name;
         let served = source.is_empty()
             || files::FILES.iter().any(|f| f.path == source)
             || files::dir_by_path(source).is_some()
@@ -220,10 +223,12 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
         if !served {
             continue;
         }
-        let pair = (
-            source.to_string(),
-            line.mount_point.trim_start_matches('/').to_string(),
-        );
+        let source = if views {
+            format!("{}/{source}", files::BY_PID_DIR)
+        } else {
+            source.to_string()
+        };
+        let pair = (source, line.mount_point.trim_start_matches('/').to_string());
         if seen.insert(pair.clone()) {
             mounts.push(pair);
             if mounts.len() == MAX_MOUNTS_PER_NAMESPACE {

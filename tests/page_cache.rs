@@ -200,3 +200,49 @@ threads = [threading.Thread(target=work) for _ in range(2)]
 assert not bad, bad[:3]
 print("\n".join(sorted(seen)))
 "#;
+
+#[test]
+fn only_root_names_views_and_only_by_the_pid_s_own_spelling() {
+    let daemon = Daemon::start(&[]);
+    let me = std::process::id();
+    let own = daemon.path(&format!(".by-pid/{me}/proc/meminfo"));
+    assert!(
+        std::fs::read_to_string(&own)
+            .unwrap()
+            .starts_with("MemTotal:")
+    );
+    for name in [format!("0{me}"), format!("+{me}"), "0".to_string()] {
+        let other = daemon.path(&format!(".by-pid/{name}/proc/meminfo"));
+        assert_eq!(
+            std::fs::read(&other).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound,
+            "{name}"
+        );
+    }
+    let unprivileged = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(&own)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&unprivileged.stderr).contains("Permission denied"),
+        "{unprivileged:?}"
+    );
+    // The views mount is not listed, and lists nobody.
+    let root: Vec<_> = std::fs::read_dir(&daemon.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(root.len(), 2, "{root:?}");
+    assert_eq!(
+        std::fs::read_dir(daemon.path(".by-pid")).unwrap().count(),
+        0
+    );
+}

@@ -56,11 +56,12 @@ fn a_reattach_whose_pid_was_reused_touches_nothing_but_the_namespace_it_found() 
     let _ = container.wait();
     let _new = Daemon::start_at(&daemon.mountpoint.clone(), &daemon.pidfile.clone(), &[]);
     let mut other = group.container("sh -c \"echo ready; exec sleep 300\"");
-    // Another process of the container enters its mount namespace (after the new daemon's own
-    // reattach at start): what the heal names the container's files by, the one found being gone.
+    // Another process of the container (in a pid namespace of its own, as a container's are) enters its
+    // mount namespace after the new daemon's own reattach at start: what the heal names the
+    // container's files by, the one found being gone.
     std::thread::sleep(Duration::from_millis(500));
     let mut companion = group.spawn(&format!(
-        "exec nsenter --mount=/proc/{}/fd/{} sleep 300",
+        "exec nsenter --mount=/proc/{}/fd/{} unshare --pid --fork --kill-child sleep 300",
         std::process::id(),
         namespace.as_raw_fd()
     ));

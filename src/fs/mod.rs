@@ -46,7 +46,7 @@ const PER_READER_TTL: Duration = Duration::ZERO;
 /// Host sysfs entries passed through unchanged; they may appear and vanish (CPU hotplug).
 const HOST_TTL: Duration = Duration::from_secs(1);
 /// Inode of [`BY_PID_DIR`] (in the shared tree, far above any other).
-const BY_PID_INO: u64 = 0x7fff_fff0;
+pub(super) const BY_PID_INO: u64 = 0x7fff_fff0;
 
 /// Which of the daemon's two mounts a [`VprocFs`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +426,7 @@ impl VprocFs {
         parent: u64,
         name: &str,
         pid: u32,
+        uid: u32,
     ) -> Result<(u64, FileAttr, Duration, Duration), Errno> {
         match self.mount {
             Mount::Shared => {
@@ -442,7 +443,7 @@ impl VprocFs {
                 let (attr, attr_ttl) = self.shared_attr(ino, pid)?;
                 Ok((ino, attr, attr_ttl, self.shared_entry_ttl(ino)))
             }
-            Mount::Views if parent == ROOT_INO => self.lookup_view(name, pid),
+            Mount::Views if parent == ROOT_INO => self.lookup_view(name, pid, uid),
             Mount::Views => {
                 // Within a view: its own inodes.
                 let view = self.view(parent)?;
@@ -463,19 +464,34 @@ impl VprocFs {
         &self,
         name: &str,
         pid: u32,
+        uid: u32,
     ) -> Result<(u64, FileAttr, Duration, Duration), Errno> {
-        let named: u32 = name.parse().map_err(|_| Errno::ENOENT)?;
+        // One spelling per pid ("0123" and "+123" are not 123): a directory has one name.
+        let named: u32 = name
+            .parse()
+            .ok()
+            .filter(|n: &u32| n.to_string() == name && *n != 0)
+            .ok_or(Errno::ENOENT)?;
+        // Root only (as seen from the host: a container's root without a user namespace is root too,
+        // and may name itself), so an unprivileged user cannot make views.
+        if uid != 0 {
+            return Err(Errno::EACCES);
+        }
         if named != pid {
             self.may_name_views(pid)?;
         }
+        // Only a container's own files are bound here: a process that cannot be told now would get
+        // the host's files for good. It may ask again (EAGAIN), or use the shared paths.
         let sight = match self.renderer.sight(named) {
             Sight::Unresolved(metrics::Fallback::ReaderGone) => return Err(Errno::ENOENT),
+            Sight::Unresolved(_) => return Err(Errno::EAGAIN),
             sight => sight,
         };
-        let view = self
-            .views
-            .looked_up(sight, named)
-            .map_err(|_| self.full())?;
+        let view = self.views.looked_up(sight, named).map_err(|full| {
+            self.renderer.health().record_other();
+            log::warn!("refusing to name pid {named}: {full}");
+            Errno::ENFILE
+        })?;
         // Asked again on every walk: a pid reused by another container names another view.
         self.entry(&view, ino_in(view.id(), ROOT_INO), pid, PER_READER_TTL)
     }
@@ -496,15 +512,6 @@ impl VprocFs {
                 Err(e)
             }
         }
-    }
-
-    fn full(&self) -> Errno {
-        self.renderer.health().record_other();
-        log::warn!(
-            "refusing a lookup: {} views exist (a container per view)",
-            views::MAX_VIEWS
-        );
-        Errno::ENFILE
     }
 
     /// The host's block device called by the `index`-th name numbered, if it is still there.
@@ -700,6 +707,11 @@ pub fn invalidate_periodically(views: Arc<Views>, renderer: Arc<Renderer>, notif
                 let idle = views.idle(views::IDLE);
                 invalidate(&idle);
                 views.evict(&idle);
+                // The names of processes gone: the kernel drops their dentries, and FORGETs what no
+                // bind holds, which takes their views away.
+                for pid in views.gone() {
+                    let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(&pid.to_string()));
+                }
             }
         }
     });
@@ -710,7 +722,7 @@ impl Filesystem for VprocFs {
         let found = name
             .to_str()
             .ok_or(Errno::ENOENT)
-            .and_then(|name| self.lookup_entry(parent.0, name, req.pid()));
+            .and_then(|name| self.lookup_entry(parent.0, name, req.pid(), req.uid()));
         let target = NodeTable::target(local_of(*found.as_ref().map_or(&parent.0, |f| &f.0)));
         match self.counted(Operation::Lookup, target, found) {
             Ok((_, attr, attr_ttl, entry_ttl)) => {

@@ -18,8 +18,8 @@ use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, OpenAccMode, Open
 
 use super::handles::{HandleSource, Lookup, Refused, Served};
 use super::{
-    FIXED_TTL, HOST_TTL, HostEntry, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES, Node, NodeTable,
-    PER_READER_TTL, VprocFs, host_attr,
+    BY_PID_INO, FIXED_TTL, HOST_TTL, HostEntry, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES, Node,
+    NodeTable, PER_READER_TTL, VprocFs, host_attr,
 };
 use crate::metrics::{Metrics, Operation, Target};
 use crate::render::{Sight, Use};
@@ -46,6 +46,10 @@ impl VprocFs {
             log::error!("cannot read the host's file: {e}");
             Errno::EIO
         };
+        if ino == BY_PID_INO {
+            // Where the views mount is stacked (what is seen where it is not).
+            return Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL));
+        }
         match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
             Node::Dir(_) => Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL)),
             Node::File(file) => {

@@ -52,6 +52,9 @@ pub const IDLE: Duration = Duration::from_secs(2);
 /// Views at most (one per process named in `.by-pid` whose binds are alive): a LOOKUP that needs one
 /// more is refused with ENFILE. Each costs ~300 bytes plus ~100 per inode described.
 pub const MAX_VIEWS: usize = 65_536;
+/// Views of one container at most (its processes named at once): one container naming its own
+/// processes in a loop cannot take the others' room.
+pub const MAX_VIEWS_PER_CONTAINER: usize = 256;
 /// The view of the views mount's root (and the inode space of the shared mount).
 pub const SHARED: u32 = 0;
 
@@ -240,6 +243,8 @@ pub struct Views {
     table: RwLock<HashMap<u32, Arc<View>>>,
     /// Key to view, and the lock under which views come and go.
     keys: Mutex<HashMap<ViewKey, u32>>,
+    /// Views per container (identity), under the `keys` lock.
+    per_container: Mutex<HashMap<Identity, usize>>,
     next: AtomicU32,
     /// Bytes of all generations kept.
     bytes: AtomicUsize,
@@ -253,6 +258,7 @@ impl Default for Views {
         Views {
             table: RwLock::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            per_container: Mutex::new(HashMap::new()),
             next: AtomicU32::new(SHARED + 1),
             bytes: AtomicUsize::new(0),
             dirty: Mutex::new(Vec::new()),
@@ -270,9 +276,21 @@ impl Default for Views {
     }
 }
 
-/// Refused: [`MAX_VIEWS`] views exist.
+/// Refused: [`MAX_VIEWS`] views exist, or [`MAX_VIEWS_PER_CONTAINER`] of one container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum Full {
+    All,
+    Container,
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Full::All => write!(f, "{MAX_VIEWS} views exist"),
+            Full::Container => write!(f, "its container has {MAX_VIEWS_PER_CONTAINER} views"),
+        }
+    }
+}
 
 impl Views {
     /// View `id`, while the kernel holds an inode of it.
@@ -300,9 +318,25 @@ impl Views {
             return Ok(view);
         }
         if keys.len() >= MAX_VIEWS {
-            return Err(Full);
+            return Err(Full::All);
         }
-        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut per_container = self.per_container.lock();
+        let count = per_container.entry(key.identity.clone()).or_insert(0);
+        if *count >= MAX_VIEWS_PER_CONTAINER {
+            return Err(Full::Container);
+        }
+        *count += 1;
+        drop(per_container);
+        // Ids are not reused while in use (inode numbers of a view the kernel holds), nor is 0.
+        let id = {
+            let table = self.table.read();
+            loop {
+                let id = self.next.fetch_add(1, Ordering::SeqCst);
+                if id != SHARED && !table.contains_key(&id) {
+                    break id;
+                }
+            }
+        };
         let view = Arc::new(View {
             id,
             key: key.clone(),
@@ -341,6 +375,14 @@ impl Views {
         if keys.get(&view.key) == Some(&id) {
             keys.remove(&view.key);
         }
+        let mut per_container = self.per_container.lock();
+        if let Some(count) = per_container.get_mut(&view.key.identity) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_container.remove(&view.key.identity);
+            }
+        }
+        drop(per_container);
         self.table.write().remove(&id);
         drop(keys);
         let kept: usize = view
@@ -542,6 +584,18 @@ impl Views {
         }
     }
 
+    /// The pids named by views whose process is gone: their `.by-pid` entries are dropped from the
+    /// kernel's cache, so the kernel forgets what no bind holds (and the views go).
+    pub fn gone(&self) -> Vec<u32> {
+        self.table
+            .read()
+            .values()
+            .map(|view| view.key.named)
+            // SAFETY: kill with signal 0 only checks that the pid exists.
+            .filter(|&pid| unsafe { libc::kill(pid as libc::pid_t, 0) } != 0)
+            .collect()
+    }
+
     /// Every inode with a generation, to drop all (the views were switched off or on).
     pub fn everything(&self) -> Vec<Due> {
         self.idle(Duration::ZERO)
@@ -624,6 +678,27 @@ mod tests {
         assert_eq!((view_of(ino), local_of(ino)), (7, 42));
 
         assert_eq!(ino_in(SHARED, 1), 1, "the root stays inode 1");
+    }
+
+    #[test]
+    fn a_container_has_its_share_of_views_and_no_more() {
+        let views = Views::default();
+        let held: Vec<_> = (1..=MAX_VIEWS_PER_CONTAINER as u32)
+            .map(|pid| views.looked_up(unresolved(Fallback::NoPid), pid).unwrap())
+            .collect();
+        assert_eq!(
+            views
+                .looked_up(unresolved(Fallback::NoPid), 99_999)
+                .unwrap_err(),
+            Full::Container
+        );
+        assert!(
+            views
+                .looked_up(unresolved(Fallback::ReaderGone), 99_999)
+                .is_ok()
+        );
+        views.forget(held[0].id(), 1);
+        assert!(views.looked_up(unresolved(Fallback::NoPid), 99_999).is_ok());
     }
 
     #[test]

@@ -287,13 +287,19 @@ pub fn enter(
     tree.mount_cgroups(cgroups)?;
     if let Some(lxcfs) = &spec.lxcfs {
         // Our own files, named by our pid on the daemon's views mount (served from the page cache);
-        // the shared paths (read per reader) when vproc run could not tell it.
-        let files = match host_pid {
-            Some(pid) => crate::attach::view_dir(lxcfs, pid),
-            None => lxcfs.clone(),
-        };
+        // the shared paths (read per reader) where that fails: vproc run could not tell the pid, the
+        // daemon is an older one, or could not resolve us yet.
+        let views = host_pid.map(|pid| crate::attach::view_dir(lxcfs, pid));
         for (source, target) in bind_pairs() {
-            let bound = tree.bind(&files.join(&source), &target, false, Needs::Existing);
+            let bound = match &views {
+                Some(views) => tree
+                    .bind(&views.join(&source), &target, false, Needs::Existing)
+                    .or_else(|e| {
+                        log::debug!("binding {source} from the shared mount: {e}");
+                        tree.bind(&lxcfs.join(&source), &target, false, Needs::Existing)
+                    }),
+                None => tree.bind(&lxcfs.join(&source), &target, false, Needs::Existing),
+            };
             match bound {
                 // A disk gone since the list was made is skipped, never a reason not to start.
                 Err(e) if crate::files::is_block_stat(&source) => {
