@@ -246,3 +246,48 @@ fn only_root_names_views_and_only_by_the_pid_s_own_spelling() {
         0
     );
 }
+
+#[test]
+fn sigusr2_switches_a_cached_view_off_and_on() {
+    let daemon = Daemon::start(&[]);
+    let group = limited(64);
+    let mut sleeper = group.spawn("exec sleep 300");
+    let meminfo = daemon.path(&format!(".by-pid/{}/proc/meminfo", sleeper.id()));
+    let memtotal = || {
+        std::fs::read_to_string(&meminfo)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let host = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let until = |wanted: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let seen = memtotal();
+            if seen == wanted || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let container = "MemTotal:          65536 kB";
+    assert_eq!(until(container), container);
+    let signal = || {
+        // SAFETY: a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(daemon.pid() as i32, libc::SIGUSR2) }, 0);
+    };
+    // The pages the kernel keeps are dropped when the views are switched, both ways.
+    signal();
+    assert_eq!(until(&host), host, "off: the host's file");
+    signal();
+    assert_eq!(until(container), container, "on again");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
