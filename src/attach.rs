@@ -144,53 +144,80 @@ pub fn attach_in(
     mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     check_daemon(mountpoint)?;
-    // Sources below `.by-pid/` are this process's container's own files on the views mount (named by
-    // a process of the container: PID, held by a pidfd and checked to be of `namespace` before, and
-    // alive after, so a pid reused meanwhile cannot name another container); the others are the
-    // shared mount's, read per reader.
+    // Sources below `.by-pid/` are the container's own files on the views mount, named by a process of
+    // the container: the one a dead bind recorded (`.by-pid/PID/...`), else PID (for a heal, only when
+    // it is in a pid namespace other than ours: a host shell that entered the mount namespace would
+    // name the host's files), else another process of the namespace in such a pid namespace. Each is
+    // held by a pidfd, checked to be of `namespace` before and alive after, so a pid reused meanwhile
+    // cannot name another container. Where no process names them, or the views mount refuses, the
+    // shared mount's file serves instead (read per reader): one file never keeps the others back.
+    // Other sources are the shared mount's.
     let namespace_error = |source: io::Error| AttachError::Namespace { pid, source };
     let by_pid = format!("{}/", files::BY_PID_DIR);
-    let named = if pairs.iter().any(|(source, _)| source.starts_with(&by_pid)) {
-        Some(process_in(namespace, pid).ok_or_else(|| {
-            namespace_error(io::Error::other(
-                "no process of the container is left in that mount namespace to name its files",
-            ))
-        })?)
-    } else {
-        None
-    };
+    let mut found: Option<Option<u32>> = None;
+    let mut holders: Vec<OwnedFd> = Vec::new();
     let mut clones: Vec<(&str, &str, OwnedFd)> = Vec::new();
     let mut results = Vec::new();
     for (source, relative) in pairs {
-        let path = match (source.strip_prefix(&by_pid), &named) {
-            (Some(file), Some((named, _))) => view_dir(mountpoint, *named).join(file),
-            _ => mountpoint.join(source),
+        let (file, views) = match source.strip_prefix(&by_pid) {
+            None => (source.as_str(), None),
+            Some("") => (files::BY_PID_DIR, Some(mountpoint.join(files::BY_PID_DIR))),
+            Some(rest) => {
+                let (recorded, file) = match rest.split_once('/') {
+                    Some((named, file)) if named.bytes().all(|b| b.is_ascii_digit()) => {
+                        (named.parse::<u32>().ok(), file)
+                    }
+                    _ => (None, rest),
+                };
+                let namer = recorded
+                    .and_then(|named| of_namespace(namespace, named))
+                    .or_else(|| {
+                        let named = *found.get_or_insert_with(|| {
+                            process_in(namespace, pid, mode == AttachMode::HealOnly)
+                        });
+                        named.and_then(|named| of_namespace(namespace, named))
+                    });
+                match namer {
+                    Some((named, holder)) => {
+                        holders.push(holder);
+                        (file, Some(view_dir(mountpoint, named).join(file)))
+                    }
+                    None => (file, None),
+                }
+            }
         };
-        let tree = open_tree(
-            CWD,
-            &path,
-            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-        );
+        let clone = |path: &Path| {
+            open_tree(
+                CWD,
+                path,
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+        };
+        let shared = mountpoint.join(file);
+        let tree = match &views {
+            Some(views) => clone(views).or_else(|e| {
+                log::debug!("{}: {e}; the shared mount's instead", views.display());
+                clone(&shared)
+            }),
+            None => clone(&shared),
+        };
         match tree {
-            Ok(tree) => clones.push((source.as_str(), relative.as_str(), tree)),
+            Ok(tree) => clones.push((file, relative.as_str(), tree)),
             // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
             // a reason to leave the container without its other files.
-            Err(_) if files::is_block_stat(source) => {
+            Err(_) if files::is_block_stat(file) => {
                 results.push(Attached::Missing(Path::new("/").join(relative)));
             }
             Err(e) => {
                 return Err(AttachError::Source {
-                    path: path.clone(),
+                    path: views.unwrap_or(shared),
                     source: e.into(),
                 });
             }
         }
     }
 
-    if named
-        .as_ref()
-        .is_some_and(|(_, holder)| !crate::pidfd::is_alive(holder))
-    {
+    if holders.iter().any(|holder| !crate::pidfd::is_alive(holder)) {
         return Err(namespace_error(io::Error::other(
             "the process exited while its files were looked up",
         )));
@@ -285,25 +312,33 @@ pub fn view_dir(mountpoint: &Path, pid: u32) -> PathBuf {
     mountpoint.join(crate::fs::BY_PID_DIR).join(pid.to_string())
 }
 
-/// A process of mount namespace `namespace`, held by a pidfd: `pid` while it is still there, else the
-/// first found in /proc in a pid namespace other than ours (a container's short-lived process found by
-/// a scan may have gone, and its pid may name another process since; a host shell that entered only
-/// the mount namespace, `nsenter -m`, would name the host's files).
-fn process_in(namespace: BorrowedFd<'_>, pid: u32) -> Option<(u32, OwnedFd)> {
-    let of_namespace = |pid: u32| {
-        let holder = crate::pidfd::open(pid as libc::pid_t, 0)?;
-        // Opened first, checked after: the pid named this namespace's process while the fd was open.
-        same_file(namespace, &PathBuf::from(format!("/proc/{pid}/ns/mnt"))).then_some((pid, holder))
-    };
+/// Process `pid` held by a pidfd, if it is of mount namespace `namespace` (opened first, checked
+/// after: the pid named this namespace's process while the fd was open).
+fn of_namespace(namespace: BorrowedFd<'_>, pid: u32) -> Option<(u32, OwnedFd)> {
+    let holder = crate::pidfd::open(pid as libc::pid_t, 0)?;
+    same_file(namespace, &PathBuf::from(format!("/proc/{pid}/ns/mnt"))).then_some((pid, holder))
+}
+
+/// A process of mount namespace `namespace`: `pid` while it is still there (unless `elsewhere` and it
+/// is in our own pid namespace), else the first found in /proc in a pid namespace other than ours (a
+/// container's short-lived process found by a scan may have gone, and its pid may name another
+/// process since; a host shell that entered only the mount namespace, `nsenter -m`, would name the
+/// host's files).
+fn process_in(namespace: BorrowedFd<'_>, pid: u32, elsewhere: bool) -> Option<u32> {
     let ours = std::fs::read_link("/proc/self/ns/pid").ok();
-    of_namespace(pid).or_else(|| {
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ours)
-            .find_map(of_namespace)
-    })
+    let not_ours = |pid: &u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ours;
+    let of = |pid: u32| of_namespace(namespace, pid).map(|(pid, _)| pid);
+    Some(pid)
+        .filter(|pid| !elsewhere || not_ours(pid))
+        .and_then(of)
+        .or_else(|| {
+            std::fs::read_dir("/proc")
+                .ok()?
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .filter(not_ours)
+                .find_map(of)
+        })
 }
 
 /// True when `fd` and `path` are the same file (a namespace: its nsfs inode).

@@ -223,8 +223,14 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
         if !served {
             continue;
         }
+        // A views bind keeps the pid it was named by (`.by-pid/PID/proc/meminfo`): that process, if it
+        // still lives in the namespace, names it again.
         let source = if views {
-            format!("{}/{source}", files::BY_PID_DIR)
+            format!(
+                "{}/{}",
+                files::BY_PID_DIR,
+                line.root.trim_start_matches('/')
+            )
         } else {
             source.to_string()
         };

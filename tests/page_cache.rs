@@ -291,3 +291,53 @@ fn sigusr2_switches_a_cached_view_off_and_on() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+/// A process of another pid namespace naming itself: refused until a process of the daemon's pid
+/// namespace made its view (as `vproc run` does for its pid 1), then its own files.
+fn self_named_from_a_pid_namespace(daemon: &Daemon, made_first: bool) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sh", "-c"])
+        .arg(format!(
+            "read pid; exec cat {}/.by-pid/$pid/proc/meminfo",
+            daemon.mountpoint.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sh = loop {
+        let listed = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = listed.split_whitespace().next() {
+            break pid.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare started no child"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    if made_first {
+        std::fs::metadata(daemon.path(&format!(".by-pid/{sh}"))).unwrap();
+    }
+    writeln!(child.stdin.take().unwrap(), "{sh}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_container_cannot_make_views_only_look_up_the_one_made_for_it() {
+    let daemon = Daemon::start(&[]);
+    let refused = self_named_from_a_pid_namespace(&daemon, false);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Permission denied"),
+        "{refused:?}"
+    );
+    let allowed = self_named_from_a_pid_namespace(&daemon, true);
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).starts_with("MemTotal:"),
+        "{allowed:?}"
+    );
+}

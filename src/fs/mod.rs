@@ -472,13 +472,16 @@ impl VprocFs {
             .ok()
             .filter(|n: &u32| n.to_string() == name && *n != 0)
             .ok_or(Errno::ENOENT)?;
-        // Root only (as seen from the host: a container's root without a user namespace is root too,
-        // and may name itself), so an unprivileged user cannot make views.
+        // Root only, so an unprivileged user cannot make views. Views are made by processes of the
+        // daemon's own pid namespace (vproc attach, reattach, the OCI hook, vproc run's parent before
+        // it lets pid 1 go); a process elsewhere may only look up its own, once made for it, so a
+        // container cannot make views, however many cgroups or pid namespaces it creates.
         if uid != 0 {
             return Err(Errno::EACCES);
         }
-        if named != pid {
-            self.may_name_views(pid)?;
+        let makes = self.may_name_views(pid).is_ok();
+        if !makes && named != pid {
+            return Err(Errno::EACCES);
         }
         // Only a container's own files are bound here: a process that cannot be told now would get
         // the host's files for good. It may ask again (EAGAIN), or use the shared paths.
@@ -487,11 +490,15 @@ impl VprocFs {
             Sight::Unresolved(_) => return Err(Errno::EAGAIN),
             sight => sight,
         };
-        let view = self.views.looked_up(sight, named).map_err(|full| {
-            self.renderer.health().record_other();
-            log::warn!("refusing to name pid {named}: {full}");
-            Errno::ENFILE
-        })?;
+        let view = if makes {
+            self.views.looked_up(sight, named).map_err(|full| {
+                self.renderer.health().record_other();
+                log::warn!("refusing to name pid {named}: {full}");
+                Errno::ENFILE
+            })?
+        } else {
+            self.views.existing(sight, named).ok_or(Errno::EACCES)?
+        };
         // Asked again on every walk: a pid reused by another container names another view.
         self.entry(&view, ino_in(view.id(), ROOT_INO), pid, PER_READER_TTL)
     }

@@ -193,6 +193,8 @@ pub struct View {
     /// Lookups the kernel holds of the view's inodes (LOOKUP replies less FORGETs).
     lookups: AtomicU64,
     slots: Mutex<HashMap<u64, Slot>>,
+    /// The kernel was told its named process is gone (once, until it is looked up again).
+    gone_told: std::sync::atomic::AtomicBool,
 }
 
 impl View {
@@ -271,6 +273,7 @@ impl Default for Views {
                 sight: Mutex::new((Sight::Unresolved(Fallback::HostProcess), Instant::now())),
                 lookups: AtomicU64::new(0),
                 slots: Mutex::new(HashMap::new()),
+                gone_told: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -305,6 +308,22 @@ impl Views {
     /// counted (the caller answers a LOOKUP with one of its inodes, or gives it back with
     /// [`Views::forget`]).
     pub fn looked_up(&self, sight: Sight, named: u32) -> std::result::Result<Arc<View>, Full> {
+        self.lookup(sight, named, true)
+            .map(|view| view.expect("made when missing"))
+    }
+
+    /// The view of process `named` if it exists (one more lookup counted), never a new one: what a
+    /// process outside the daemon's pid namespace may have when it names itself.
+    pub fn existing(&self, sight: Sight, named: u32) -> Option<Arc<View>> {
+        self.lookup(sight, named, false).ok().flatten()
+    }
+
+    fn lookup(
+        &self,
+        sight: Sight,
+        named: u32,
+        make: bool,
+    ) -> std::result::Result<Option<Arc<View>>, Full> {
         let key = ViewKey {
             named,
             identity: Identity::of(&sight),
@@ -315,7 +334,11 @@ impl Views {
             .and_then(|id| self.table.read().get(id).cloned())
         {
             view.lookups.fetch_add(1, Ordering::SeqCst);
-            return Ok(view);
+            view.gone_told.store(false, Ordering::SeqCst);
+            return Ok(Some(view));
+        }
+        if !make {
+            return Ok(None);
         }
         if keys.len() >= MAX_VIEWS {
             return Err(Full::All);
@@ -343,10 +366,11 @@ impl Views {
             sight: Mutex::new((sight, Instant::now())),
             lookups: AtomicU64::new(1),
             slots: Mutex::new(HashMap::new()),
+            gone_told: std::sync::atomic::AtomicBool::new(false),
         });
         keys.insert(key, id);
         self.table.write().insert(id, Arc::clone(&view));
-        Ok(view)
+        Ok(Some(view))
     }
 
     /// One more lookup of an inode of `view` the kernel holds (a LOOKUP below the view's own tree).
@@ -586,13 +610,24 @@ impl Views {
 
     /// The pids named by views whose process is gone: their `.by-pid` entries are dropped from the
     /// kernel's cache, so the kernel forgets what no bind holds (and the views go).
+    /// Each view is told once (again only after it is looked up again); no lock is held while the
+    /// pids are checked.
     pub fn gone(&self) -> Vec<u32> {
-        self.table
+        let views: Vec<Arc<View>> = self
+            .table
             .read()
             .values()
-            .map(|view| view.key.named)
+            .filter(|view| !view.gone_told.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
+        views
+            .into_iter()
             // SAFETY: kill with signal 0 only checks that the pid exists.
-            .filter(|&pid| unsafe { libc::kill(pid as libc::pid_t, 0) } != 0)
+            .filter(|view| unsafe { libc::kill(view.key.named as libc::pid_t, 0) } != 0)
+            .map(|view| {
+                view.gone_told.store(true, Ordering::SeqCst);
+                view.key.named
+            })
             .collect()
     }
 

@@ -448,6 +448,15 @@ fn watch(
         let _ = wait_for(child);
         return Err(e);
     }
+    // Pid 1's view on the daemon's views mount is made from here (a process of the daemon's pid
+    // namespace may make one; pid 1 may then look up its own). Where it fails, pid 1 binds the shared
+    // paths.
+    if let Some(lxcfs) = &spec.lxcfs {
+        let view = crate::attach::view_dir(lxcfs, child.as_raw() as u32);
+        if let Err(e) = std::fs::metadata(&view) {
+            log::debug!("no view at {}: {e}", view.display());
+        }
+    }
     // Go, with pid 1's pid as the daemon sees it: pid 1 names its container's files by it.
     let _ = File::from(go).write_all(format!("{child}\n").as_bytes());
     // -t: the pty's master, sized like our terminal before the command starts.
