@@ -110,8 +110,12 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             // A real request: stat of a dead mount is answered from the kernel's attribute cache.
+            // The views mount is stacked on `.by-pid` right after (a daemon too old to have one has
+            // no `.by-pid`).
+            let views = self.path(".by-pid");
             if is_mounted(&self.mountpoint)
                 && std::fs::File::open(self.path("proc/meminfo")).is_ok()
+                && (is_mounted(&views) || std::fs::metadata(&views).is_err())
             {
                 return;
             }
