@@ -129,6 +129,30 @@ print("ok")
 }
 
 #[test]
+fn one_line_files_are_never_padded() {
+    // Scripts split loadavg and uptime on single spaces: only /proc/stat and diskstats keep room to
+    // grow, at the end of their last line.
+    let daemon = Daemon::start(&[]);
+    let group = limited(64);
+    let out = in_container(
+        &group,
+        &daemon,
+        &["proc/loadavg", "proc/uptime", "proc/stat"],
+        "for i in 1 2 3; do cat /proc/loadavg /proc/uptime >/dev/null; sleep 0.05; done; \
+         tr ' ' '_' < /proc/loadavg; tr ' ' '_' < /proc/uptime; tail -1 /proc/stat | tr -cd ' ' | wc -c",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].split('_').count(), 5, "{out}");
+    assert_eq!(lines[1].split('_').count(), 2, "{out}");
+    assert!(
+        !lines[0].ends_with('_') && !lines[1].ends_with('_'),
+        "{out}"
+    );
+    // softirq's eleven numbers, then the room to grow.
+    assert!(lines[2].trim().parse::<usize>().unwrap() > 20, "{out}");
+}
+
+#[test]
 fn a_limit_change_reaches_a_bound_reader_within_a_second() {
     let daemon = Daemon::start(&[]);
     let group = limited(64);

@@ -670,17 +670,14 @@ impl VprocFs {
     }
 }
 
-/// Room a file keeps to grow without changing its size (see [`Views::describe`]): the files whose
-/// counters gain digits as they run. Kept as spaces at the end of the last line.
+/// Room a file keeps to grow without changing its size (see [`Views::describe`]): the multi-line
+/// files whose counters gain digits as they run, kept as spaces at the end of their last line, where
+/// their readers split on whitespace. Not loadavg or uptime: one line each, which scripts split on
+/// single spaces (`split(' ')`, `cut -d' '`).
 fn slack(node: &Node) -> usize {
     use crate::files::Content;
     match node {
-        Node::File(file) => match file.content {
-            Content::Stat | Content::Diskstats => 64,
-            Content::Loadavg | Content::Uptime | Content::Swaps | Content::Pressure(_) => 16,
-            _ => 0,
-        },
-        Node::BlockStat(_) => 16,
+        Node::File(file) if matches!(file.content, Content::Stat | Content::Diskstats) => 64,
         _ => 0,
     }
 }
