@@ -115,14 +115,17 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     prepare_mountpoint(&config.mountpoint)?;
     let mountpoint = crate::reattach::canonical_mountpoint(&config.mountpoint);
     let mut fuse_config = Config::default();
-    fuse_config.mount_options = vec![
-        // The fsname names the mountpoint: a successor heals exactly the mounts of its predecessors.
-        MountOption::FSName(crate::reattach::fs_name(&mountpoint)),
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::DefaultPermissions,
-    ];
+    // The fsname names the mountpoint: a successor heals exactly the mounts of its predecessors.
+    let mount_options = |at: &Path| {
+        vec![
+            MountOption::FSName(crate::reattach::fs_name(at)),
+            MountOption::RO,
+            MountOption::NoSuid,
+            MountOption::NoDev,
+            MountOption::DefaultPermissions,
+        ]
+    };
+    fuse_config.mount_options = mount_options(&mountpoint);
     fuse_config.acl = SessionACL::All;
     fuse_config.n_threads = Some(config.threads.max(2));
     // One /dev/fuse fd per worker (FUSE_DEV_IOC_CLONE): workers do not contend on one fd.
@@ -148,9 +151,7 @@ pub fn run(config: &DaemonConfig) -> Result<(), DaemonError> {
     // spawned), with a name of its own so reattach and `vproc status --pid` tell its binds apart.
     let views_point = config.mountpoint.join(crate::fs::BY_PID_DIR);
     let mut views_config = fuse_config.clone();
-    views_config.mount_options[0] = MountOption::FSName(crate::reattach::fs_name(
-        &mountpoint.join(crate::fs::BY_PID_DIR),
-    ));
+    views_config.mount_options = mount_options(&mountpoint.join(crate::fs::BY_PID_DIR));
     let views_session = Session::new(views_fs, &views_point, &views_config).map_err(|source| {
         DaemonError::Mount {
             path: views_point.clone(),

@@ -128,11 +128,6 @@ impl Renderer {
         &self.host
     }
 
-    /// How long a resolved reader's limits are reused.
-    pub fn reader_ttl(&self) -> Duration {
-        self.options.reader_ttl
-    }
-
     /// The state kept between reads.
     pub fn registry(&self) -> &Registry {
         &self.registry

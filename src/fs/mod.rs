@@ -28,7 +28,6 @@ use crate::files::{self, BLOCK_DIR, CPU_DIR, FILES, ROOT_INO};
 use crate::health::{HEALTH_XATTR, Report, XATTR_SIZE_MAX};
 use crate::metrics::{self, Operation, Target};
 use crate::render::{Renderer, Sight, Use};
-use crate::view::topology::{self, render_topology_file};
 use handles::Handles;
 pub use handles::{
     BUFFER_BUDGET, KEPT_BYTES_PER_CONTAINER, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES,
@@ -199,31 +198,24 @@ impl VprocFs {
         self.views.get(view_of(ino)).ok_or(Errno::ESTALE)
     }
 
-    /// Attributes of inode `ino` (asked by `pid`), with how long the kernel may keep them. A file's
-    /// are those of the generation its next READs serve.
+    /// Attributes of inode `ino` (asked by `pid`), with how long the kernel may keep them. On the
+    /// views mount a file's are those of the generation its next READs serve; on the shared mount,
+    /// those of what the asking reader would read (see [`VprocFs::shared_size`]).
     fn attr(&self, ino: u64, pid: u32) -> Result<(FileAttr, Duration), Errno> {
-        if self.mount == Mount::Shared {
-            return self.shared_attr(ino, pid);
-        }
         let local = local_of(ino);
         if local == BY_PID_INO && view_of(ino) == SHARED {
+            // The views mount's root on the shared mount (what is seen where it is not stacked).
             return Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL));
         }
         let view = self.view(ino)?;
-        match self.nodes.node(local).ok_or(Errno::ENOENT)? {
+        let node = self.nodes.node(local).ok_or(Errno::ENOENT)?;
+        match &node {
             Node::Dir(_) => Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL)),
-            Node::File(file) => {
-                let generation = self
-                    .views
-                    .describe(&view, local, || self.render(&view, local, pid))?;
-                Ok((
-                    self.generation_attr(ino, file.mode, &generation),
-                    Self::generation_ttl(&generation),
-                ))
-            }
+            Node::File(file) => self.file_attr(&view, ino, file.mode, &node, pid),
+            Node::BlockStat(_) => self.file_attr(&view, ino, 0o444, &node, pid),
             Node::CpuSlot(k) => {
                 let sight = self.sight(&view, pid);
-                if (k as usize) < self.renderer.visible_cpus_in(&sight).len() {
+                if (*k as usize) < self.renderer.visible_cpus_in(&sight).len() {
                     Ok((
                         self.fixed_attr(ino, FileType::Directory),
                         self.view_ttl(&view),
@@ -233,37 +225,21 @@ impl VprocFs {
                 }
             }
             Node::BlockDevice(index) => {
-                self.block_name(index)?;
+                self.block_name(*index)?;
                 Ok((self.fixed_attr(ino, FileType::Directory), HOST_TTL))
-            }
-            Node::BlockStat(_) => {
-                let generation = self
-                    .views
-                    .describe(&view, local, || self.render(&view, local, pid))?;
-                Ok((
-                    self.generation_attr(ino, 0o444, &generation),
-                    Self::generation_ttl(&generation),
-                ))
             }
             Node::Host(entry) => {
                 let sight = self.sight(&view, pid);
-                let path = self.host_path(&entry, &sight)?;
+                let path = self.host_path(entry, &sight)?;
                 let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
                 let attr = host_attr(ino, &meta);
-                if meta.is_file() {
+                if meta.is_file() && self.mount == Mount::Views {
                     // Read through the page cache like every file here: its size is its content's.
                     // A file that cannot be read (write-only, or refused) shows size 0, and its
                     // READ the error.
-                    let described = self
-                        .views
-                        .describe(&view, local, || self.render(&view, local, pid));
-                    return Ok(match described {
-                        Ok(generation) => (
-                            self.generation_attr(ino, attr.perm, &generation),
-                            Self::generation_ttl(&generation),
-                        ),
-                        Err(_) => (attr, VIRTUAL_FILE_ATTR_TTL),
-                    });
+                    return Ok(self
+                        .file_attr(&view, ino, attr.perm, &node, pid)
+                        .unwrap_or((attr, VIRTUAL_FILE_ATTR_TTL)));
                 }
                 let ttl = if entry.per_reader() {
                     self.view_ttl(&view)
@@ -273,6 +249,33 @@ impl VprocFs {
                 Ok((attr, ttl))
             }
         }
+    }
+
+    /// Attributes of the file `node` (inode `ino`): on the views mount, of the generation described
+    /// now; on the shared mount, sized for the asking reader.
+    fn file_attr(
+        &self,
+        view: &View,
+        ino: u64,
+        perm: u16,
+        node: &Node,
+        pid: u32,
+    ) -> Result<(FileAttr, Duration), Errno> {
+        if self.mount == Mount::Shared {
+            let mut attr = self.fixed_attr(ino, FileType::RegularFile);
+            attr.perm = perm;
+            attr.nlink = 1;
+            attr.size = self.shared_size(node, pid)? as u64;
+            return Ok((attr, shared::SHARED_FILE_ATTR_TTL));
+        }
+        let local = local_of(ino);
+        let generation = self
+            .views
+            .describe(view, local, || self.render(view, local, pid))?;
+        Ok((
+            self.generation_attr(ino, perm, &generation),
+            Self::generation_ttl(&generation),
+        ))
     }
 
     /// How long what depends on a view's limits may be kept: per reader in the shared tree, a tick
@@ -285,7 +288,8 @@ impl VprocFs {
         }
     }
 
-    /// How long the kernel may keep the name -> inode mapping of `local` in a view's own tree.
+    /// How long the kernel may keep the name -> inode mapping of `local` in `view` (the shared mount's
+    /// inodes are the shared view's).
     fn entry_ttl(&self, view: &View, local: u64) -> Duration {
         match self.nodes.node(local) {
             Some(Node::Dir(_) | Node::File(_)) => FIXED_TTL,
@@ -295,20 +299,16 @@ impl VprocFs {
         }
     }
 
-    /// What a host entry shows `sight`: the host's file, or below a `cpuK` slot, its topology and
-    /// cache files in the container's numbering.
-    fn host_content(&self, entry: HostEntry, sight: &Sight) -> Result<Vec<u8>, Errno> {
-        match entry.slot {
-            Some(slot) if topology::is_rewritten(&entry.relative) => {
-                let visible = self.renderer.visible_cpus_in(sight);
-                let path = entry
-                    .host_path(&self.host_cpu_dir(), &visible)
-                    .ok_or(Errno::ENOENT)?;
-                let host = std::fs::read_to_string(path).map_err(Errno::from)?;
-                Ok(render_topology_file(&entry.relative, &host, slot, &visible).into_bytes())
-            }
-            _ => std::fs::read(self.host_path(&entry, sight)?).map_err(Errno::from),
-        }
+    /// The host path of `entry` as `sight` sees it.
+    fn host_path(&self, entry: &HostEntry, sight: &Sight) -> Result<PathBuf, Errno> {
+        let visible = if entry.per_reader() {
+            self.renderer.visible_cpus_in(sight)
+        } else {
+            Vec::new()
+        };
+        entry
+            .host_path(&self.host_cpu_dir(), &visible)
+            .ok_or(Errno::ENOENT)
     }
 
     /// A new generation of file `local` of `view`, rendered for reader `pid`, with its slack.
@@ -337,7 +337,7 @@ impl VprocFs {
                     .render_block_stat_in(&name, &sight)
                     .map_err(failed)
             }
-            Node::Host(entry) => self.host_content(entry, &sight),
+            Node::Host(entry) => self.produce(&self.host_source(entry, &sight)?, pid),
             _ => Err(Errno::EISDIR),
         }
     }
@@ -440,8 +440,8 @@ impl VprocFs {
                     return Err(Errno::ENOENT);
                 }
                 let ino = self.lookup_local(parent, name, &self.renderer.sight(pid))?;
-                let (attr, attr_ttl) = self.shared_attr(ino, pid)?;
-                Ok((ino, attr, attr_ttl, self.shared_entry_ttl(ino)))
+                let (attr, attr_ttl) = self.attr(ino, pid)?;
+                Ok((ino, attr, attr_ttl, self.entry_ttl(&*self.view(ino)?, ino)))
             }
             Mount::Views if parent == ROOT_INO => self.lookup_view(name, pid, uid),
             Mount::Views => {
@@ -805,12 +805,13 @@ impl Filesystem for VprocFs {
         metrics.request(Operation::Read, target);
         let mut rendered = false;
         let generation = self.view(ino.0).and_then(|view| {
-            if let Some(Node::File(file)) = self.nodes.node(local) {
-                self.renderer.started_reading(
-                    file.content,
-                    &self.sight(&view, req.pid()),
-                    req.pid(),
-                );
+            // Only loadavg keeps history: no other READ resolves anything.
+            if let Some(Node::File(file)) = self.nodes.node(local)
+                && file.content == crate::files::Content::Loadavg
+            {
+                let sight = self.sight(&view, req.pid());
+                self.renderer
+                    .started_reading(file.content, &sight, req.pid());
             }
             self.views.read(&view, local, || {
                 rendered = true;

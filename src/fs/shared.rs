@@ -11,16 +11,12 @@
 //! is opened first; runc's check of the bind's path also sees `(deleted)`): concurrent container
 //! starts on a node would fail. Here nothing a walk uses ever changes.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, OpenAccMode, OpenFlags, ReplyOpen};
+use fuser::{Errno, FileHandle, FopenFlags, OpenAccMode, OpenFlags, ReplyOpen};
 
 use super::handles::{HandleSource, Lookup, Refused, Served};
-use super::{
-    BY_PID_INO, FIXED_TTL, HOST_TTL, HostEntry, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES, Node,
-    NodeTable, PER_READER_TTL, VprocFs, host_attr,
-};
+use super::{HostEntry, MAX_HANDLES_PER_CONTAINER, MAX_OPEN_HANDLES, Node, NodeTable, VprocFs};
 use crate::metrics::{Metrics, Operation, Target};
 use crate::render::{Sight, Use};
 use crate::view::topology::{self, render_topology_file};
@@ -29,87 +25,47 @@ use crate::view::topology::{self, render_topology_file};
 /// who asked, kept 100 ms (LXCFS keeps 1 s). What a read returns never depends on it; only tools that
 /// trust st_size (`wc -c`, `tail`) could see another reader's size within that window. Zero would cost
 /// two GETATTRs per open+fstat+read+close.
-const SHARED_FILE_ATTR_TTL: Duration = Duration::from_millis(100);
+pub(super) const SHARED_FILE_ATTR_TTL: Duration = Duration::from_millis(100);
 /// How often a refused open is logged at most.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 impl VprocFs {
-    /// Attributes of inode `ino` of the shared mount for reader `pid`.
+    /// The size of file `node` for reader `pid`: the length of its content for this reader.
     ///
-    /// A virtual file's size is the length of its content for this reader. Real /proc says 0, and
-    /// read(2) does not care (direct I/O ignores i_size), but since Linux 6.5 splice/sendfile reads FUSE
-    /// files through the page cache even with direct I/O, where i_size 0 means EOF: busybox `cat` and
-    /// Python's shutil.copy would see empty files. With a size, their page-cache read reaches `read`,
-    /// which refuses it, and they fall back to read(2). LXCFS reports sizes the same way.
-    pub(super) fn shared_attr(&self, ino: u64, pid: u32) -> Result<(FileAttr, Duration), Errno> {
-        let failed = |e: crate::error::Error| {
-            log::error!("cannot read the host's file: {e}");
-            Errno::EIO
-        };
-        if ino == BY_PID_INO {
-            // Where the views mount is stacked (what is seen where it is not).
-            return Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL));
-        }
-        match self.nodes.node(ino).ok_or(Errno::ENOENT)? {
-            Node::Dir(_) => Ok((self.fixed_attr(ino, FileType::Directory), FIXED_TTL)),
+    /// Real /proc says 0, and read(2) does not care (direct I/O ignores i_size), but since Linux 6.5
+    /// splice/sendfile reads FUSE files through the page cache even with direct I/O, where i_size 0
+    /// means EOF: busybox `cat` and Python's shutil.copy would see empty files. With a size, their
+    /// page-cache read reaches `read`, which refuses it, and they fall back to read(2). LXCFS reports
+    /// sizes the same way. A stat renders without leaving state (see [`Use::Size`]).
+    pub(super) fn shared_size(&self, node: &Node, pid: u32) -> Result<usize, Errno> {
+        match node {
             Node::File(file) => {
-                let mut attr = self.fixed_attr(ino, FileType::RegularFile);
                 let sight = self.renderer.sight(pid);
-                attr.size = self
-                    .renderer
+                self.renderer
                     .render_in(file.content, &sight, pid, Use::Size)
-                    .map_err(failed)?
-                    .len() as u64;
-                Ok((attr, SHARED_FILE_ATTR_TTL))
+                    .map(|bytes| bytes.len())
+                    .map_err(|e| {
+                        log::error!("cannot read the host's file: {e}");
+                        Errno::EIO
+                    })
             }
-            Node::CpuSlot(k) => {
-                if (k as usize) < self.renderer.visible_cpus(pid).len() {
-                    Ok((self.fixed_attr(ino, FileType::Directory), PER_READER_TTL))
-                } else {
-                    Err(Errno::ENOENT)
-                }
-            }
-            Node::BlockDevice(index) => {
-                self.block_name(index)?;
-                Ok((self.fixed_attr(ino, FileType::Directory), HOST_TTL))
-            }
-            Node::BlockStat(index) => {
-                let name = self.block_name(index)?;
-                let mut attr = self.fixed_attr(ino, FileType::RegularFile);
-                attr.perm = 0o444;
-                attr.nlink = 1;
-                attr.size = self.produce(&HandleSource::BlockStat(name), pid)?.len() as u64;
-                Ok((attr, SHARED_FILE_ATTR_TTL))
-            }
-            Node::Host(entry) => {
-                let path = self.host_path(&entry, &self.renderer.sight(pid))?;
-                let meta = std::fs::symlink_metadata(&path).map_err(Errno::from)?;
-                let ttl = if entry.per_reader() {
-                    PER_READER_TTL
-                } else {
-                    HOST_TTL
-                };
-                Ok((host_attr(ino, &meta), ttl))
-            }
+            Node::BlockStat(index) => Ok(self
+                .produce(&HandleSource::BlockStat(self.block_name(*index)?), pid)?
+                .len()),
+            _ => Err(Errno::EISDIR),
         }
     }
 
-    /// How long the kernel may keep the name -> inode mapping of `ino` in the shared mount.
-    pub(super) fn shared_entry_ttl(&self, ino: u64) -> Duration {
-        match self.nodes.node(ino) {
-            Some(Node::Dir(_) | Node::File(_)) => FIXED_TTL,
-            Some(Node::Host(entry)) if !entry.per_reader() => HOST_TTL,
-            Some(Node::BlockDevice(_) | Node::BlockStat(_)) => HOST_TTL,
-            _ => PER_READER_TTL,
-        }
-    }
-
-    /// What a host entry shows reader `pid`: the host's file, or below a `cpuK` slot, its topology and
-    /// cache files in the container's numbering.
-    fn host_source(&self, entry: HostEntry, pid: u32) -> Result<HandleSource, Errno> {
+    /// What a host entry shows `sight`: the host's file, or below a `cpuK` slot, its topology and cache
+    /// files in the container's numbering.
+    pub(super) fn host_source(
+        &self,
+        entry: HostEntry,
+        sight: &Sight,
+    ) -> Result<HandleSource, Errno> {
         match entry.slot {
             Some(slot) if topology::is_rewritten(&entry.relative) => {
-                let visible = self.renderer.visible_cpus(pid);
+                let visible = self.renderer.visible_cpus_in(sight);
                 let path = entry
                     .host_path(&self.host_cpu_dir(), &visible)
                     .ok_or(Errno::ENOENT)?;
@@ -120,14 +76,12 @@ impl VprocFs {
                     visible,
                 })
             }
-            _ => self
-                .host_path(&entry, &self.renderer.sight(pid))
-                .map(HandleSource::Host),
+            _ => self.host_path(&entry, sight).map(HandleSource::Host),
         }
     }
 
     /// Renders or reads what handle `fh` shows, for reader `pid`.
-    fn produce(&self, source: &HandleSource, pid: u32) -> Result<Vec<u8>, Errno> {
+    pub(super) fn produce(&self, source: &HandleSource, pid: u32) -> Result<Vec<u8>, Errno> {
         let failed = |e: crate::error::Error| {
             log::error!("cannot read the host's file: {e}");
             Errno::EIO
@@ -161,7 +115,7 @@ impl VprocFs {
         }
         let source = match self.nodes.node(ino) {
             Some(Node::File(file)) => Ok(HandleSource::Virtual(file.content)),
-            Some(Node::Host(entry)) => self.host_source(entry, pid),
+            Some(Node::Host(entry)) => self.host_source(entry, &self.renderer.sight(pid)),
             Some(Node::BlockStat(index)) => self.block_name(index).map(HandleSource::BlockStat),
             Some(_) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
@@ -247,18 +201,6 @@ impl VprocFs {
         let end = start.saturating_add(size as usize).min(served.len());
         let served = self.handles.record(fh, served, end);
         reply.data(&served[start..end]);
-    }
-
-    /// The host path of `entry` as `sight` sees it.
-    pub(super) fn host_path(&self, entry: &HostEntry, sight: &Sight) -> Result<PathBuf, Errno> {
-        let visible = if entry.per_reader() {
-            self.renderer.visible_cpus_in(sight)
-        } else {
-            Vec::new()
-        };
-        entry
-            .host_path(&self.host_cpu_dir(), &visible)
-            .ok_or(Errno::ENOENT)
     }
 }
 
