@@ -60,7 +60,7 @@ fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
 }
 
 const REPORT: &str = r#"
-sleep 0.3; busybox uptime > /tmp/uptime
+(sleep 0.3; exec busybox uptime) > /tmp/uptime & wait $!
 echo idle $(sed 's/.*load average://; s/,//g' /tmp/uptime)
 busybox free | awk '/^Mem:/ { print "free", $2 }'
 echo phys $(/usr/bin/getconf _PHYS_PAGES) $(/usr/bin/getconf PAGESIZE)
@@ -130,12 +130,10 @@ fn sysinfo_and_the_cpu_mask_are_the_container_s() {
     // busybox uptime's load is the container's, not the host's.
     let busy: f64 = field(&stdout, "busy")[0].parse().unwrap();
     assert!(busy >= 1.0, "a busy loop runs: {stdout}");
-    // Python's os.getloadavg() (glibc asks sysinfo) says the same, a moment later.
-    assert_eq!(
-        field(&stdout, "getloadavg"),
-        [field(&stdout, "busy")[0]],
-        "{stdout}"
-    );
+    // Python's os.getloadavg() (glibc asks sysinfo) says the same, a moment later: at most one 5 s
+    // step of the averages apart (from 1.00 with nothing running, 0.92).
+    let later: f64 = field(&stdout, "getloadavg")[0].parse().unwrap();
+    assert!((later - busy).abs() <= 0.1, "{stdout}");
     assert!(
         !host_load.starts_with("0.00 0.00 0.00"),
         "the host is busy running these tests: {host_load}"
@@ -168,10 +166,13 @@ fn under_init_too_and_the_host_s_answers_when_asked() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(field(&stdout, "free"), ["262144"], "{stdout}");
     assert_eq!(field(&stdout, "nproc"), ["1", "1"], "{stdout}");
-    // Nothing runs but busybox uptime, which is not counted (it waits for the answer); the init has
-    // gone to sleep in waitpid by then.
+    // Nothing runs but busybox uptime, which is not counted (it waits for the answer): the init and
+    // the shell have been asleep in waitpid for 0.3 s (a shell that had just forked busybox could
+    // still be runnable on a loaded machine, and count).
     assert_eq!(field(&stdout, "idle"), ["0.00", "0.00", "0.00"], "{stdout}");
-    assert_eq!(field(&stdout, "getloadavg"), ["0.00"], "{stdout}");
+    // Python a moment later: at most two 5 s steps of one running task (0.08, then 0.16).
+    let later: f64 = field(&stdout, "getloadavg")[0].parse().unwrap();
+    assert!(later <= 0.16, "{stdout}");
 
     // sched_setaffinity is the kernel's: the container may pin itself to its second CPU.
     if cpuset() == "0-1" {
