@@ -88,6 +88,10 @@ pub enum AttachMode {
     Attach,
     /// Replace dead vprocd mounts only (reattach: the container's mounts may have changed since the scan).
     HealOnly,
+    /// Replace the shared mount's files with the container's views (the runc wrapper's hook: runc bound
+    /// the shared files, read per reader; a view is served from the page cache). Nothing else is
+    /// touched, and a file whose view cannot be had keeps its shared bind.
+    Upgrade,
 }
 
 /// Bind-mounts the daemon's files over the container's: the mount namespace of `pid`, whose root is at
@@ -95,20 +99,26 @@ pub enum AttachMode {
 ///
 /// Enters that namespace: call it from a single-threaded process that does nothing else afterwards.
 pub fn attach(pid: u32, root: &Path, mountpoint: &Path) -> Result<Vec<Attached>, AttachError> {
-    let pairs: Vec<(String, String)> = bind_pairs()
-        .into_iter()
-        .map(|(source, target)| (format!("{}/{source}", files::BY_PID_DIR), target))
-        .collect();
-    attach_pairs(pid, root, mountpoint, &pairs)
+    attach_pairs(pid, root, mountpoint, &view_pairs(), AttachMode::Attach)
 }
 
-/// Like [`attach`], for explicit pairs: `source` below the mountpoint goes over `target` below `root`
-/// (both relative, e.g. `proc/meminfo`).
+/// Every bind target with its source on the views mount (`.by-pid/proc/meminfo` for
+/// `proc/meminfo`: the named process's own file).
+pub fn view_pairs() -> Vec<(String, String)> {
+    bind_pairs()
+        .into_iter()
+        .map(|(source, target)| (format!("{}/{source}", files::BY_PID_DIR), target))
+        .collect()
+}
+
+/// Like [`attach`], for explicit pairs (`source` below the mountpoint goes over `target` below `root`,
+/// both relative, e.g. `proc/meminfo`) and any `mode`.
 pub fn attach_pairs(
     pid: u32,
     root: &Path,
     mountpoint: &Path,
     pairs: &[(String, String)],
+    mode: AttachMode,
 ) -> Result<Vec<Attached>, AttachError> {
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
     let ns = File::open(&ns_path).map_err(|source| AttachError::Namespace { pid, source })?;
@@ -118,7 +128,7 @@ pub fn attach_pairs(
         ContainerRoot::Path(root),
         mountpoint,
         pairs,
-        AttachMode::Attach,
+        mode,
     )
 }
 
@@ -156,7 +166,7 @@ pub fn attach_in(
     let by_pid = format!("{}/", files::BY_PID_DIR);
     let mut found: Option<Option<u32>> = None;
     let mut holders: Vec<OwnedFd> = Vec::new();
-    let mut clones: Vec<(&str, &str, OwnedFd)> = Vec::new();
+    let mut clones: Vec<Cloned> = Vec::new();
     let mut results = Vec::new();
     for (source, relative) in pairs {
         let (file, views) = match source.strip_prefix(&by_pid) {
@@ -194,15 +204,31 @@ pub fn attach_in(
             )
         };
         let shared = mountpoint.join(file);
-        let tree = match &views {
-            Some(views) => clone(views).or_else(|e| {
-                log::debug!("{}: {e}; the shared mount's instead", views.display());
-                clone(&shared)
-            }),
-            None => clone(&shared),
+        let view = views.as_ref().and_then(|views| {
+            clone(views)
+                .inspect_err(|e| {
+                    log::debug!("{}: {e}; the shared mount's instead", views.display())
+                })
+                .ok()
+        });
+        // An upgrade mounts views only: a file without one keeps what runc bound.
+        if mode == AttachMode::Upgrade && view.is_none() {
+            results.push(Attached::AlreadyAttached(Path::new("/").join(relative)));
+            continue;
+        }
+        // An upgrade also clones the shared file, to put back if the view cannot be mounted.
+        let tree = match view {
+            Some(view) if mode != AttachMode::Upgrade => Ok((view, None)),
+            Some(view) => clone(&shared).map(|shared| (view, Some(shared))),
+            None => clone(&shared).map(|shared| (shared, None)),
         };
         match tree {
-            Ok(tree) => clones.push((file, relative.as_str(), tree)),
+            Ok((tree, shared)) => clones.push(Cloned {
+                source: file,
+                relative: relative.as_str(),
+                tree,
+                shared,
+            }),
             // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
             // a reason to leave the container without its other files.
             Err(_) if files::is_block_stat(file) => {
@@ -210,12 +236,15 @@ pub fn attach_in(
             }
             Err(e) => {
                 return Err(AttachError::Source {
-                    path: views.unwrap_or(shared),
+                    path: shared,
                     source: e.into(),
                 });
             }
         }
     }
+
+    // What the shared mount's files are (an upgrade replaces those only), known in our namespace.
+    let shared_device = rustix::fs::stat(mountpoint).map(|s| s.st_dev).ok();
 
     if holders.iter().any(|holder| !crate::pidfd::is_alive(holder)) {
         return Err(namespace_error(io::Error::other(
@@ -263,12 +292,12 @@ pub fn attach_in(
             (dir, Path::new("/"))
         }
     };
-    for (source, relative, tree) in clones {
-        let shown = root.join(relative);
-        match put(&root_dir, relative, &shown, &tree, mode, &host_proc) {
+    for cloned in clones {
+        let shown = root.join(cloned.relative);
+        match put(&root_dir, &cloned, &shown, mode, &host_proc, shared_device) {
             Ok(done) => results.push(done),
             // A disk's statistics are a side line: never a reason to fail the rest.
-            Err(e) if files::is_block_stat(source) => {
+            Err(e) if files::is_block_stat(cloned.source) => {
                 log::debug!("not binding {}: {e}", shown.display());
                 results.push(Attached::Missing(shown));
             }
@@ -278,33 +307,72 @@ pub fn attach_in(
     Ok(results)
 }
 
-/// Puts the cloned `tree` over `relative` below `root_dir` (shown to users as `shown`), as `mode` says.
+/// One target's trees, cloned in our namespace.
+struct Cloned<'a> {
+    /// The file below the mountpoint.
+    source: &'a str,
+    /// Where it goes, below the container's root.
+    relative: &'a str,
+    tree: OwnedFd,
+    /// An upgrade's: the shared file, put back if the view cannot be mounted.
+    shared: Option<OwnedFd>,
+}
+
+/// Puts `cloned` over its target below `root_dir` (shown to users as `shown`), as `mode` says.
 fn put(
     root_dir: &OwnedFd,
-    relative: &str,
+    cloned: &Cloned<'_>,
     shown: &Path,
-    tree: &OwnedFd,
     mode: AttachMode,
     host_proc: &OwnedFd,
+    shared_device: Option<u64>,
 ) -> Result<Attached, AttachError> {
+    let relative = cloned.relative;
     let target_error = |source: io::Error| AttachError::Target {
         path: shown.to_path_buf(),
         source,
     };
-    match what_is_at(root_dir, relative).map_err(target_error)? {
-        Target::Missing | Target::Plain if mode == AttachMode::HealOnly => {
-            return Ok(Attached::LeftAlone(shown.to_path_buf()));
+    let left_alone = || Ok(Attached::LeftAlone(shown.to_path_buf()));
+    match (what_is_at(root_dir, relative).map_err(target_error)?, mode) {
+        (Target::Missing, AttachMode::Attach) => {
+            return Ok(Attached::Missing(shown.to_path_buf()));
         }
-        Target::Missing => return Ok(Attached::Missing(shown.to_path_buf())),
-        Target::Live => return Ok(Attached::AlreadyAttached(shown.to_path_buf())),
+        (Target::Missing | Target::Plain, AttachMode::HealOnly) => return left_alone(),
+        (Target::Live(_), AttachMode::Attach | AttachMode::HealOnly) => {
+            return Ok(Attached::AlreadyAttached(shown.to_path_buf()));
+        }
         // A bind mount of a dead daemon's file (ENOTCONN): detach it, then cover what was under it.
-        Target::Dead => detach_dead(root_dir, relative, host_proc).map_err(target_error)?,
-        Target::Plain => {}
+        (Target::Dead, AttachMode::Attach | AttachMode::HealOnly) => {
+            detach_dead(root_dir, relative, host_proc).map_err(target_error)?;
+        }
+        (Target::Plain, AttachMode::Attach) => {}
+        // The shared mount's file: taken off, the view goes where it was (the container has not
+        // started: nothing reads the file in between).
+        (Target::Live(device), AttachMode::Upgrade) if Some(device) == shared_device => {
+            detach_top(root_dir, relative, host_proc).map_err(target_error)?;
+            let mounted = mount_at(root_dir, relative, &cloned.tree);
+            if let (Err(e), Some(shared)) = (&mounted, &cloned.shared) {
+                log::warn!("{}: {e}; the shared file goes back", shown.display());
+                mount_at(root_dir, relative, shared).map_err(target_error)?;
+                return Ok(Attached::AlreadyAttached(shown.to_path_buf()));
+            }
+            mounted.map_err(target_error)?;
+            return Ok(Attached::Mounted(shown.to_path_buf()));
+        }
+        // A view already, another filesystem, or nothing of ours: an upgrade touches only what runc
+        // bound from the shared mount.
+        (_, AttachMode::Upgrade) => return left_alone(),
     }
-    let target = open_in_root(root_dir, relative).map_err(target_error)?;
-    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
-    move_mount(tree, "", &target, "", flags).map_err(|e| target_error(e.into()))?;
+    mount_at(root_dir, relative, &cloned.tree).map_err(target_error)?;
     Ok(Attached::Mounted(shown.to_path_buf()))
+}
+
+/// Moves the cloned `tree` onto `relative` below `root_dir`.
+fn mount_at(root_dir: &OwnedFd, relative: &str, tree: &OwnedFd) -> io::Result<()> {
+    let target = open_in_root(root_dir, relative)?;
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+    move_mount(tree, "", &target, "", flags)?;
+    Ok(())
 }
 
 /// Where the daemon at `mountpoint` serves the files of process `pid`'s container.
@@ -365,8 +433,8 @@ pub fn check_daemon(mountpoint: &Path) -> Result<(), AttachError> {
 /// What a target path holds in the container.
 enum Target {
     Missing,
-    /// A live vprocd (FUSE) file or directory.
-    Live,
+    /// A live vprocd (FUSE) file or directory, on this device.
+    Live(u64),
     /// A FUSE mount whose daemon is gone.
     Dead,
     /// The container's own file.
@@ -380,17 +448,17 @@ fn what_is_at(root_dir: &OwnedFd, relative: &str) -> io::Result<Target> {
         Err(e) => return Err(e),
     };
     match rustix::fs::fstatfs(&target) {
-        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => Ok(Target::Live),
+        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => {
+            Ok(Target::Live(rustix::fs::fstat(&target)?.st_dev))
+        }
         Ok(_) => Ok(Target::Plain),
         Err(rustix::io::Errno::NOTCONN) => Ok(Target::Dead),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Detaches dead mounts stacked on `relative` until what is there answers again. umount2 needs a path:
-/// `self/fd/N` below the host's procfs (our cwd for the call) names exactly the mount resolved in the root.
+/// Detaches dead mounts stacked on `relative` until what is there answers again.
 fn detach_dead(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::Result<()> {
-    rustix::process::fchdir(host_proc)?;
     for _ in 0..16 {
         let target = open_in_root(root_dir, relative)?;
         if !matches!(
@@ -399,9 +467,18 @@ fn detach_dead(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::R
         ) {
             return Ok(());
         }
-        let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
-        nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
+        detach_top(root_dir, relative, host_proc)?;
     }
+    Ok(())
+}
+
+/// Detaches the mount on top at `relative`. umount2 needs a path: `self/fd/N` below the host's procfs
+/// (our cwd for the call) names exactly the mount resolved in the root.
+fn detach_top(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::Result<()> {
+    rustix::process::fchdir(host_proc)?;
+    let target = open_in_root(root_dir, relative)?;
+    let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+    nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use rustix::fs::{Mode, OFlags};
 
-use crate::attach::{AttachMode, Attached, ContainerRoot, attach_in};
+use crate::attach::{AttachError, AttachMode, Attached, ContainerRoot, attach_in};
 use crate::files;
 use crate::mountinfo::MountinfoLine;
 use crate::pidfd::{self, is_alive};
@@ -322,25 +322,54 @@ pub fn heal_all(
 
 /// Forks the child that heals `ns`.
 fn spawn_healer(mountpoint: &Path, ns: NamespaceMounts) -> Result<Healer, Outcome> {
-    let pid = ns.pid;
+    spawn_worker(ns.pid, || {
+        attach_in(
+            ns.namespace.as_fd(),
+            ns.pid,
+            ContainerRoot::Opened(ns.root.as_fd()),
+            mountpoint,
+            &ns.mounts,
+            AttachMode::HealOnly,
+        )
+    })
+}
+
+/// Runs `work` (which enters pid `pid`'s mount namespace) in a forked child, killed after `timeout`:
+/// a FUSE mount that hangs there cannot hang the caller. `Healed` counts the mounts made. Call it from
+/// a single-threaded process.
+pub fn in_child(
+    pid: u32,
+    timeout: Duration,
+    work: impl FnOnce() -> Result<Vec<Attached>, AttachError>,
+) -> Outcome {
+    let mut worker = match spawn_worker(pid, work) {
+        Ok(worker) => worker,
+        Err(outcome) => return outcome,
+    };
+    loop {
+        if let Some(outcome) = finished(&mut worker, timeout) {
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Forks a child that runs `work` and reports how many mounts it made, or its error.
+fn spawn_worker(
+    pid: u32,
+    work: impl FnOnce() -> Result<Vec<Attached>, AttachError>,
+) -> Result<Healer, Outcome> {
     let failed = |error: String| Outcome::Failed { pid, error };
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| failed(format!("pipe: {e}")))?;
-    // SAFETY: the caller is single-threaded (documented on heal_all), so the child may run ordinary code.
+    // SAFETY: the callers are single-threaded (reattach_all, in_child), so the child may run ordinary code.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(read);
             // Our stdout and stderr may be a caller's pipes, which a child stuck in a hung mount would
             // keep open forever: everything goes through the report pipe instead.
             silence_output();
-            let report = match attach_in(
-                ns.namespace.as_fd(),
-                pid,
-                ContainerRoot::Opened(ns.root.as_fd()),
-                mountpoint,
-                &ns.mounts,
-                AttachMode::HealOnly,
-            ) {
+            let report = match work() {
                 Ok(done) => {
                     let healed = done
                         .iter()

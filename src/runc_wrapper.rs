@@ -4,7 +4,9 @@
 //!
 //! For `create` and `run` it adds to the bundle's spec, then execs the real runc with the same arguments:
 //! - read-only binds of vprocd's files over /proc/{meminfo,cpuinfo,stat,uptime,swaps,loadavg,diskstats}
-//!   and /sys/devices/system/cpu, for each the daemon serves and the spec does not already mount;
+//!   and /sys/devices/system/cpu, for each the daemon serves and the spec does not already mount, with
+//!   a createRuntime hook (the wrapper itself, `--vproc-hook`) that replaces them with the container's
+//!   own files on the views mount once its process exists (page-cached; see `vproc::fs::views`);
 //! - where `vproc seccomp-agent` listens, sysinfo and sched_getaffinity as `SCMP_ACT_NOTIFY` merged into
 //!   the spec's own seccomp profile, with its `listenerPath`.
 //!
@@ -167,22 +169,56 @@ fn bundle(args: &[OsString]) -> PathBuf {
 pub struct Added {
     pub mounts: Vec<String>,
     pub seccomp: bool,
+    /// The createRuntime hook that puts the container's views over the binds.
+    pub hook: bool,
 }
 
 /// Annotations recording what the wrapper added, so that a bundle created again (a restart, a restore)
 /// is first put back as the engine wrote it and then edited for what serves now.
 const MOUNTS_ANNOTATION: &str = "io.vproc.runc/mounts";
 const SECCOMP_ANNOTATION: &str = "io.vproc.runc/seccomp";
+const HOOK_ANNOTATION: &str = "io.vproc.runc/hook";
+
+/// The argument that makes the wrapper the createRuntime hook it adds (`vproc-runc --vproc-hook`).
+pub const HOOK_ARGUMENT: &str = "--vproc-hook";
+
+/// The createRuntime hook the wrapper adds beside its binds: itself (`exe`) with [`HOOK_ARGUMENT`], the
+/// mountpoint and runc's log settings (a hook gets no environment). runc binds the shared files, whose
+/// every read is answered per reader; once the container's process exists, the hook replaces them with
+/// the container's own files on the views mount, which the kernel serves from its page cache. `None`
+/// where a path is not UTF-8.
+fn hook_entry(exe: &Path, lxcfs: &Path, log: &Log) -> Option<Value> {
+    let mut args = vec![
+        "vproc-runc".to_string(),
+        HOOK_ARGUMENT.to_string(),
+        format!("--vproc-lxcfs={}", lxcfs.to_str()?),
+    ];
+    if let Some(file) = &log.file {
+        args.extend(["--log".to_string(), file.to_str()?.to_string()]);
+    }
+    if log.json {
+        args.extend(["--log-format".to_string(), "json".to_string()]);
+    }
+    Some(json!({"path": exe.to_str()?, "args": args}))
+}
+
+/// Whether `hook` (an entry of a spec's hooks) is one [`hook_entry`] made, wherever the wrapper was.
+fn is_our_hook(hook: &Value) -> bool {
+    let arg = |i: usize| hook["args"].get(i).and_then(Value::as_str);
+    arg(1) == Some(HOOK_ARGUMENT) && arg(2).is_some_and(|a| a.starts_with("--vproc-lxcfs="))
+}
 
 /// Adds vprocd's binds and the seccomp agent's rules to `spec` (an OCI runtime spec): binds of the
 /// files `served` names (below `lxcfs`), over /proc where the spec mounts a /proc and over /sys where it
-/// mounts a /sys; the two calls to `agent` where the spec has a seccomp profile (a container the
-/// engine runs unconfined stays so). What an earlier run added is taken out first.
+/// mounts a /sys; `hook` among the createRuntime hooks where binds were added; the two calls to
+/// `agent` where the spec has a seccomp profile (a container the engine runs unconfined stays so).
+/// What an earlier run added is taken out first.
 pub fn edit_spec(
     spec: &mut Value,
     lxcfs: &Path,
     served: &[&str],
     agent: Option<&Path>,
+    hook: Option<Value>,
 ) -> Result<Added, String> {
     undo(spec, lxcfs)?;
     let object = spec
@@ -236,6 +272,20 @@ pub fn edit_spec(
     }
     if !added.mounts.is_empty() {
         annotate(object, MOUNTS_ANNOTATION, json!(added.mounts).to_string());
+        if let Some(hook) = hook
+            && let Some(hooks) = object
+                .entry("hooks")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+            && let Some(create_runtime) = hooks
+                .entry("createRuntime")
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+        {
+            create_runtime.push(hook);
+            added.hook = true;
+            annotate(object, HOOK_ANNOTATION, "true".to_string());
+        }
     }
     Ok(added)
 }
@@ -261,6 +311,21 @@ fn undo(spec: &mut Value, lxcfs: &Path) -> Result<(), String> {
     };
     let mounts = annotations.remove(MOUNTS_ANNOTATION);
     let seccomp = annotations.remove(SECCOMP_ANNOTATION);
+    if annotations.remove(HOOK_ANNOTATION).is_some()
+        && let Some(hooks) = spec.get_mut("hooks").and_then(Value::as_object_mut)
+    {
+        if let Some(list) = hooks.get_mut("createRuntime").and_then(Value::as_array_mut) {
+            list.retain(|hook| !is_our_hook(hook));
+            if list.is_empty() {
+                hooks.remove("createRuntime");
+            }
+        }
+        if hooks.is_empty()
+            && let Some(object) = spec.as_object_mut()
+        {
+            object.remove("hooks");
+        }
+    }
     if let Some(mounts) = mounts {
         let added: Vec<String> = mounts
             .as_str()
@@ -410,8 +475,14 @@ fn runc_notifies(runc: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Edits the bundle's config.json for `settings`; what was added, or why nothing was.
-fn edit_bundle(bundle: &Path, settings: &Settings, runc: &Path) -> Result<Added, String> {
+/// Edits the bundle's config.json for `settings`, with `hook` where binds are added; what was added, or
+/// why nothing was.
+fn edit_bundle(
+    bundle: &Path,
+    settings: &Settings,
+    runc: &Path,
+    hook: Option<Value>,
+) -> Result<Added, String> {
     let served = served_files(&settings.lxcfs)?;
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -420,7 +491,7 @@ fn edit_bundle(bundle: &Path, settings: &Settings, runc: &Path) -> Result<Added,
     let before = spec.clone();
     let agent = (agent_listening(&settings.seccomp_socket) && runc_notifies(runc))
         .then_some(settings.seccomp_socket.as_path());
-    let added = edit_spec(&mut spec, &settings.lxcfs, &served, agent)?;
+    let added = edit_spec(&mut spec, &settings.lxcfs, &served, agent, hook)?;
     if spec == before {
         return Ok(added);
     }
@@ -577,14 +648,19 @@ impl Log {
 
     /// One warning, in runc's format.
     fn warn(&self, message: &str) {
+        self.write("warning", message);
+    }
+
+    /// One line at `level` (runc's: `info`, `warning`), in runc's format.
+    fn write(&self, level: &str, message: &str) {
         let line = if self.json {
             format!(
                 "{}\n",
-                json!({"level": "warning", "msg": message, "time": now_rfc3339()})
+                json!({"level": level, "msg": message, "time": now_rfc3339()})
             )
         } else {
             format!(
-                "time=\"{}\" level=warning msg={:?}\n",
+                "time=\"{}\" level={level} msg={:?}\n",
                 now_rfc3339(),
                 message
             )
@@ -627,10 +703,65 @@ fn now_rfc3339() -> String {
     )
 }
 
+/// How long the hook may take: runc waits for it before the container can start.
+const HOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `vproc-runc --vproc-hook`, which runc runs at createRuntime with the container's state on stdin:
+/// puts the container's views over the shared files runc bound. Never fails the container (runc would
+/// refuse it): a file whose view cannot be had keeps its shared bind, and a line in runc's log says why.
+fn hook(args: Vec<OsString>) -> ! {
+    let mut settings = Settings::from_env();
+    let args = take_own_options(args, &mut settings);
+    let log = Log::of(&args);
+    match upgrade(&settings.lxcfs) {
+        Ok(done) => log.write("info", &format!("vproc-runc hook: {done}")),
+        Err(why) => log.warn(&format!(
+            "vproc-runc hook: {why}; the container reads the shared files"
+        )),
+    }
+    std::process::exit(0)
+}
+
+/// Replaces the shared binds of the container on stdin with its views; what was done.
+fn upgrade(lxcfs: &Path) -> Result<String, String> {
+    use crate::reattach::Outcome;
+    let mut stdin = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin)
+        .map_err(|e| format!("cannot read the OCI state on stdin: {e}"))?;
+    let state = crate::oci::State::parse(&stdin).map_err(|e| e.to_string())?;
+    let pid = state.pid().map_err(|e| e.to_string())?;
+    let rootfs = state.rootfs().map_err(|e| e.to_string())?;
+    let pairs = crate::attach::view_pairs();
+    let outcome = crate::reattach::in_child(pid, HOOK_DEADLINE, || {
+        crate::attach::attach_pairs(
+            pid,
+            &rootfs,
+            lxcfs,
+            &pairs,
+            crate::attach::AttachMode::Upgrade,
+        )
+    });
+    let id = &state.id;
+    match outcome {
+        Outcome::Healed { mounts, .. } => Ok(format!(
+            "container {id} (pid {pid}): {mounts} files from its views"
+        )),
+        Outcome::TimedOut { .. } => Err(format!(
+            "container {id} (pid {pid}): no answer within {} s",
+            HOOK_DEADLINE.as_secs()
+        )),
+        Outcome::Failed { error, .. } => Err(format!("container {id} (pid {pid}): {error}")),
+    }
+}
+
 /// The wrapper: edits the bundle for `create`, `run` and `restore`, then becomes runc. Never returns.
 pub fn main(args: Vec<OsString>) -> ! {
+    let args: Vec<OsString> = args.into_iter().skip(1).collect();
+    if args.first().is_some_and(|a| a == HOOK_ARGUMENT) {
+        hook(args.into_iter().skip(1).collect());
+    }
     let mut settings = Settings::from_env();
-    let args = take_own_options(args.into_iter().skip(1).collect(), &mut settings);
+    let args = take_own_options(args, &mut settings);
     let log = Log::of(&args);
     if std::env::var_os(WRAPPED).is_some() {
         log.warn(
@@ -650,7 +781,12 @@ pub fn main(args: Vec<OsString>) -> ! {
         && (command == "create" || command == "run" || command == "restore")
     {
         let bundle = bundle(rest);
-        if let Err(why) = edit_bundle(&bundle, &settings, &runc) {
+        // Not for a restore: CRIU puts back the mounts the container had.
+        let hook = (command != "restore")
+            .then(|| std::env::current_exe().ok())
+            .flatten()
+            .and_then(|exe| hook_entry(&exe, &settings.lxcfs, &log));
+        if let Err(why) = edit_bundle(&bundle, &settings, &runc, hook) {
             log.warn(&format!(
                 "vproc-runc: the container keeps the host's /proc files: {why}"
             ));
@@ -763,7 +899,7 @@ mod tests {
             .into_iter()
             .filter(|target| *target != "proc/diskstats")
             .collect();
-        let added = edit_spec(&mut spec, Path::new("/m"), &served, None).unwrap();
+        let added = edit_spec(&mut spec, Path::new("/m"), &served, None, None).unwrap();
         assert_eq!(
             added.mounts,
             [
@@ -791,17 +927,17 @@ mod tests {
         );
         // Edited again (a bundle created anew, a restore), with the daemon gone: as the engine wrote it.
         let edited = spec.clone();
-        let added = edit_spec(&mut spec, Path::new("/m"), &[], None).unwrap();
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], None, None).unwrap();
         assert_eq!(added, Added::default());
         assert_eq!(spec["mounts"], podman_spec()["mounts"]);
         // And with it back: the same as the first time.
-        edit_spec(&mut spec, Path::new("/m"), &served, None).unwrap();
+        edit_spec(&mut spec, Path::new("/m"), &served, None, None).unwrap();
         assert_eq!(spec, edited);
 
         // A spec without its own /proc or /sys gets no binds there (runc would write into the image).
         let mut bare =
             json!({"mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]});
-        let added = edit_spec(&mut bare, Path::new("/m"), &served, None).unwrap();
+        let added = edit_spec(&mut bare, Path::new("/m"), &served, None, None).unwrap();
         assert!(
             added.mounts.iter().all(|m| m.starts_with("/proc/")),
             "{added:?}"
@@ -810,11 +946,56 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_that_puts_views_over_the_binds_comes_with_them_and_goes_with_them() {
+        let log = Log {
+            file: Some("/run/x/log.json".into()),
+            json: true,
+        };
+        let hook = hook_entry(
+            Path::new("/opt/vproc/bin/vproc-runc"),
+            Path::new("/m"),
+            &log,
+        );
+        let theirs = json!({"path": "/usr/bin/other", "args": ["other", "--vproc-hook"]});
+        let mut spec = podman_spec();
+        spec["hooks"] = json!({"createRuntime": [theirs.clone()], "poststop": []});
+        let original = spec.clone();
+        let served = targets();
+        let added = edit_spec(&mut spec, Path::new("/m"), &served, None, hook.clone()).unwrap();
+        assert!(added.hook);
+        assert_eq!(
+            spec["hooks"]["createRuntime"],
+            json!([theirs, {
+                "path": "/opt/vproc/bin/vproc-runc",
+                "args": ["vproc-runc", "--vproc-hook", "--vproc-lxcfs=/m",
+                         "--log", "/run/x/log.json", "--log-format", "json"]
+            }])
+        );
+        // Once only, however often the bundle is edited; gone with the binds when the daemon is.
+        let edited = spec.clone();
+        edit_spec(&mut spec, Path::new("/m"), &served, None, hook.clone()).unwrap();
+        assert_eq!(spec, edited);
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], None, hook.clone()).unwrap();
+        assert!(!added.hook);
+        spec.as_object_mut().unwrap().remove("annotations");
+        assert_eq!(spec, original);
+        // A spec with no hooks of its own has none left either.
+        let mut bare = podman_spec();
+        edit_spec(&mut bare, Path::new("/m"), &served, None, hook.clone()).unwrap();
+        assert_eq!(bare["hooks"]["createRuntime"].as_array().unwrap().len(), 1);
+        edit_spec(&mut bare, Path::new("/m"), &[], None, hook).unwrap();
+        assert!(bare.get("hooks").is_none(), "{bare}");
+        // A path runc could not be given stays out (the binds stay in).
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/m\xff"));
+        assert!(hook_entry(Path::new("/x"), odd, &log).is_none());
+    }
+
+    #[test]
     fn the_two_calls_go_to_the_agent_where_the_profile_allows_them() {
         let mut spec = podman_spec();
         let socket = Path::new("/run/vproc/seccomp.sock");
         let original = spec.clone();
-        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket)).unwrap();
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket), None).unwrap();
         assert!(added.seccomp);
         let seccomp = &spec["linux"]["seccomp"];
         assert_eq!(seccomp["listenerPath"], "/run/vproc/seccomp.sock");
@@ -827,19 +1008,19 @@ mod tests {
         );
 
         // Without the agent (it stopped) on the next edit: the engine's profile again.
-        edit_spec(&mut spec, Path::new("/m"), &[], None).unwrap();
+        edit_spec(&mut spec, Path::new("/m"), &[], None, None).unwrap();
         assert_eq!(spec["linux"], original["linux"]);
 
         // Unconfined stays unconfined (no filter where the engine wanted none).
         let mut spec = json!({"mounts": [], "linux": {}});
-        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket)).unwrap();
+        let added = edit_spec(&mut spec, Path::new("/m"), &[], Some(socket), None).unwrap();
         assert!(!added.seccomp);
         assert!(spec["linux"].get("seccomp").is_none());
 
         // A call the profile refuses stays refused; a profile with a listener of its own is left alone.
         let mut refused = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [{"names": ["sched_getaffinity"], "action": "SCMP_ACT_ALLOW"}]}}});
-        edit_spec(&mut refused, Path::new("/m"), &[], Some(socket)).unwrap();
+        edit_spec(&mut refused, Path::new("/m"), &[], Some(socket), None).unwrap();
         assert_eq!(
             refused["linux"]["seccomp"]["syscalls"],
             json!([{"names": ["sched_getaffinity"], "action": "SCMP_ACT_NOTIFY"}])
@@ -852,7 +1033,7 @@ mod tests {
             "mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/host/hosts"}],
             "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}}
         });
-        edit_spec(&mut forged, Path::new("/m"), &[], None).unwrap();
+        edit_spec(&mut forged, Path::new("/m"), &[], None, None).unwrap();
         assert_eq!(
             forged["linux"]["seccomp"]["defaultAction"],
             "SCMP_ACT_ERRNO"
@@ -862,7 +1043,7 @@ mod tests {
         let mut theirs = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
             "listenerPath": "/run/other.sock", "syscalls": []}}});
         let before = theirs.clone();
-        let added = edit_spec(&mut theirs, Path::new("/m"), &[], Some(socket)).unwrap();
+        let added = edit_spec(&mut theirs, Path::new("/m"), &[], Some(socket), None).unwrap();
         assert_eq!(added, Added::default());
         assert_eq!(theirs["linux"], before["linux"]);
     }

@@ -257,3 +257,140 @@ fn check_passes_on_a_live_mount_and_fails_on_a_dead_one() {
         nix::mount::MntFlags::MNT_DETACH,
     );
 }
+
+/// `vproc-runc --vproc-hook` as runc runs it at createRuntime (the state on stdin, no environment),
+/// under `prefix` (a command that runs it); what it logged.
+fn runc_hook(prefix: &[&str], mountpoint: &str, log: &std::path::Path, state: &str) -> String {
+    let argv: Vec<&str> = prefix
+        .iter()
+        .copied()
+        .chain([env!("CARGO_BIN_EXE_vproc-runc"), "--vproc-hook"])
+        .collect();
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .arg(format!("--vproc-lxcfs={mountpoint}"))
+        .arg("--log")
+        .arg(log)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the hook never fails a container: {out:?}"
+    );
+    std::fs::read_to_string(log).unwrap()
+}
+
+/// The mounts at `target` in `pid`'s mount namespace: (root, source) of each, bottom first.
+fn mounts_at(pid: u32, target: &str) -> Vec<(String, String)> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some(target))
+        .map(|line| {
+            let root = line.split(' ').nth(3).unwrap().to_string();
+            let after = line.split_once(" - ").unwrap().1;
+            (root, after.split(' ').nth(1).unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
+    let daemon = Daemon::start(&[]);
+    let m = daemon.mountpoint.to_str().unwrap().to_string();
+    let shared = format!("vprocd:{m}");
+    let views = format!("vprocd:{m}/.by-pid");
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bundle.path().join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"/"}}"#,
+    )
+    .unwrap();
+    let state = |pid: u32| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":{pid},"bundle":"{}"}}"#,
+            bundle.path().display()
+        )
+    };
+    // Two containers whose meminfo and stat runc bound from the shared mount (uptime: its own).
+    let bound = || {
+        let c = container(&group);
+        for file in ["meminfo", "stat"] {
+            let bind = group.run_in_host_pidns(&format!(
+                "exec nsenter -t {} -m mount --bind {m}/proc/{file} /proc/{file}",
+                c.id()
+            ));
+            assert!(bind.status.success(), "{bind:?}");
+        }
+        c
+    };
+
+    let c = bound();
+    let log = bundle.path().join("one.log");
+    let logged = runc_hook(&[], &m, &log, &state(c.id()));
+    assert!(
+        logged.contains(&format!(
+            "level=info msg=\"vproc-runc hook: container c1 (pid {}): 2 files from its views\"",
+            c.id()
+        )),
+        "{logged}"
+    );
+    for file in ["/proc/meminfo", "/proc/stat"] {
+        // The shared bind is gone, not covered: one mount, the container's own file.
+        assert_eq!(
+            mounts_at(c.id(), file),
+            [(format!("/{}{file}", c.id()), views.clone())],
+            "{file}"
+        );
+    }
+    assert!(mounts_at(c.id(), "/proc/uptime").is_empty());
+    assert_eq!(
+        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+    // Run again (a second hook of the same kind): nothing changes.
+    let logged = runc_hook(&[], &m, &log, &state(c.id()));
+    assert!(logged.ends_with("0 files from its views\"\n"), "{logged}");
+    assert_eq!(mounts_at(c.id(), "/proc/meminfo").len(), 1);
+
+    // A hook whose views are refused (it runs in a pid namespace of its own, where no view may be
+    // made): every shared bind stays as runc made it.
+    let d = bound();
+    let log = bundle.path().join("refused.log");
+    let logged = runc_hook(&["/usr/bin/unshare", "-p", "-f"], &m, &log, &state(d.id()));
+    assert!(logged.contains("0 files from its views"), "{logged}");
+    for file in ["/proc/meminfo", "/proc/stat"] {
+        assert_eq!(
+            mounts_at(d.id(), file),
+            [(file.to_string(), shared.clone())],
+            "{file}"
+        );
+    }
+    assert_eq!(
+        mem_total(&stdout(read_inside(&group, &d, "/proc/meminfo"))),
+        "MemTotal:          65536 kB"
+    );
+
+    // A state that cannot be used: a warning, exit 0.
+    let log = bundle.path().join("garbage.log");
+    let logged = runc_hook(&[], &m, &log, "{not json");
+    assert!(
+        logged.contains("level=warning msg=\"vproc-runc hook: cannot parse the OCI state"),
+        "{logged}"
+    );
+    for mut child in [c, d] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

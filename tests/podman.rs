@@ -500,6 +500,18 @@ fn vproc_runc_flags(daemon: &Path, agent: Option<&Path>) -> Vec<String> {
     flags
 }
 
+/// Prints the source filesystem of each mount over the files the runc wrapper binds, one line each.
+const MOUNTED_FROM: &str = "grep -E ' /(proc/(meminfo|cpuinfo|stat|loadavg)|sys/devices/system/cpu) ' \
+     /proc/self/mountinfo | sed 's/.* - [^ ]* \\([^ ]*\\) .*/\\1/'";
+
+/// Each of the four /proc files and the cpu directory is mounted once, from the views mount of the
+/// daemon at `mountpoint` (its hook replaced the shared binds runc made): `sources` as
+/// [`MOUNTED_FROM`] prints them.
+fn assert_views_mounted(sources: &[&str], mountpoint: &Path) {
+    let views = format!("vprocd:{}/.by-pid", mountpoint.display());
+    assert_eq!(sources, [views.as_str(); 5], "{sources:?}");
+}
+
 /// `podman GLOBAL run --rm --memory 256m --cpus 0.5 EXTRA IMAGE COMMAND`, its output.
 fn podman_with(global: &[String], extra: &[&str], command: &[&str]) -> std::process::Output {
     Command::new("podman")
@@ -520,7 +532,7 @@ fn vproc_runc_gives_podman_containers_their_views_with_no_flag() {
     let global = vproc_runc_flags(&daemon.mountpoint, Some(&socket));
     let script = format!(
         "head -1 /proc/meminfo; nproc; grep -c ^processor /proc/cpuinfo; \
-         cat /sys/devices/system/cpu/online; {FREE_TOTAL}; uptime"
+         cat /sys/devices/system/cpu/online; {FREE_TOTAL}; uptime; {MOUNTED_FROM}"
     );
     let out = podman_with(&global, &[], &["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -533,6 +545,7 @@ fn vproc_runc_gives_podman_containers_their_views_with_no_flag() {
         agent.log()
     );
     assert!(lines[5].contains(" up 0 min"), "{stdout}");
+    assert_views_mounted(&lines[6..], &daemon.mountpoint);
 
     // Exit codes, ps, kill and rm as with runc.
     let out = podman_with(&global, &[], &["sh", "-c", "exit 7"]);
@@ -702,17 +715,19 @@ fn vproc_runc_under_containerd_gives_ctr_containers_their_views() {
         args.extend_from_slice(command);
         containerd.ctr(&args)
     };
-    let script = format!("head -1 /proc/meminfo; nproc; {FREE_TOTAL}; exit 3");
+    let script = format!("head -1 /proc/meminfo; nproc; {FREE_TOTAL}; {MOUNTED_FROM}; exit 3");
     let out = run("vproc-t1", &["--rm"], &["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     // The command's exit code is ctr's, as with runc.
     assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", containerd.log());
+    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
+        lines[..3],
         ["MemTotal:         262144 kB", "1", "262144"],
         "{stdout}\n{}",
         agent.log()
     );
+    assert_views_mounted(&lines[3..], &daemon.mountpoint);
 
     // ps, kill and delete as with runc.
     let started = run("vproc-t2", &["-d"], &["sleep", "60"]);
