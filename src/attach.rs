@@ -79,6 +79,8 @@ pub enum Attached {
     Missing(PathBuf),
     /// Healing only: what is there is not a dead vprocd mount, so it was left as it is.
     LeftAlone(PathBuf),
+    /// Upgrade only: the shared file stays, since its view could not be mounted (why).
+    Kept(PathBuf, String),
 }
 
 /// What to do with each target.
@@ -204,30 +206,26 @@ pub fn attach_in(
             )
         };
         let shared = mountpoint.join(file);
-        let view = views.as_ref().and_then(|views| {
-            clone(views)
-                .inspect_err(|e| {
-                    log::debug!("{}: {e}; the shared mount's instead", views.display())
-                })
-                .ok()
-        });
-        // An upgrade mounts views only: a file without one keeps what runc bound.
-        if mode == AttachMode::Upgrade && view.is_none() {
-            results.push(Attached::AlreadyAttached(Path::new("/").join(relative)));
-            continue;
+        let view = match &views {
+            Some(views) => clone(views).map_err(|e| format!("{}: {e}", views.display())),
+            None => Err("no process of the container names its view".to_string()),
+        };
+        if let Err(why) = &view {
+            log::debug!("{why}; the shared mount's instead");
         }
         // An upgrade also clones the shared file, to put back if the view cannot be mounted.
         let tree = match view {
-            Some(view) if mode != AttachMode::Upgrade => Ok((view, None)),
-            Some(view) => clone(&shared).map(|shared| (view, Some(shared))),
-            None => clone(&shared).map(|shared| (shared, None)),
+            Ok(view) if mode != AttachMode::Upgrade => Ok((view, None, None)),
+            Ok(view) => clone(&shared).map(|shared| (view, Some(shared), None)),
+            Err(why) => clone(&shared).map(|shared| (shared, None, Some(why))),
         };
         match tree {
-            Ok((tree, shared)) => clones.push(Cloned {
+            Ok((tree, shared, no_view)) => clones.push(Cloned {
                 source: file,
                 relative: relative.as_str(),
                 tree,
                 shared,
+                no_view,
             }),
             // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
             // a reason to leave the container without its other files.
@@ -316,6 +314,8 @@ struct Cloned<'a> {
     tree: OwnedFd,
     /// An upgrade's: the shared file, put back if the view cannot be mounted.
     shared: Option<OwnedFd>,
+    /// Why `tree` is the shared file and not the view (an upgrade then changes nothing).
+    no_view: Option<String>,
 }
 
 /// Puts `cloned` over its target below `root_dir` (shown to users as `shown`), as `mode` says.
@@ -332,46 +332,100 @@ fn put(
         path: shown.to_path_buf(),
         source,
     };
-    let left_alone = || Ok(Attached::LeftAlone(shown.to_path_buf()));
-    match (what_is_at(root_dir, relative).map_err(target_error)?, mode) {
-        (Target::Missing, AttachMode::Attach) => {
-            return Ok(Attached::Missing(shown.to_path_buf()));
+    let shown = shown.to_path_buf();
+    let what = match what_is_at(root_dir, relative) {
+        Ok(what) => what,
+        // Nothing was changed: the shared bind, if there is one, stays.
+        Err(e) if mode == AttachMode::Upgrade => return Ok(Attached::Kept(shown, e.to_string())),
+        Err(e) => return Err(target_error(e)),
+    };
+    match (what, mode) {
+        (Target::Missing, AttachMode::Attach) => return Ok(Attached::Missing(shown)),
+        (Target::Missing | Target::Plain, AttachMode::HealOnly) => {
+            return Ok(Attached::LeftAlone(shown));
         }
-        (Target::Missing | Target::Plain, AttachMode::HealOnly) => return left_alone(),
         (Target::Live(_), AttachMode::Attach | AttachMode::HealOnly) => {
-            return Ok(Attached::AlreadyAttached(shown.to_path_buf()));
+            return Ok(Attached::AlreadyAttached(shown));
         }
         // A bind mount of a dead daemon's file (ENOTCONN): detach it, then cover what was under it.
-        (Target::Dead, AttachMode::Attach | AttachMode::HealOnly) => {
-            detach_dead(root_dir, relative, host_proc).map_err(target_error)?;
+        (Target::Dead(dead), AttachMode::Attach | AttachMode::HealOnly) => {
+            detach_dead(root_dir, relative, dead, host_proc).map_err(target_error)?;
         }
         (Target::Plain, AttachMode::Attach) => {}
-        // The shared mount's file: taken off, the view goes where it was (the container has not
-        // started: nothing reads the file in between).
-        (Target::Live(device), AttachMode::Upgrade) if Some(device) == shared_device => {
-            detach_top(root_dir, relative, host_proc).map_err(target_error)?;
-            let mounted = mount_at(root_dir, relative, &cloned.tree);
-            if let (Err(e), Some(shared)) = (&mounted, &cloned.shared) {
-                log::warn!("{}: {e}; the shared file goes back", shown.display());
-                mount_at(root_dir, relative, shared).map_err(target_error)?;
-                return Ok(Attached::AlreadyAttached(shown.to_path_buf()));
-            }
-            mounted.map_err(target_error)?;
-            return Ok(Attached::Mounted(shown.to_path_buf()));
+        (Target::Live(live), AttachMode::Upgrade) => {
+            // Only the shared mount's file (not a view already, nor another FUSE filesystem).
+            let shared = rustix::fs::fstat(&live).map(|s| Some(s.st_dev) == shared_device);
+            return match shared {
+                Ok(true) => match &cloned.no_view {
+                    None => upgrade(root_dir, relative, cloned, live, host_proc, &shown),
+                    Some(why) => Ok(Attached::Kept(shown, why.clone())),
+                },
+                Ok(false) => Ok(Attached::LeftAlone(shown)),
+                Err(e) => Ok(Attached::Kept(shown, io::Error::from(e).to_string())),
+            };
         }
-        // A view already, another filesystem, or nothing of ours: an upgrade touches only what runc
-        // bound from the shared mount.
-        (_, AttachMode::Upgrade) => return left_alone(),
+        // Nothing of ours there: an upgrade touches only what runc bound from the shared mount.
+        (Target::Missing | Target::Plain | Target::Dead(_), AttachMode::Upgrade) => {
+            return Ok(Attached::LeftAlone(shown));
+        }
     }
-    mount_at(root_dir, relative, &cloned.tree).map_err(target_error)?;
-    Ok(Attached::Mounted(shown.to_path_buf()))
+    mount_at(
+        &open_in_root(root_dir, relative).map_err(target_error)?,
+        &cloned.tree,
+    )
+    .map_err(target_error)?;
+    Ok(Attached::Mounted(shown))
 }
 
-/// Moves the cloned `tree` onto `relative` below `root_dir`.
-fn mount_at(root_dir: &OwnedFd, relative: &str, tree: &OwnedFd) -> io::Result<()> {
-    let target = open_in_root(root_dir, relative)?;
+/// Replaces the shared mount's file `top` (the mount on top at `relative`) with the view in `cloned`,
+/// so that at no moment is the kernel's own file exposed: the view goes beneath the shared bind, which
+/// is then detached (MOVE_MOUNT_BENEATH, Linux 6.5). Where the kernel cannot, the shared bind is
+/// detached first and put back if the view cannot be mounted.
+fn upgrade(
+    root_dir: &OwnedFd,
+    relative: &str,
+    cloned: &Cloned<'_>,
+    top: OwnedFd,
+    host_proc: &OwnedFd,
+    shown: &Path,
+) -> Result<Attached, AttachError> {
+    let kept = |why: &dyn fmt::Display| Ok(Attached::Kept(shown.to_path_buf(), why.to_string()));
+    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH
+        | MoveMountFlags::MOVE_MOUNT_BENEATH;
+    if move_mount(&cloned.tree, "", &top, "", flags).is_ok() {
+        return match detach(&top, host_proc) {
+            Ok(()) => Ok(Attached::Mounted(shown.to_path_buf())),
+            // The view waits beneath; the shared file still serves.
+            Err(e) => kept(&format_args!("cannot detach the shared bind: {e}")),
+        };
+    }
+    if let Err(e) = detach(&top, host_proc) {
+        return kept(&format_args!("cannot detach the shared bind: {e}"));
+    }
+    let under = open_in_root(root_dir, relative);
+    let Err(e) = under.and_then(|under| mount_at(&under, &cloned.tree)) else {
+        return Ok(Attached::Mounted(shown.to_path_buf()));
+    };
+    let put_back = cloned.shared.as_ref().map_or_else(
+        || Err(io::Error::from(io::ErrorKind::NotFound)),
+        |shared| open_in_root(root_dir, relative).and_then(|under| mount_at(&under, shared)),
+    );
+    match put_back {
+        Ok(()) => kept(&e),
+        Err(back) => Err(AttachError::Target {
+            path: shown.to_path_buf(),
+            source: io::Error::other(format!(
+                "{e}, and the shared file could not be put back ({back}): the kernel's file is there"
+            )),
+        }),
+    }
+}
+
+/// Moves the cloned `tree` onto the file or directory `target`.
+fn mount_at(target: &OwnedFd, tree: &OwnedFd) -> io::Result<()> {
     let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
-    move_mount(tree, "", &target, "", flags)?;
+    move_mount(tree, "", target, "", flags)?;
     Ok(())
 }
 
@@ -430,13 +484,13 @@ pub fn check_daemon(mountpoint: &Path) -> Result<(), AttachError> {
     }
 }
 
-/// What a target path holds in the container.
+/// What a target path holds in the container (the mount on top, opened, where there is one).
 enum Target {
     Missing,
-    /// A live vprocd (FUSE) file or directory, on this device.
-    Live(u64),
+    /// A live vprocd (FUSE) file or directory.
+    Live(OwnedFd),
     /// A FUSE mount whose daemon is gone.
-    Dead,
+    Dead(OwnedFd),
     /// The container's own file.
     Plain,
 }
@@ -448,36 +502,40 @@ fn what_is_at(root_dir: &OwnedFd, relative: &str) -> io::Result<Target> {
         Err(e) => return Err(e),
     };
     match rustix::fs::fstatfs(&target) {
-        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => {
-            Ok(Target::Live(rustix::fs::fstat(&target)?.st_dev))
-        }
+        Ok(fs) if fs.f_type == FUSE_SUPER_MAGIC => Ok(Target::Live(target)),
         Ok(_) => Ok(Target::Plain),
-        Err(rustix::io::Errno::NOTCONN) => Ok(Target::Dead),
+        Err(rustix::io::Errno::NOTCONN) => Ok(Target::Dead(target)),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Detaches dead mounts stacked on `relative` until what is there answers again.
-fn detach_dead(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::Result<()> {
+/// Detaches `dead` and any dead mounts stacked beneath it on `relative`, until what is there answers
+/// again. Each detach is of the very mount found dead.
+fn detach_dead(
+    root_dir: &OwnedFd,
+    relative: &str,
+    dead: OwnedFd,
+    host_proc: &OwnedFd,
+) -> io::Result<()> {
+    let mut dead = Some(dead);
     for _ in 0..16 {
-        let target = open_in_root(root_dir, relative)?;
-        if !matches!(
-            rustix::fs::fstatfs(&target),
-            Err(rustix::io::Errno::NOTCONN)
-        ) {
+        let Some(top) = dead.take() else {
             return Ok(());
+        };
+        detach(&top, host_proc)?;
+        let next = open_in_root(root_dir, relative)?;
+        if matches!(rustix::fs::fstatfs(&next), Err(rustix::io::Errno::NOTCONN)) {
+            dead = Some(next);
         }
-        detach_top(root_dir, relative, host_proc)?;
     }
     Ok(())
 }
 
-/// Detaches the mount on top at `relative`. umount2 needs a path: `self/fd/N` below the host's procfs
-/// (our cwd for the call) names exactly the mount resolved in the root.
-fn detach_top(root_dir: &OwnedFd, relative: &str, host_proc: &OwnedFd) -> io::Result<()> {
+/// Detaches the mount `target` (an fd of its root) is on. umount2 needs a path: `self/fd/N` below the
+/// host's procfs (our cwd for the call) names exactly that mount.
+fn detach(target: &OwnedFd, host_proc: &OwnedFd) -> io::Result<()> {
     rustix::process::fchdir(host_proc)?;
-    let target = open_in_root(root_dir, relative)?;
-    let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+    let by_fd = format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(target));
     nix::mount::umount2(by_fd.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
     Ok(())
 }

@@ -22,7 +22,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use rustix::fs::{Mode, OFlags};
 
-use crate::attach::{AttachError, AttachMode, Attached, ContainerRoot, attach_in};
+use crate::attach::{AttachMode, Attached, ContainerRoot, attach_in};
 use crate::files;
 use crate::mountinfo::MountinfoLine;
 use crate::pidfd::{self, is_alive};
@@ -276,15 +276,26 @@ pub fn reattach_all(proc_root: &Path, mountpoint: &Path) -> Vec<Outcome> {
 /// waited for; it holds no pipe of ours.
 const KILL_GRACE: Duration = Duration::from_millis(200);
 
-/// One child healing one namespace.
-struct Healer {
+/// One forked child at work in one namespace.
+struct Worker {
     child: Pid,
     pid: u32,
     started: Instant,
     /// When it was sent SIGKILL.
     killed: Option<Instant>,
-    /// The child writes `healed N` or its error here.
+    /// The child writes its report here.
     report: std::fs::File,
+}
+
+/// How a [`Worker`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It ran to the end and wrote this.
+    Reported(String),
+    /// Killed for taking too long (a FUSE mount there hangs).
+    TimedOut,
+    /// It could not be started, or died.
+    Failed(String),
 }
 
 /// Heals the dead mounts of each namespace in its own child, [`PARALLEL`] at a time, each killed after
@@ -295,14 +306,15 @@ pub fn heal_all(
     timeout: Duration,
 ) -> Vec<Outcome> {
     let mut queue = namespaces.into_iter();
-    let mut running: Vec<Healer> = Vec::new();
+    let mut running: Vec<Worker> = Vec::new();
     let mut outcomes = Vec::new();
     loop {
         while running.len() < PARALLEL {
             let Some(ns) = queue.next() else { break };
+            let pid = ns.pid;
             match spawn_healer(mountpoint, ns) {
                 Ok(healer) => running.push(healer),
-                Err(outcome) => outcomes.push(outcome),
+                Err(e) => outcomes.push(healed(pid, Ended::Failed(e))),
             }
         }
         if running.is_empty() {
@@ -310,8 +322,8 @@ pub fn heal_all(
         }
         let mut still = Vec::new();
         for mut healer in running {
-            match finished(&mut healer, timeout) {
-                Some(outcome) => outcomes.push(outcome),
+            match ended(&mut healer, timeout) {
+                Some(end) => outcomes.push(healed(healer.pid, end)),
                 None => still.push(healer),
             }
         }
@@ -320,110 +332,107 @@ pub fn heal_all(
     }
 }
 
-/// Forks the child that heals `ns`.
-fn spawn_healer(mountpoint: &Path, ns: NamespaceMounts) -> Result<Healer, Outcome> {
+/// Forks the child that heals `ns`: it reports `healed N` or its error.
+fn spawn_healer(mountpoint: &Path, ns: NamespaceMounts) -> Result<Worker, String> {
     spawn_worker(ns.pid, || {
-        attach_in(
+        match attach_in(
             ns.namespace.as_fd(),
             ns.pid,
             ContainerRoot::Opened(ns.root.as_fd()),
             mountpoint,
             &ns.mounts,
             AttachMode::HealOnly,
-        )
+        ) {
+            Ok(done) => {
+                let healed = done
+                    .iter()
+                    .filter(|a| matches!(a, Attached::Mounted(_)))
+                    .count();
+                format!("healed {healed}")
+            }
+            Err(e) => e.to_string(),
+        }
     })
 }
 
-/// Runs `work` (which enters pid `pid`'s mount namespace) in a forked child, killed after `timeout`:
-/// a FUSE mount that hangs there cannot hang the caller. `Healed` counts the mounts made. Call it from
-/// a single-threaded process.
-pub fn in_child(
-    pid: u32,
-    timeout: Duration,
-    work: impl FnOnce() -> Result<Vec<Attached>, AttachError>,
-) -> Outcome {
+/// The outcome of healing `pid`'s namespace from how its healer ended.
+fn healed(pid: u32, end: Ended) -> Outcome {
+    match end {
+        Ended::Reported(report) => match report.strip_prefix("healed ") {
+            Some(count) => Outcome::Healed {
+                pid,
+                mounts: count.parse().unwrap_or(0),
+            },
+            None => Outcome::Failed { pid, error: report },
+        },
+        Ended::TimedOut => Outcome::TimedOut { pid },
+        Ended::Failed(error) => Outcome::Failed { pid, error },
+    }
+}
+
+/// Runs `work` (which may enter pid `pid`'s mount namespace) in a forked child, killed after
+/// `timeout`, and returns what it reported: a FUSE mount that hangs there cannot hang the caller.
+/// Call it from a single-threaded process.
+pub fn in_child(pid: u32, timeout: Duration, work: impl FnOnce() -> String) -> Ended {
     let mut worker = match spawn_worker(pid, work) {
         Ok(worker) => worker,
-        Err(outcome) => return outcome,
+        Err(e) => return Ended::Failed(e),
     };
     loop {
-        if let Some(outcome) = finished(&mut worker, timeout) {
-            return outcome;
+        if let Some(end) = ended(&mut worker, timeout) {
+            return end;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Forks a child that runs `work` and reports how many mounts it made, or its error.
-fn spawn_worker(
-    pid: u32,
-    work: impl FnOnce() -> Result<Vec<Attached>, AttachError>,
-) -> Result<Healer, Outcome> {
-    let failed = |error: String| Outcome::Failed { pid, error };
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| failed(format!("pipe: {e}")))?;
-    // SAFETY: the callers are single-threaded (reattach_all, in_child), so the child may run ordinary code.
+/// Forks a child that runs `work` and writes its report to a pipe.
+fn spawn_worker(pid: u32, work: impl FnOnce() -> String) -> Result<Worker, String> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the callers are single-threaded (heal_all, in_child), so the child may run ordinary code.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(read);
             // Our stdout and stderr may be a caller's pipes, which a child stuck in a hung mount would
             // keep open forever: everything goes through the report pipe instead.
             silence_output();
-            let report = match work() {
-                Ok(done) => {
-                    let healed = done
-                        .iter()
-                        .filter(|a| matches!(a, Attached::Mounted(_)))
-                        .count();
-                    format!("healed {healed}")
-                }
-                Err(e) => e.to_string(),
-            };
+            let report = work();
             let _ = std::fs::File::from(write).write_all(report.as_bytes());
             // SAFETY: _exit ends the forked child without running the parent's destructors twice.
             unsafe { libc::_exit(0) }
         }
-        Ok(ForkResult::Parent { child }) => Ok(Healer {
+        Ok(ForkResult::Parent { child }) => Ok(Worker {
             child,
             pid,
             started: Instant::now(),
             killed: None,
             report: std::fs::File::from(read),
         }),
-        Err(e) => Err(failed(format!("fork: {e}"))),
+        Err(e) => Err(format!("fork: {e}")),
     }
 }
 
-/// The outcome of `healer` if it ended, or was killed for taking longer than `timeout`.
-fn finished(healer: &mut Healer, timeout: Duration) -> Option<Outcome> {
-    let pid = healer.pid;
-    match waitpid(healer.child, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::StillAlive) => match healer.killed {
-            None if healer.started.elapsed() < timeout => None,
+/// How `worker` ended, if it did, or was killed for taking longer than `timeout`.
+fn ended(worker: &mut Worker, timeout: Duration) -> Option<Ended> {
+    match waitpid(worker.child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => match worker.killed {
+            None if worker.started.elapsed() < timeout => None,
             None => {
-                let _ = kill(healer.child, Signal::SIGKILL);
-                healer.killed = Some(Instant::now());
+                let _ = kill(worker.child, Signal::SIGKILL);
+                worker.killed = Some(Instant::now());
                 None
             }
             Some(at) if at.elapsed() < KILL_GRACE => None,
-            Some(_) => Some(Outcome::TimedOut { pid }),
+            Some(_) => Some(Ended::TimedOut),
         },
-        _ if healer.killed.is_some() => Some(Outcome::TimedOut { pid }),
+        _ if worker.killed.is_some() => Some(Ended::TimedOut),
         Ok(WaitStatus::Exited(_, 0)) => {
             let mut report = String::new();
-            let _ = healer.report.read_to_string(&mut report);
-            Some(match report.strip_prefix("healed ") {
-                Some(count) => Outcome::Healed {
-                    pid,
-                    mounts: count.parse().unwrap_or(0),
-                },
-                None => Outcome::Failed { pid, error: report },
-            })
+            let _ = worker.report.read_to_string(&mut report);
+            Some(Ended::Reported(report))
         }
-        other => Some(Outcome::Failed {
-            pid,
-            error: format!("re-attaching child ended with {other:?}"),
-        }),
+        other => Some(Ended::Failed(format!("the child ended with {other:?}"))),
     }
 }
 

@@ -800,7 +800,11 @@ impl Renderer {
         let key = error.cause_key();
         if self.logged_causes.get(&key).is_none() {
             self.logged_causes.insert(key, ());
-            log::warn!("serving the host's file: {error} (logged once per cause)");
+            // Escaped: the message names cgroups, which a container with a delegated subtree names.
+            log::warn!(
+                "serving the host's file: {} (logged once per cause)",
+                error.to_string().escape_debug()
+            );
         }
         cause
     }

@@ -202,6 +202,19 @@ fn hook_entry(exe: &Path, lxcfs: &Path, log: &Log) -> Option<Value> {
     Some(json!({"path": exe.to_str()?, "args": args}))
 }
 
+/// The path this executable runs from, if that path still names it: runc fails a container whose
+/// hook it cannot run, so none is added when the wrapper was replaced or removed since it started
+/// (its path would run another file, or none).
+fn own_path() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::env::current_exe().ok()?;
+    let (named, running) = (
+        std::fs::metadata(&exe).ok()?,
+        std::fs::metadata("/proc/self/exe").ok()?,
+    );
+    (named.dev() == running.dev() && named.ino() == running.ino()).then_some(exe)
+}
+
 /// Whether `hook` (an entry of a spec's hooks) is one [`hook_entry`] made, wherever the wrapper was.
 fn is_our_hook(hook: &Value) -> bool {
     let arg = |i: usize| hook["args"].get(i).and_then(Value::as_str);
@@ -713,44 +726,101 @@ fn hook(args: Vec<OsString>) -> ! {
     let mut settings = Settings::from_env();
     let args = take_own_options(args, &mut settings);
     let log = Log::of(&args);
-    match upgrade(&settings.lxcfs) {
-        Ok(done) => log.write("info", &format!("vproc-runc hook: {done}")),
-        Err(why) => log.warn(&format!(
-            "vproc-runc hook: {why}; the container reads the shared files"
-        )),
-    }
+    let mut stdin = String::new();
+    let (level, line) = match std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin) {
+        Ok(_) => upgrade(&stdin, &settings.lxcfs),
+        Err(e) => (
+            "warning",
+            format!(
+                "cannot read the OCI state on stdin: {e}; the container reads the shared files"
+            ),
+        ),
+    };
+    log.write(level, &format!("vproc-runc hook: {line}"));
     std::process::exit(0)
 }
 
-/// Replaces the shared binds of the container on stdin with its views; what was done.
-fn upgrade(lxcfs: &Path) -> Result<String, String> {
-    use crate::reattach::Outcome;
-    let mut stdin = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin)
-        .map_err(|e| format!("cannot read the OCI state on stdin: {e}"))?;
-    let state = crate::oci::State::parse(&stdin).map_err(|e| e.to_string())?;
-    let pid = state.pid().map_err(|e| e.to_string())?;
-    let rootfs = state.rootfs().map_err(|e| e.to_string())?;
-    let pairs = crate::attach::view_pairs();
-    let outcome = crate::reattach::in_child(pid, HOOK_DEADLINE, || {
-        crate::attach::attach_pairs(
-            pid,
-            &rootfs,
-            lxcfs,
-            &pairs,
-            crate::attach::AttachMode::Upgrade,
+/// Replaces the shared binds the wrapper added to the container `state_json` describes (its
+/// [`MOUNTS_ANNOTATION`]) with the container's views; the level and line for runc's log.
+fn upgrade(state_json: &str, lxcfs: &Path) -> (&'static str, String) {
+    use crate::attach::{AttachMode, Attached, attach_pairs, view_pairs};
+    use crate::reattach::{Ended, in_child};
+    let unchanged = |why: String| {
+        (
+            "warning",
+            format!("{why}; the container reads the shared files"),
         )
-    });
+    };
+    let state = match crate::oci::State::parse(state_json) {
+        Ok(state) => state,
+        Err(e) => return unchanged(e.to_string()),
+    };
     let id = &state.id;
-    match outcome {
-        Outcome::Healed { mounts, .. } => Ok(format!(
-            "container {id} (pid {pid}): {mounts} files from its views"
-        )),
-        Outcome::TimedOut { .. } => Err(format!(
-            "container {id} (pid {pid}): no answer within {} s",
-            HOOK_DEADLINE.as_secs()
-        )),
-        Outcome::Failed { error, .. } => Err(format!("container {id} (pid {pid}): {error}")),
+    let (pid, rootfs) = match state.pid().and_then(|pid| Ok((pid, state.rootfs()?))) {
+        Ok(found) => found,
+        Err(e) => return unchanged(format!("container {id}: {e}")),
+    };
+    let Some(bound) = state
+        .annotations
+        .get(MOUNTS_ANNOTATION)
+        .and_then(|list| serde_json::from_str::<Vec<String>>(list).ok())
+    else {
+        return unchanged(format!("container {id}: no {MOUNTS_ANNOTATION} annotation"));
+    };
+    let pairs: Vec<(String, String)> = view_pairs()
+        .into_iter()
+        .filter(|(_, target)| bound.iter().any(|b| b.strip_prefix('/') == Some(target)))
+        .collect();
+    // The child reports as JSON: how many files it replaced and why others kept the shared file, or
+    // the error that stopped it.
+    let ended = in_child(pid, HOOK_DEADLINE, || {
+        match attach_pairs(pid, &rootfs, lxcfs, &pairs, AttachMode::Upgrade) {
+            Ok(done) => json!({
+                "mounted": done.iter().filter(|a| matches!(a, Attached::Mounted(_))).count(),
+                "kept": done.iter().filter_map(|a| match a {
+                    Attached::Kept(path, why) => Some(format!("{} ({why})", path.display())),
+                    _ => None,
+                }).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({"error": e.to_string()}),
+        }
+        .to_string()
+    });
+    let container = format!("container {id} (pid {pid})");
+    let partly = |why: String| {
+        (
+            "warning",
+            format!("{container}: {why}; the files not replaced keep runc's binds"),
+        )
+    };
+    let report = match ended {
+        Ended::Reported(report) => serde_json::from_str::<Value>(&report).unwrap_or_default(),
+        Ended::TimedOut => {
+            return partly(format!("no answer within {} s", HOOK_DEADLINE.as_secs()));
+        }
+        Ended::Failed(why) => return partly(why),
+    };
+    if let Some(error) = report["error"].as_str() {
+        return partly(error.to_string());
+    }
+    let mounted = report["mounted"].as_u64().unwrap_or(0);
+    let kept: Vec<&str> = report["kept"]
+        .as_array()
+        .map(|kept| kept.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if kept.is_empty() {
+        (
+            "info",
+            format!("{container}: {mounted} files from its views"),
+        )
+    } else {
+        (
+            "warning",
+            format!(
+                "{container}: {mounted} files from its views; the shared file stays at {}",
+                kept.join(", ")
+            ),
+        )
     }
 }
 
@@ -783,7 +853,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         let bundle = bundle(rest);
         // Not for a restore: CRIU puts back the mounts the container had.
         let hook = (command != "restore")
-            .then(|| std::env::current_exe().ok())
+            .then(own_path)
             .flatten()
             .and_then(|exe| hook_entry(&exe, &settings.lxcfs, &log));
         if let Err(why) = edit_bundle(&bundle, &settings, &runc, hook) {

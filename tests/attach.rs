@@ -258,16 +258,11 @@ fn check_passes_on_a_live_mount_and_fails_on_a_dead_one() {
     );
 }
 
-/// `vproc-runc --vproc-hook` as runc runs it at createRuntime (the state on stdin, no environment),
-/// under `prefix` (a command that runs it); what it logged.
-fn runc_hook(prefix: &[&str], mountpoint: &str, log: &std::path::Path, state: &str) -> String {
-    let argv: Vec<&str> = prefix
-        .iter()
-        .copied()
-        .chain([env!("CARGO_BIN_EXE_vproc-runc"), "--vproc-hook"])
-        .collect();
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
+/// `vproc-runc --vproc-hook` as runc runs it at createRuntime (the state on stdin, no environment);
+/// what it logged.
+fn runc_hook(mountpoint: &str, log: &std::path::Path, state: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc-runc"))
+        .arg("--vproc-hook")
         .arg(format!("--vproc-lxcfs={mountpoint}"))
         .arg("--log")
         .arg(log)
@@ -301,6 +296,33 @@ fn mounts_at(pid: u32, target: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A bind of the daemon's shared mount alone (the views mount stacked on it is not carried over):
+/// what a daemon without views serves. Unmounted on drop.
+struct SharedOnly(std::path::PathBuf);
+
+impl SharedOnly {
+    fn of(mountpoint: &std::path::Path) -> SharedOnly {
+        let at = std::env::temp_dir().join(common::unique("vproc-test-shared-only"));
+        std::fs::create_dir_all(&at).unwrap();
+        nix::mount::mount(
+            Some(mountpoint),
+            &at,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        SharedOnly(at)
+    }
+}
+
+impl Drop for SharedOnly {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 #[test]
 fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
     let daemon = Daemon::start(&[]);
@@ -317,16 +339,18 @@ fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
         r#"{"ociVersion":"1.0.2","root":{"path":"/"}}"#,
     )
     .unwrap();
+    // What the wrapper says it bound: meminfo and stat (uptime too, though runc found it mounted).
     let state = |pid: u32| {
         format!(
-            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":{pid},"bundle":"{}"}}"#,
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":{pid},"bundle":"{}",
+                "annotations":{{"io.vproc.runc/mounts":"[\"/proc/meminfo\",\"/proc/stat\",\"/proc/uptime\"]"}}}}"#,
             bundle.path().display()
         )
     };
-    // Two containers whose meminfo and stat runc bound from the shared mount (uptime: its own).
+    // Containers whose meminfo, stat and cpuinfo runc bound from the shared mount (uptime: its own).
     let bound = || {
         let c = container(&group);
-        for file in ["meminfo", "stat"] {
+        for file in ["meminfo", "stat", "cpuinfo"] {
             let bind = group.run_in_host_pidns(&format!(
                 "exec nsenter -t {} -m mount --bind {m}/proc/{file} /proc/{file}",
                 c.id()
@@ -338,7 +362,7 @@ fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
 
     let c = bound();
     let log = bundle.path().join("one.log");
-    let logged = runc_hook(&[], &m, &log, &state(c.id()));
+    let logged = runc_hook(&m, &log, &state(c.id()));
     assert!(
         logged.contains(&format!(
             "level=info msg=\"vproc-runc hook: container c1 (pid {}): 2 files from its views\"",
@@ -354,22 +378,30 @@ fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
             "{file}"
         );
     }
-    assert!(mounts_at(c.id(), "/proc/uptime").is_empty());
+    // What the wrapper did not bind stays as it is: a shared bind of someone else's, the kernel's file.
     assert_eq!(
-        mem_total(&stdout(read_inside(&group, &c, "/proc/meminfo"))),
-        "MemTotal:          65536 kB"
+        mounts_at(c.id(), "/proc/cpuinfo"),
+        [("/proc/cpuinfo".to_string(), shared.clone())]
     );
+    assert!(mounts_at(c.id(), "/proc/uptime").is_empty());
     // Run again (a second hook of the same kind): nothing changes.
-    let logged = runc_hook(&[], &m, &log, &state(c.id()));
-    assert!(logged.ends_with("0 files from its views\"\n"), "{logged}");
+    let logged = runc_hook(&m, &log, &state(c.id()));
+    assert!(logged.ends_with(" 0 files from its views\"\n"), "{logged}");
     assert_eq!(mounts_at(c.id(), "/proc/meminfo").len(), 1);
 
-    // A hook whose views are refused (it runs in a pid namespace of its own, where no view may be
-    // made): every shared bind stays as runc made it.
+    // A daemon without views (its mount bound alone): the views are refused, and every shared bind
+    // stays as runc made it, with a warning naming each.
     let d = bound();
+    let old = SharedOnly::of(&daemon.mountpoint);
     let log = bundle.path().join("refused.log");
-    let logged = runc_hook(&["/usr/bin/unshare", "-p", "-f"], &m, &log, &state(d.id()));
-    assert!(logged.contains("0 files from its views"), "{logged}");
+    let logged = runc_hook(old.0.to_str().unwrap(), &log, &state(d.id()));
+    assert!(
+        logged.contains("level=warning")
+            && logged
+                .contains(": 0 files from its views; the shared file stays at /proc/meminfo (")
+            && logged.contains("/proc/stat ("),
+        "{logged}"
+    );
     for file in ["/proc/meminfo", "/proc/stat"] {
         assert_eq!(
             mounts_at(d.id(), file),
@@ -377,14 +409,10 @@ fn the_runc_wrappers_hook_puts_views_over_the_shared_binds_and_nothing_else() {
             "{file}"
         );
     }
-    assert_eq!(
-        mem_total(&stdout(read_inside(&group, &d, "/proc/meminfo"))),
-        "MemTotal:          65536 kB"
-    );
 
     // A state that cannot be used: a warning, exit 0.
     let log = bundle.path().join("garbage.log");
-    let logged = runc_hook(&[], &m, &log, "{not json");
+    let logged = runc_hook(&m, &log, "{not json");
     assert!(
         logged.contains("level=warning msg=\"vproc-runc hook: cannot parse the OCI state"),
         "{logged}"

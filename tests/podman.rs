@@ -538,6 +538,7 @@ fn vproc_runc_gives_podman_containers_their_views_with_no_flag() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}");
     let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 6, "{stdout}\n{}", agent.log());
     assert_eq!(
         lines[..5],
         ["MemTotal:         262144 kB", "1", "1", "0", "262144"],
@@ -721,6 +722,7 @@ fn vproc_runc_under_containerd_gives_ctr_containers_their_views() {
     // The command's exit code is ctr's, as with runc.
     assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", containerd.log());
     let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 3, "{stdout}\n{}", agent.log());
     assert_eq!(
         lines[..3],
         ["MemTotal:         262144 kB", "1", "262144"],

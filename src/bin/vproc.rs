@@ -273,6 +273,7 @@ fn attach(
             Attached::LeftAlone(p) => {
                 format!("left {} alone (not a dead vprocd mount)", p.display())
             }
+            Attached::Kept(p, why) => format!("kept the shared file at {} ({why})", p.display()),
         })
         .collect())
 }
