@@ -208,24 +208,28 @@ pub fn attach_in(
         let shared = mountpoint.join(file);
         let view = match &views {
             Some(views) => clone(views).map_err(|e| format!("{}: {e}", views.display())),
-            None => Err("no process of the container names its view".to_string()),
+            None if source.starts_with(&by_pid) => {
+                Err("no process of the container names its view".to_string())
+            }
+            None => Err(String::new()),
         };
-        if let Err(why) = &view {
-            log::debug!("{why}; the shared mount's instead");
-        }
-        // An upgrade also clones the shared file, to put back if the view cannot be mounted.
+        // An upgrade mounts views only (a file without one keeps runc's bind); the others bind the
+        // shared file where there is no view.
         let tree = match view {
-            Ok(view) if mode != AttachMode::Upgrade => Ok((view, None, None)),
-            Ok(view) => clone(&shared).map(|shared| (view, Some(shared), None)),
-            Err(why) => clone(&shared).map(|shared| (shared, None, Some(why))),
+            Ok(view) => Ok(Ok(view)),
+            Err(why) if mode == AttachMode::Upgrade => Ok(Err(why)),
+            Err(why) => {
+                if !why.is_empty() {
+                    log::debug!("{why}; the shared mount's instead");
+                }
+                clone(&shared).map(Ok)
+            }
         };
         match tree {
-            Ok((tree, shared, no_view)) => clones.push(Cloned {
+            Ok(tree) => clones.push(Cloned {
                 source: file,
                 relative: relative.as_str(),
                 tree,
-                shared,
-                no_view,
             }),
             // Disks come and go (loop, dm, nbd): one gone since the list was made is skipped, never
             // a reason to leave the container without its other files.
@@ -311,11 +315,8 @@ struct Cloned<'a> {
     source: &'a str,
     /// Where it goes, below the container's root.
     relative: &'a str,
-    tree: OwnedFd,
-    /// An upgrade's: the shared file, put back if the view cannot be mounted.
-    shared: Option<OwnedFd>,
-    /// Why `tree` is the shared file and not the view (an upgrade then changes nothing).
-    no_view: Option<String>,
+    /// The tree to mount, or (an upgrade's only) why there is no view.
+    tree: Result<OwnedFd, String>,
 }
 
 /// Puts `cloned` over its target below `root_dir` (shown to users as `shown`), as `mode` says.
@@ -355,70 +356,63 @@ fn put(
         (Target::Live(live), AttachMode::Upgrade) => {
             // Only the shared mount's file (not a view already, nor another FUSE filesystem).
             let shared = rustix::fs::fstat(&live).map(|s| Some(s.st_dev) == shared_device);
-            return match shared {
-                Ok(true) => match &cloned.no_view {
-                    None => upgrade(root_dir, relative, cloned, live, host_proc, &shown),
-                    Some(why) => Ok(Attached::Kept(shown, why.clone())),
-                },
-                Ok(false) => Ok(Attached::LeftAlone(shown)),
-                Err(e) => Ok(Attached::Kept(shown, io::Error::from(e).to_string())),
+            return match (shared, &cloned.tree) {
+                (Ok(true), Ok(view)) => Ok(upgrade(view, live, host_proc, &shown)),
+                (Ok(true), Err(why)) => Ok(Attached::Kept(shown, why.clone())),
+                (Ok(false), _) => Ok(Attached::LeftAlone(shown)),
+                (Err(e), _) => Ok(Attached::Kept(shown, io::Error::from(e).to_string())),
             };
         }
+        // The wrapper's bind, dead since (a daemon restarted after runc bound it): the view, if any,
+        // goes in its place; nothing does otherwise (the new daemon's reattach heals it).
+        (Target::Dead(dead), AttachMode::Upgrade) => {
+            let Ok(view) = &cloned.tree else {
+                return Ok(Attached::Kept(shown, "a dead bind, no view".to_string()));
+            };
+            let healed = detach_dead(root_dir, relative, dead, host_proc)
+                .and_then(|()| mount_at(&open_in_root(root_dir, relative)?, view));
+            return Ok(match healed {
+                Ok(()) => Attached::Mounted(shown),
+                Err(e) => Attached::Kept(shown, format!("a dead bind: {e}")),
+            });
+        }
         // Nothing of ours there: an upgrade touches only what runc bound from the shared mount.
-        (Target::Missing | Target::Plain | Target::Dead(_), AttachMode::Upgrade) => {
+        (Target::Missing | Target::Plain, AttachMode::Upgrade) => {
             return Ok(Attached::LeftAlone(shown));
         }
     }
+    let tree = cloned
+        .tree
+        .as_ref()
+        .map_err(|why| target_error(io::Error::other(why.clone())))?;
     mount_at(
         &open_in_root(root_dir, relative).map_err(target_error)?,
-        &cloned.tree,
+        tree,
     )
     .map_err(target_error)?;
     Ok(Attached::Mounted(shown))
 }
 
-/// Replaces the shared mount's file `top` (the mount on top at `relative`) with the view in `cloned`,
-/// so that at no moment is the kernel's own file exposed: the view goes beneath the shared bind, which
-/// is then detached (MOVE_MOUNT_BENEATH, Linux 6.5). Where the kernel cannot, the shared bind is
-/// detached first and put back if the view cannot be mounted.
-fn upgrade(
-    root_dir: &OwnedFd,
-    relative: &str,
-    cloned: &Cloned<'_>,
-    top: OwnedFd,
-    host_proc: &OwnedFd,
-    shown: &Path,
-) -> Result<Attached, AttachError> {
-    let kept = |why: &dyn fmt::Display| Ok(Attached::Kept(shown.to_path_buf(), why.to_string()));
-    let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+/// Replaces the shared mount's file `top` (the mount on top of its target) with `view`, never
+/// exposing the kernel's own file: the view goes beneath the shared bind, which is then detached
+/// (MOVE_MOUNT_BENEATH, Linux 6.5). Where the kernel cannot (EINVAL: an older kernel, or a target it
+/// refuses to mount beneath), the view is mounted over the shared bind, which stays covered below it.
+fn upgrade(view: &OwnedFd, top: OwnedFd, host_proc: &OwnedFd, shown: &Path) -> Attached {
+    let kept = |why: String| Attached::Kept(shown.to_path_buf(), why);
+    let beneath = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
         | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH
         | MoveMountFlags::MOVE_MOUNT_BENEATH;
-    if move_mount(&cloned.tree, "", &top, "", flags).is_ok() {
-        return match detach(&top, host_proc) {
-            Ok(()) => Ok(Attached::Mounted(shown.to_path_buf())),
+    match move_mount(view, "", &top, "", beneath) {
+        Ok(()) => match detach(&top, host_proc) {
+            Ok(()) => Attached::Mounted(shown.to_path_buf()),
             // The view waits beneath; the shared file still serves.
-            Err(e) => kept(&format_args!("cannot detach the shared bind: {e}")),
-        };
-    }
-    if let Err(e) = detach(&top, host_proc) {
-        return kept(&format_args!("cannot detach the shared bind: {e}"));
-    }
-    let under = open_in_root(root_dir, relative);
-    let Err(e) = under.and_then(|under| mount_at(&under, &cloned.tree)) else {
-        return Ok(Attached::Mounted(shown.to_path_buf()));
-    };
-    let put_back = cloned.shared.as_ref().map_or_else(
-        || Err(io::Error::from(io::ErrorKind::NotFound)),
-        |shared| open_in_root(root_dir, relative).and_then(|under| mount_at(&under, shared)),
-    );
-    match put_back {
-        Ok(()) => kept(&e),
-        Err(back) => Err(AttachError::Target {
-            path: shown.to_path_buf(),
-            source: io::Error::other(format!(
-                "{e}, and the shared file could not be put back ({back}): the kernel's file is there"
-            )),
-        }),
+            Err(e) => kept(format!("cannot detach the shared bind: {e}")),
+        },
+        Err(rustix::io::Errno::INVAL) => match mount_at(&top, view) {
+            Ok(()) => Attached::Mounted(shown.to_path_buf()),
+            Err(e) => kept(e.to_string()),
+        },
+        Err(e) => kept(io::Error::from(e).to_string()),
     }
 }
 

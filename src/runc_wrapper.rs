@@ -794,7 +794,10 @@ fn upgrade(state_json: &str, lxcfs: &Path) -> (&'static str, String) {
         )
     };
     let report = match ended {
-        Ended::Reported(report) => serde_json::from_str::<Value>(&report).unwrap_or_default(),
+        Ended::Reported(report) => match serde_json::from_str::<Value>(&report) {
+            Ok(report) => report,
+            Err(_) => return partly(format!("unreadable report {report:?}")),
+        },
         Ended::TimedOut => {
             return partly(format!("no answer within {} s", HOOK_DEADLINE.as_secs()));
         }
