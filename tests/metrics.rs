@@ -438,6 +438,65 @@ fn the_daemon_serves_while_its_metrics_port_is_taken_and_takes_it_once_free() {
 }
 
 #[test]
+fn vproc_status_tells_a_view_of_another_container_from_the_process_s_own() {
+    let daemon = Daemon::start(&[]);
+    let group = TestCgroup::new(Limits {
+        memory_bytes: Some(64 * MIB),
+        ..Limits::default()
+    });
+    let elsewhere = TestCgroup::new(Limits {
+        memory_bytes: Some(128 * MIB),
+        ..Limits::default()
+    });
+    let mut other = elsewhere.container("sh -c 'echo ready; exec sleep 60'");
+    // Its stat from its own view; its meminfo from the other container's (named by that one's pid).
+    let views = daemon.mountpoint.join(".by-pid");
+    let mut container = group.container(&format!(
+        "sh -c 'mount --bind {0}/$$/proc/stat /proc/stat && \
+         mount --bind {0}/{1}/proc/meminfo /proc/meminfo && echo ready && exec sleep 60'",
+        views.display(),
+        other.id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
+        .args([
+            "status",
+            "--pid",
+            &container.id().to_string(),
+            "--mountpoint",
+        ])
+        .arg(&daemon.mountpoint)
+        .output()
+        .unwrap();
+    for child in [&mut container, &mut other] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    let line = |path: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("{path} not in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("/proc/stat").ends_with(&format!(" vprocd (vprocd:{})", views.display())),
+        "{text}"
+    );
+    assert!(
+        line("/proc/meminfo").contains(&format!(
+            "but the view of pid {}, which is not of this container",
+            other.id()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("its /proc/meminfo is not its own container's"),
+        "{text}"
+    );
+}
+
+#[test]
 fn vproc_status_of_a_pid_says_which_files_are_vprocd_s() {
     let daemon = Daemon::start(&[]);
     let group = TestCgroup::new(Limits {

@@ -29,6 +29,12 @@ pub enum ServedBy {
         source: String,
         file: String,
     },
+    /// This daemon's live file on the views mount, but named by process `named`, which is not of the
+    /// process's container (or has exited): another container's figures, as far as can be told.
+    AnotherContainersView {
+        source: String,
+        named: u32,
+    },
     Lxcfs,
     /// Something else is mounted there.
     Other {
@@ -114,8 +120,14 @@ fn mounts_on(mountinfo: impl std::io::BufRead, targets: &[String]) -> std::io::R
 
 /// Who serves each of `targets` (`/proc/meminfo`, ...) among `mounts`: the top mount on the path, the
 /// one no other mount on it is mounted over (not the last line: a mount moved beneath another has the
-/// newer id), checked against `daemon`'s fsname and device and against the file it should be.
-fn served_by(mounts: &[Mount], targets: &[String], daemon: &Daemon) -> Vec<(String, ServedBy)> {
+/// newer id), checked against `daemon`'s fsname and device and against the file it should be, and a
+/// views file against `ours` (whether the process that names it is of the inspected one's container).
+fn served_by(
+    mounts: &[Mount],
+    targets: &[String],
+    daemon: &Daemon,
+    ours: impl Fn(u32) -> bool,
+) -> Vec<(String, ServedBy)> {
     targets
         .iter()
         .map(|target| {
@@ -138,7 +150,25 @@ fn served_by(mounts: &[Mount], targets: &[String], daemon: &Daemon) -> Vec<(Stri
                     let live = device == Some(m.device.as_str())
                         && crate::files::file_of_mount_root(&m.root)
                             == target.trim_start_matches('/');
-                    if live {
+                    // A views file's root is `/PID/...`: PID's container's file.
+                    let named = (m.source == daemon.views_fs_name)
+                        .then(|| {
+                            m.root
+                                .trim_start_matches('/')
+                                .split('/')
+                                .next()?
+                                .parse()
+                                .ok()
+                        })
+                        .flatten();
+                    if let (true, Some(named)) = (live, named)
+                        && !ours(named)
+                    {
+                        ServedBy::AnotherContainersView {
+                            source: m.source.clone(),
+                            named,
+                        }
+                    } else if live {
                         ServedBy::Vprocd {
                             source: m.source.clone(),
                         }
@@ -194,7 +224,6 @@ pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
     let mountinfo = std::fs::File::open(proc_dir.join("mountinfo")).map_err(|e| gone(&e))?;
     let targets: Vec<String> = bind_targets().iter().map(|t| format!("/{t}")).collect();
     let mounts = mounts_on(std::io::BufReader::new(mountinfo), &targets).map_err(|e| gone(&e))?;
-    let files = served_by(&mounts, &targets, &Daemon::at(mountpoint));
     let comm = String::from_utf8_lossy(&std::fs::read(proc_dir.join("comm")).unwrap_or_default())
         .trim()
         .to_string();
@@ -205,15 +234,17 @@ pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
         ..Options::default()
     };
     let renderer = Renderer::new(roots, layout, options).map_err(|e| e.to_string())?;
+    // The container the daemon counts the process under (none: the host's).
+    let key = renderer.container_key(pid).filter(|k| k.dev != 0);
+    let files = served_by(&mounts, &targets, &Daemon::at(mountpoint), |named| {
+        key.is_some() && renderer.container_key(named) == key
+    });
     let meminfo = renderer
         .render(Content::Meminfo, pid)
         .map_err(|e| e.to_string())?;
     let mem_total_kb = meminfo_kb(&String::from_utf8_lossy(&meminfo), "MemTotal");
     let cpus = renderer.visible_cpus(pid).len();
-    let container_key = renderer
-        .container_key(pid)
-        .filter(|k| k.dev != 0)
-        .map(|k| k.to_string());
+    let container_key = key.map(|k| k.to_string());
     if started() != Some(started_before) {
         return Err(format!(
             "process {pid} exited while it was looked at; give a running process"
@@ -255,6 +286,11 @@ impl PidStatus {
                     file.escape_debug(),
                     source.escape_debug()
                 ),
+                ServedBy::AnotherContainersView { source, named } => format!(
+                    "vprocd ({}), but the view of pid {named}, which is not of this container \
+                     (or has exited): its figures may be another container's",
+                    source.escape_debug()
+                ),
                 ServedBy::Lxcfs => "LXCFS".to_string(),
                 ServedBy::Other { fstype, source } => format!(
                     "another mount ({} {}): not vprocd's",
@@ -265,16 +301,27 @@ impl PidStatus {
             };
             let _ = writeln!(out, "  {target:<34} {by}");
         }
-        let meminfo_is_vprocd_s = self
+        let meminfo = self
             .files
             .iter()
-            .any(|(t, s)| t == "/proc/meminfo" && matches!(s, ServedBy::Vprocd { .. }));
-        if !meminfo_is_vprocd_s {
-            let _ = writeln!(
-                out,
-                "=> its /proc/meminfo is not vprocd's: free and top there show the host's memory, whatever vprocd \
-                 serves (bind vprocd's proc/meminfo over it: -v, the injection policy or the vproc RuntimeClass)"
-            );
+            .find_map(|(t, s)| (t == "/proc/meminfo").then_some(s));
+        match meminfo {
+            Some(ServedBy::Vprocd { .. }) => {}
+            Some(ServedBy::AnotherContainersView { named, .. }) => {
+                let _ = writeln!(
+                    out,
+                    "=> its /proc/meminfo is not its own container's: free and top there show the memory of \
+                     pid {named}'s container (unmount it there; vproc attach --pid {} then binds its own)",
+                    self.pid
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "=> its /proc/meminfo is not vprocd's: free and top there show the host's memory, whatever vprocd \
+                     serves (bind vprocd's proc/meminfo over it: -v, the injection policy or the vproc RuntimeClass)"
+                );
+            }
         }
         let memory = self
             .mem_total_kb
@@ -335,7 +382,7 @@ mod tests {
     fn served(mountinfo: &str, targets: &[&str]) -> Vec<(String, ServedBy)> {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         let mounts = mounts_on(mountinfo.as_bytes(), &targets).unwrap();
-        served_by(&mounts, &targets, &daemon())
+        served_by(&mounts, &targets, &daemon(), |named| named != 666)
     }
 
     fn vprocd() -> ServedBy {
@@ -375,6 +422,44 @@ mod tests {
                     }
                 ),
                 ("/proc/uptime".to_string(), ServedBy::Kernel),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_view_named_by_a_process_of_another_container_is_said_to_be_so() {
+        // The test's `ours`: every process but 666 is of the inspected one's container.
+        let mountinfo = "\
+601 600 0:5 / /proc rw - proc proc rw
+700 601 0:82 /4242/proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
+701 601 0:82 /666/proc/stat /proc/stat ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
+702 601 0:82 /666/proc/meminfo /proc/uptime ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
+";
+        let views = "vprocd:/var/lib/lxcfs/.by-pid".to_string();
+        assert_eq!(
+            served(mountinfo, &["/proc/meminfo", "/proc/stat", "/proc/uptime"]),
+            vec![
+                (
+                    "/proc/meminfo".to_string(),
+                    ServedBy::Vprocd {
+                        source: views.clone()
+                    }
+                ),
+                (
+                    "/proc/stat".to_string(),
+                    ServedBy::AnotherContainersView {
+                        source: views.clone(),
+                        named: 666
+                    }
+                ),
+                // Another file than its own, whoever named it.
+                (
+                    "/proc/uptime".to_string(),
+                    ServedBy::OtherVprocd {
+                        source: views,
+                        file: "/666/proc/meminfo".to_string()
+                    }
+                ),
             ]
         );
     }
@@ -428,6 +513,9 @@ mod tests {
         );
         let targets = vec!["/proc/meminfo".to_string()];
         let mounts = mounts_on(&mountinfo[..], &targets).unwrap();
-        assert_eq!(served_by(&mounts, &targets, &daemon())[0].1, vprocd());
+        assert_eq!(
+            served_by(&mounts, &targets, &daemon(), |_| true)[0].1,
+            vprocd()
+        );
     }
 }
