@@ -99,6 +99,9 @@ fn sizes_match_the_bytes_and_sendfile_reads_them_whole() {
     let script = r#"
 import os, sys
 for path in sys.argv[1:]:
+    # Read once first: a generation never read is provisional (rendered again when asked for more
+    # than 1 ms later), so a stat and a read far apart may see two renderings of different lengths.
+    open(path, "rb").read()
     for _ in range(200):
         size = os.stat(path).st_size
         with open(path, "rb") as f:
