@@ -5,6 +5,8 @@ use super::{
     CgroupDir, CpuQuota, CpuUsage, MemoryLimits, MemoryStat, MemoryUsage, SwapLimit, parse_number,
 };
 use crate::error::{Error, Result};
+// Also the unit of `cpuacct.stat`.
+use crate::view::USER_HZ;
 
 const MEMORY_LIMIT: &str = "memory.limit_in_bytes";
 const MEMORY_USAGE: &str = "memory.usage_in_bytes";
@@ -16,9 +18,6 @@ const CFS_PERIOD: &str = "cpu.cfs_period_us";
 const CPUSET_CPUS: &str = "cpuset.cpus";
 const CPUACCT_USAGE_ALL: &str = "cpuacct.usage_all";
 const CPUACCT_STAT: &str = "cpuacct.stat";
-
-/// USER_HZ, the unit of `cpuacct.stat`; 100 on every Linux architecture vproc runs on.
-const USER_HZ: u64 = 100;
 
 /// memsw files exist only when the kernel accounts swap (CONFIG_MEMCG_SWAP and swapaccount=1); the memsw
 /// limit covers memory plus swap.
