@@ -150,19 +150,27 @@ fn attach_without_a_daemon_says_so() {
     );
 }
 
-/// Runs `vproc hook` with `state` on stdin.
-fn hook(mountpoint: &str, log: &std::path::Path, state: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc"))
-        .args(["hook", "--mountpoint", mountpoint, "--log"])
-        .arg(log)
+/// Runs `command` with `input` on its stdin; its output.
+fn fed(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.as_bytes()).unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
+}
+
+/// Runs `vproc hook` with `state` on stdin.
+fn hook(mountpoint: &str, log: &std::path::Path, state: &str) -> std::process::Output {
+    fed(
+        Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .args(["hook", "--mountpoint", mountpoint, "--log"])
+            .arg(log),
+        state,
+    )
 }
 
 #[test]
@@ -261,20 +269,15 @@ fn check_passes_on_a_live_mount_and_fails_on_a_dead_one() {
 /// `vproc-runc --vproc-hook` as runc runs it at createRuntime (the state on stdin, no environment);
 /// what it logged.
 fn runc_hook(mountpoint: &str, log: &std::path::Path, state: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vproc-runc"))
-        .arg("--vproc-hook")
-        .arg(format!("--vproc-lxcfs={mountpoint}"))
-        .arg("--log")
-        .arg(log)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let out = fed(
+        Command::new(env!("CARGO_BIN_EXE_vproc-runc"))
+            .arg("--vproc-hook")
+            .arg(format!("--vproc-lxcfs={mountpoint}"))
+            .arg("--log")
+            .arg(log)
+            .env_clear(),
+        state,
+    );
     assert!(
         out.status.success(),
         "the hook never fails a container: {out:?}"
