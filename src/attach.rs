@@ -206,24 +206,21 @@ pub fn attach_in(
             )
         };
         let shared = mountpoint.join(file);
-        let view = match &views {
+        // A source below `.by-pid/`: its view, or why there is none.
+        let view = source.starts_with(&by_pid).then(|| match &views {
             Some(views) => clone(views).map_err(|e| format!("{}: {e}", views.display())),
-            None if source.starts_with(&by_pid) => {
-                Err("no process of the container names its view".to_string())
-            }
-            None => Err(String::new()),
-        };
+            None => Err("no process of the container names its view".to_string()),
+        });
         // An upgrade mounts views only (a file without one keeps runc's bind); the others bind the
         // shared file where there is no view.
         let tree = match view {
-            Ok(view) => Ok(Ok(view)),
-            Err(why) if mode == AttachMode::Upgrade => Ok(Err(why)),
-            Err(why) => {
-                if !why.is_empty() {
-                    log::debug!("{why}; the shared mount's instead");
-                }
+            Some(Ok(view)) => Ok(Ok(view)),
+            Some(Err(why)) if mode == AttachMode::Upgrade => Ok(Err(why)),
+            Some(Err(why)) => {
+                log::debug!("{why}; the shared mount's instead");
                 clone(&shared).map(Ok)
             }
+            None => clone(&shared).map(Ok),
         };
         match tree {
             Ok(tree) => clones.push(Cloned {
