@@ -242,6 +242,17 @@ fn dead_mounts(mountinfo: &str, wanted: &Wanted) -> Vec<(String, String)> {
             }
         }
     }
+    // On one path, views first: where a view was mounted over a shared bind (vproc-runc's hook on a
+    // kernel without MOVE_MOUNT_BENEATH), the first heal of the path detaches every dead mount on it
+    // and puts its own source there, and the view is the one the container read. Paths keep
+    // mountinfo's order (a parent is healed before what is mounted below it).
+    let first: std::collections::HashMap<String, usize> = mounts
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(at, (_, target))| (target.clone(), at))
+        .collect();
+    mounts.sort_by_key(|(source, target)| (first[target], !source.starts_with(files::BY_PID_DIR)));
     mounts
 }
 
@@ -492,6 +503,32 @@ mod tests {
                     "sys/devices/system/cpu".to_string(),
                     "sys/devices/system/cpu".to_string()
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_view_over_a_shared_bind_is_healed_first() {
+        let views = "vprocd:/var/lib/lxcfs/.by-pid";
+        // A namespace copied from the host's (unshare -m): the daemon's mountpoint with its views
+        // mount below it comes first, and keeps its order.
+        let mountinfo = [
+            line("/", "/var/lib/lxcfs", FS),
+            line("/", "/var/lib/lxcfs/.by-pid", views),
+            line("/proc/meminfo", "/proc/meminfo", FS),
+            line("/proc/stat", "/proc/stat", FS),
+            line("/4242/proc/meminfo", "/proc/meminfo", views),
+        ]
+        .concat();
+        let pair = |source: &str, target: &str| (source.to_string(), target.to_string());
+        assert_eq!(
+            dead_mounts(&mountinfo, &wanted()),
+            [
+                pair("", "var/lib/lxcfs"),
+                pair(".by-pid/", "var/lib/lxcfs/.by-pid"),
+                pair(".by-pid/4242/proc/meminfo", "proc/meminfo"),
+                pair("proc/meminfo", "proc/meminfo"),
+                pair("proc/stat", "proc/stat"),
             ]
         );
     }
