@@ -595,15 +595,16 @@ impl Views {
         found
     }
 
-    /// Forgets the generations of `idle` the kernel has dropped, unless one was described since.
+    /// Forgets the generations of `idle` the kernel has dropped, unless one was described since. The
+    /// slot stays, with the size readers were given: one paused between two read(2) calls for longer
+    /// than that still finds the size it read.
     pub fn evict(&self, idle: &[Due]) {
         for due in idle {
             let mut slots = due.view.slots.lock();
-            if slots
-                .get(&due.local)
-                .is_some_and(|slot| slot.described == due.described && slot.read_at.is_none())
-                && let Some(slot) = slots.remove(&due.local)
-                && let Some(current) = slot.current
+            if let Some(slot) = slots.get_mut(&due.local)
+                && slot.described == due.described
+                && slot.read_at.is_none()
+                && let Some(current) = slot.current.take()
             {
                 self.bytes.fetch_sub(current.bytes.len(), Ordering::SeqCst);
             }
@@ -820,6 +821,30 @@ mod tests {
         views.evict(&idle);
         assert_eq!(views.bytes(), 3, "the one described since stays");
         assert_eq!(views.read(&view, 2, text("x")).unwrap().bytes, b"two");
+    }
+
+    #[test]
+    fn a_file_read_keeps_its_size_after_its_generation_went_idle() {
+        let views = Views::default();
+        let view = views.looked_up(unresolved(Fallback::NoPid), 1).unwrap();
+        let rendered = |s: &'static str| {
+            move || {
+                Ok(Rendered {
+                    bytes: s.as_bytes().to_vec(),
+                    slack: 4,
+                })
+            }
+        };
+        views.describe(&view, 3, rendered("a 10\nb 20\n")).unwrap();
+        views.read(&view, 3, text("x")).unwrap();
+        std::thread::sleep(QUIET * 2);
+        let due = views.due();
+        views.dropped(&due);
+        let idle = views.idle(Duration::ZERO);
+        views.evict(&idle);
+        assert_eq!(views.bytes(), 0, "the bytes go");
+        let after = views.describe(&view, 3, rendered("a 1\nb\n")).unwrap();
+        assert_eq!(after.bytes, b"a 1\nb        \n", "the size stays");
     }
 
     #[test]
