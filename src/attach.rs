@@ -220,6 +220,7 @@ pub fn attach_in(
                 log::debug!("{why}; the shared mount's instead");
                 clone(&shared).map(Ok)
             }
+            None if mode == AttachMode::Upgrade => Ok(Err("not a view".to_string())),
             None => clone(&shared).map(Ok),
         };
         match tree {
