@@ -457,36 +457,41 @@ fn vproc_status_tells_a_view_of_another_container_from_the_process_s_own() {
         views.display(),
         other.id()
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
-        .args([
-            "status",
-            "--pid",
-            &container.id().to_string(),
-            "--mountpoint",
-        ])
-        .arg(&daemon.mountpoint)
-        .output()
-        .unwrap();
-    for child in [&mut container, &mut other] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{out:?}");
-    let line = |path: &str| {
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_vproc"))
+            .args([
+                "status",
+                "--pid",
+                &container.id().to_string(),
+                "--mountpoint",
+            ])
+            .arg(&daemon.mountpoint)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let line = |text: &str, path: &str| {
         text.lines()
             .find(|l| l.trim_start().starts_with(&format!("{path} ")))
             .unwrap_or_else(|| panic!("{path} not in\n{text}"))
             .to_string()
     };
+    let text = status();
+    let other_pid = other.id();
+    let _ = other.kill();
+    let _ = other.wait();
+    // The other container's process gone, whose view it is cannot be told any more.
+    let later = status();
+    let _ = container.kill();
+    let _ = container.wait();
     assert!(
-        line("/proc/stat").ends_with(&format!(" vprocd (vprocd:{})", views.display())),
+        line(&text, "/proc/stat").ends_with(&format!(" vprocd (vprocd:{})", views.display())),
         "{text}"
     );
     assert!(
-        line("/proc/meminfo").contains(&format!(
-            "but the view of pid {}, which is not of this container",
-            other.id()
+        line(&text, "/proc/meminfo").contains(&format!(
+            "but the view of pid {other_pid}, which is of another container"
         )),
         "{text}"
     );
@@ -494,6 +499,13 @@ fn vproc_status_tells_a_view_of_another_container_from_the_process_s_own() {
         text.contains("its /proc/meminfo is not its own container's"),
         "{text}"
     );
+    assert!(
+        line(&later, "/proc/meminfo").contains(&format!(
+            "the view of pid {other_pid}, which has exited: whose figures cannot be told"
+        )),
+        "{later}"
+    );
+    assert!(!later.contains("its /proc/meminfo is not"), "{later}");
 }
 
 #[test]

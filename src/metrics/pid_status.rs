@@ -29,9 +29,15 @@ pub enum ServedBy {
         source: String,
         file: String,
     },
-    /// This daemon's live file on the views mount, but named by process `named`, which is not of the
-    /// process's container (or has exited): another container's figures, as far as can be told.
+    /// This daemon's live file on the views mount, but named by process `named`, which is of another
+    /// container: that container's figures.
     AnotherContainersView {
+        source: String,
+        named: u32,
+    },
+    /// This daemon's live file on the views mount, named by process `named`, which has exited: whose
+    /// figures they are cannot be told (most often its own container's: a view outlives its namer).
+    UnverifiedView {
         source: String,
         named: u32,
     },
@@ -121,12 +127,13 @@ fn mounts_on(mountinfo: impl std::io::BufRead, targets: &[String]) -> std::io::R
 /// Who serves each of `targets` (`/proc/meminfo`, ...) among `mounts`: the top mount on the path, the
 /// one no other mount on it is mounted over (not the last line: a mount moved beneath another has the
 /// newer id), checked against `daemon`'s fsname and device and against the file it should be, and a
-/// views file against `ours` (whether the process that names it is of the inspected one's container).
+/// views file against `ours` (whether the process that names it is of the inspected one's container;
+/// `None`: it has exited).
 fn served_by(
     mounts: &[Mount],
     targets: &[String],
     daemon: &Daemon,
-    ours: impl Fn(u32) -> bool,
+    ours: impl Fn(u32) -> Option<bool>,
 ) -> Vec<(String, ServedBy)> {
     targets
         .iter()
@@ -161,22 +168,17 @@ fn served_by(
                                 .ok()
                         })
                         .flatten();
-                    if let (true, Some(named)) = (live, named)
-                        && !ours(named)
-                    {
-                        ServedBy::AnotherContainersView {
-                            source: m.source.clone(),
-                            named,
+                    let source = m.source.clone();
+                    match (live, named.map(|named| (named, ours(named)))) {
+                        (true, Some((named, Some(false)))) => {
+                            ServedBy::AnotherContainersView { source, named }
                         }
-                    } else if live {
-                        ServedBy::Vprocd {
-                            source: m.source.clone(),
-                        }
-                    } else {
-                        ServedBy::OtherVprocd {
-                            source: m.source.clone(),
+                        (true, Some((named, None))) => ServedBy::UnverifiedView { source, named },
+                        (true, _) => ServedBy::Vprocd { source },
+                        (false, _) => ServedBy::OtherVprocd {
+                            source,
                             file: m.root.clone(),
-                        }
+                        },
                     }
                 }
                 Some(m) if m.fstype == "fuse.lxcfs" || m.source == "lxcfs" => ServedBy::Lxcfs,
@@ -237,7 +239,16 @@ pub fn pid_status(mountpoint: &Path, pid: u32) -> Result<PidStatus, String> {
     // The container the daemon counts the process under (none: the host's).
     let key = renderer.container_key(pid).filter(|k| k.dev != 0);
     let files = served_by(&mounts, &targets, &Daemon::at(mountpoint), |named| {
-        key.is_some() && renderer.container_key(named) == key
+        if named == pid {
+            return Some(true);
+        }
+        std::fs::metadata(crate::host::proc_path(
+            renderer.host().roots(),
+            named,
+            "stat",
+        ))
+        .ok()?;
+        Some(renderer.container_key(named).filter(|k| k.dev != 0) == key)
     });
     let meminfo = renderer
         .render(Content::Meminfo, pid)
@@ -287,8 +298,13 @@ impl PidStatus {
                     source.escape_debug()
                 ),
                 ServedBy::AnotherContainersView { source, named } => format!(
-                    "vprocd ({}), but the view of pid {named}, which is not of this container \
-                     (or has exited): its figures may be another container's",
+                    "vprocd ({}), but the view of pid {named}, which is of another container: \
+                     that container's figures",
+                    source.escape_debug()
+                ),
+                ServedBy::UnverifiedView { source, named } => format!(
+                    "vprocd ({}), the view of pid {named}, which has exited: whose figures cannot be \
+                     told",
                     source.escape_debug()
                 ),
                 ServedBy::Lxcfs => "LXCFS".to_string(),
@@ -306,7 +322,7 @@ impl PidStatus {
             .iter()
             .find_map(|(t, s)| (t == "/proc/meminfo").then_some(s));
         match meminfo {
-            Some(ServedBy::Vprocd { .. }) => {}
+            Some(ServedBy::Vprocd { .. } | ServedBy::UnverifiedView { .. }) => {}
             Some(ServedBy::AnotherContainersView { named, .. }) => {
                 let _ = writeln!(
                     out,
@@ -382,7 +398,11 @@ mod tests {
     fn served(mountinfo: &str, targets: &[&str]) -> Vec<(String, ServedBy)> {
         let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         let mounts = mounts_on(mountinfo.as_bytes(), &targets).unwrap();
-        served_by(&mounts, &targets, &daemon(), |named| named != 666)
+        served_by(&mounts, &targets, &daemon(), |named| match named {
+            666 => Some(false),
+            777 => None,
+            _ => Some(true),
+        })
     }
 
     fn vprocd() -> ServedBy {
@@ -428,16 +448,26 @@ mod tests {
 
     #[test]
     fn a_view_named_by_a_process_of_another_container_is_said_to_be_so() {
-        // The test's `ours`: every process but 666 is of the inspected one's container.
+        // The test's `ours`: 666 is of another container, 777 has exited, the rest are of the
+        // inspected process's.
         let mountinfo = "\
 601 600 0:5 / /proc rw - proc proc rw
 700 601 0:82 /4242/proc/meminfo /proc/meminfo ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
 701 601 0:82 /666/proc/stat /proc/stat ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
 702 601 0:82 /666/proc/meminfo /proc/uptime ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
+703 601 0:82 /777/proc/cpuinfo /proc/cpuinfo ro - fuse vprocd:/var/lib/lxcfs/.by-pid rw
 ";
         let views = "vprocd:/var/lib/lxcfs/.by-pid".to_string();
         assert_eq!(
-            served(mountinfo, &["/proc/meminfo", "/proc/stat", "/proc/uptime"]),
+            served(
+                mountinfo,
+                &[
+                    "/proc/meminfo",
+                    "/proc/stat",
+                    "/proc/uptime",
+                    "/proc/cpuinfo"
+                ]
+            ),
             vec![
                 (
                     "/proc/meminfo".to_string(),
@@ -456,8 +486,16 @@ mod tests {
                 (
                     "/proc/uptime".to_string(),
                     ServedBy::OtherVprocd {
-                        source: views,
+                        source: views.clone(),
                         file: "/666/proc/meminfo".to_string()
+                    }
+                ),
+                // Named by a process that has exited: cannot be told.
+                (
+                    "/proc/cpuinfo".to_string(),
+                    ServedBy::UnverifiedView {
+                        source: views,
+                        named: 777
                     }
                 ),
             ]
@@ -514,7 +552,7 @@ mod tests {
         let targets = vec!["/proc/meminfo".to_string()];
         let mounts = mounts_on(&mountinfo[..], &targets).unwrap();
         assert_eq!(
-            served_by(&mounts, &targets, &daemon(), |_| true)[0].1,
+            served_by(&mounts, &targets, &daemon(), |_| Some(true))[0].1,
             vprocd()
         );
     }
