@@ -313,10 +313,22 @@ pub const BY_PID_DIR: &str = ".by-pid";
 /// The file of the layout a bind mount of the daemon shows, from its mountinfo root: `/proc/meminfo`
 /// on the shared mount, `/PID/proc/meminfo` on the views mount (see `fs::views`): `proc/meminfo`.
 pub fn file_of_mount_root(root: &str) -> &str {
+    split_mount_root(root).1
+}
+
+/// The pid a views mount's root names (`/PID/proc/meminfo`), if it names one.
+pub fn pid_of_mount_root(root: &str) -> Option<u32> {
+    split_mount_root(root).0?.parse().ok()
+}
+
+/// A mount root as the pid it names (its leading digits, on the views mount) and the file.
+fn split_mount_root(root: &str) -> (Option<&str>, &str) {
     let relative = root.trim_start_matches('/');
     match relative.split_once('/') {
-        Some((pid, file)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => file,
-        _ => relative,
+        Some((pid, file)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            (Some(pid), file)
+        }
+        _ => (None, relative),
     }
 }
 

@@ -159,14 +159,7 @@ fn served_by(
                             == target.trim_start_matches('/');
                     // A views file's root is `/PID/...`: PID's container's file.
                     let named = (m.source == daemon.views_fs_name)
-                        .then(|| {
-                            m.root
-                                .trim_start_matches('/')
-                                .split('/')
-                                .next()?
-                                .parse()
-                                .ok()
-                        })
+                        .then(|| crate::files::pid_of_mount_root(&m.root))
                         .flatten();
                     let source = m.source.clone();
                     match (live, named.map(|named| (named, ours(named)))) {
